@@ -1,0 +1,120 @@
+//! Softmax and log-softmax over the last axis of `(N, C)` rows.
+
+use super::rows_per_task;
+use crate::dtype::Float;
+use rayon::prelude::*;
+
+fn row_max<T: Float>(x: &[T]) -> T {
+    x.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// `out_i = exp(x_i − max x) / Σ_j exp(x_j − max x)` for each row of length `c` (`=` into out).
+pub fn softmax_forward<T: Float>(out: &mut [T], inp: &[T], c: usize) {
+    let per = rows_per_task(inp.len() / c.max(1), c);
+    out.par_chunks_mut(per * c).zip(inp.par_chunks(per * c)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
+            let m = row_max(x);
+            let m = if m == T::NEG_INFINITY { T::ZERO } else { m };
+            let mut sum = T::ZERO;
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = (v - m).exp();
+                sum += *o;
+            }
+            let inv = if sum > T::ZERO { T::ONE / sum } else { T::ZERO };
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        }
+    });
+}
+
+/// Given `y = softmax(x)`: `dx_i += y_i (dy_i − Σ_j dy_j y_j)`.
+pub fn softmax_backward<T: Float>(dinp: &mut [T], dout: &[T], out: &[T], c: usize) {
+    let per = rows_per_task(out.len() / c.max(1), c);
+    dinp.par_chunks_mut(per * c).zip(dout.par_chunks(per * c).zip(out.par_chunks(per * c))).for_each(|(dx, (dy, y))| {
+        for (dx, (dy, y)) in dx.chunks_mut(c).zip(dy.chunks(c).zip(y.chunks(c))) {
+            let dot: T = dy.iter().zip(y).map(|(&a, &b)| a * b).sum();
+            for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+                *dx += y * (dy - dot);
+            }
+        }
+    });
+}
+
+/// `out_i = x_i − max x − ln Σ_j exp(x_j − max x)` (`=` into out).
+pub fn log_softmax_forward<T: Float>(out: &mut [T], inp: &[T], c: usize) {
+    let per = rows_per_task(inp.len() / c.max(1), c);
+    out.par_chunks_mut(per * c).zip(inp.par_chunks(per * c)).for_each(|(o, x)| {
+        for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
+            let m = row_max(x);
+            let m = if m == T::NEG_INFINITY { T::ZERO } else { m };
+            let lse = x.iter().map(|&v| (v - m).exp()).sum::<T>().ln() + m;
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = v - lse;
+            }
+        }
+    });
+}
+
+/// Given `y = log_softmax(x)`: `dx_i += dy_i − exp(y_i) Σ_j dy_j`.
+pub fn log_softmax_backward<T: Float>(dinp: &mut [T], dout: &[T], out: &[T], c: usize) {
+    let per = rows_per_task(out.len() / c.max(1), c);
+    dinp.par_chunks_mut(per * c).zip(dout.par_chunks(per * c).zip(out.par_chunks(per * c))).for_each(|(dx, (dy, y))| {
+        for (dx, (dy, y)) in dx.chunks_mut(c).zip(dy.chunks(c).zip(y.chunks(c))) {
+            let s: T = dy.iter().copied().sum();
+            for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+                *dx += dy - y.exp() * s;
+            }
+        }
+    });
+}
+
+/// Cross-entropy from logits, per row: `loss_n = lse(x_n) − x_n[y_n]`, `0` where `y_n == ignore`.
+///
+/// `logits` is `(N, V)`; writes `losses[n]` (`=`) and `lse[n]` (kept for backward). Targets
+/// `≥ V` that are not `ignore` are a contract violation (callers validate user data first).
+pub fn cross_entropy_forward<T: Float>(losses: &mut [T], lse: &mut [T], logits: &[T], targets: &[u32], v: usize, ignore: Option<u32>) {
+    let n = targets.len();
+    assert_eq!(logits.len(), n * v, "cross_entropy: logits hold {} values, want N·V = {n}·{v}", logits.len());
+    let per = rows_per_task(n, v);
+    losses.par_chunks_mut(per).zip(lse.par_chunks_mut(per)).enumerate().for_each(|(ci, (l, s))| {
+        for r in 0..l.len() {
+            let row = ci * per + r;
+            let x = &logits[row * v..(row + 1) * v];
+            let m = row_max(x);
+            let z = x.iter().map(|&xi| (xi - m).exp()).sum::<T>().ln() + m;
+            s[r] = z;
+            let t = targets[row];
+            if Some(t) == ignore {
+                l[r] = T::ZERO;
+            } else {
+                assert!((t as usize) < v, "cross_entropy: target {t} at row {row} ≥ vocabulary {v}");
+                l[r] = z - x[t as usize];
+            }
+        }
+    });
+}
+
+/// Backward of the per-row cross-entropy: `dlogits_n += dloss_n · (softmax(x_n) − onehot(y_n))`.
+///
+/// The famous simplification: the gradient of `lse(x) − x_y` is `p − 1[y]`.
+pub fn cross_entropy_backward<T: Float>(dlogits: &mut [T], dlosses: &[T], logits: &[T], lse: &[T], targets: &[u32], v: usize, ignore: Option<u32>) {
+    let n = targets.len();
+    let per = rows_per_task(n, v);
+    dlogits.par_chunks_mut(per * v).enumerate().for_each(|(ci, dl)| {
+        for (r, d) in dl.chunks_mut(v).enumerate() {
+            let row = ci * per + r;
+            let t = targets[row];
+            if Some(t) == ignore {
+                continue;
+            }
+            let g = dlosses[row];
+            let x = &logits[row * v..(row + 1) * v];
+            let z = lse[row];
+            for (d, &xi) in d.iter_mut().zip(x) {
+                *d += g * (xi - z).exp();
+            }
+            d[t as usize] -= g;
+        }
+    });
+}
