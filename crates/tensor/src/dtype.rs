@@ -165,10 +165,51 @@ pub trait Float:
     fn is_finite(self) -> bool;
     /// Whether the value is NaN.
     fn is_nan(self) -> bool;
+    /// `max x` over a slice (−∞ when empty). f32 uses the SIMD kernel.
+    fn max_slice(x: &[Self]) -> Self {
+        x.iter().fold(Self::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    }
+    /// `x ← exp(x − shift)`, returning `Σ x`. f32 uses the SIMD kernel.
+    fn exp_sub_sum(x: &mut [Self], shift: Self) -> Self {
+        let mut s = Self::ZERO;
+        for v in x.iter_mut() {
+            *v = (*v - shift).exp();
+            s += *v;
+        }
+        s
+    }
+    /// `x ← exp(x − shift)`. f32 uses the SIMD kernel.
+    fn exp_sub(x: &mut [Self], shift: Self) {
+        for v in x.iter_mut() {
+            *v = (*v - shift).exp();
+        }
+    }
+    /// `x ← s·x`.
+    fn scale_slice(x: &mut [Self], s: Self) {
+        for v in x.iter_mut() {
+            *v *= s;
+        }
+    }
+    /// `y ← y + Σ_r a_r·x_r` over four rows. f32 uses the SIMD kernel.
+    fn axpy4(y: &mut [Self], a: [Self; 4], x0: &[Self], x1: &[Self], x2: &[Self], x3: &[Self]) {
+        for i in 0..y.len() {
+            y[i] += a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
+        }
+    }
+    /// `Σ a_i b_i`. f32 uses the SIMD kernel.
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+    }
+    /// `y ← y + a·x`. f32 uses the SIMD kernel.
+    fn axpy(y: &mut [Self], a: Self, x: &[Self]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y += a * x;
+        }
+    }
 }
 
 macro_rules! impl_float {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path $(, $extra:item)*) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -238,9 +279,34 @@ macro_rules! impl_float {
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
             }
+            $($extra)*
         }
     };
 }
 
-impl_float!(f32, libm::erff);
+impl_float!(
+    f32,
+    libm::erff,
+    fn max_slice(x: &[f32]) -> f32 {
+        crate::cpu::simd::max(x)
+    },
+    fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
+        crate::cpu::simd::exp_sub_sum(x, shift)
+    },
+    fn exp_sub(x: &mut [f32], shift: f32) {
+        crate::cpu::simd::exp_sub_inplace(x, shift)
+    },
+    fn scale_slice(x: &mut [f32], s: f32) {
+        crate::cpu::simd::scale(x, s)
+    },
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        crate::cpu::simd::dot(a, b)
+    },
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        crate::cpu::simd::axpy(y, a, x)
+    },
+    fn axpy4(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) {
+        crate::cpu::simd::axpy4(y, a, x0, x1, x2, x3)
+    }
+);
 impl_float!(f64, libm::erf);

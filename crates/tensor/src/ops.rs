@@ -325,7 +325,7 @@ impl Tensor {
         out_shape.extend([m, n]);
         let threads = crate::num_threads();
         float_dispatch!(a.dtype(), "matmul", T => {
-            let mut out = vec![T::ZERO; nb * m * n];
+            let mut out = cpu::alloc_zeroed::<T>(nb * m * n);
             a.with_strided(|da: &[T], _| b.with_strided(|db: &[T], _| {
                 let one = |dst: &mut [T], (oa, ob): (usize, usize), th: usize| {
                     cpu::gemm_into(m, k, n, dst, n, false, da, MatRef { off: oa, rs: ars, cs: acs }, db, MatRef { off: ob, rs: brs, cs: bcs }, T::ONE, th);

@@ -365,7 +365,11 @@ impl Tensor {
             return self.clone();
         }
         fn conv<S: Element, D: Element>(src: &[S]) -> Vec<D> {
-            src.iter().map(|&x| D::from_f64(x.to_f64())).collect()
+            let mut out = cpu::alloc_zeroed::<D>(src.len());
+            for (o, &x) in out.iter_mut().zip(src) {
+                *o = D::from_f64(x.to_f64());
+            }
+            out
         }
         macro_rules! from {
             ($s:ty) => {

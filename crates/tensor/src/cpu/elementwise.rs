@@ -1,6 +1,6 @@
 //! Elementwise kernels: strided copy, unary maps, broadcasting binary and ternary maps.
 
-use super::{rows_per_task, PAR_MIN_ELEMS};
+use super::{alloc_zeroed, rows_per_task, PAR_MIN_ELEMS};
 use crate::dtype::Element;
 use crate::layout::{walk_rows, Layout};
 use rayon::prelude::*;
@@ -18,7 +18,7 @@ pub fn strided_copy<T: Element>(data: &[T], l: &Layout) -> Vec<T> {
     let last = l.shape()[rank - 1];
     let s_last = l.strides()[rank - 1];
     let rows = n / last;
-    let mut out = vec![T::zero(); n];
+    let mut out = alloc_zeroed::<T>(n);
     let outer = &l.shape()[..rank - 1];
     let ostr = &l.strides()[..rank - 1];
     let per = rows_per_task(rows, last);
@@ -44,7 +44,7 @@ pub fn map<T: Element, U: Element>(x: &[T], f: impl Fn(T) -> U + Sync) -> Vec<U>
     if x.len() < PAR_MIN_ELEMS {
         return x.iter().map(|&v| f(v)).collect();
     }
-    let mut out = vec![U::zero(); x.len()];
+    let mut out = alloc_zeroed::<U>(x.len());
     out.par_chunks_mut(PAR_MIN_ELEMS).zip(x.par_chunks(PAR_MIN_ELEMS)).for_each(|(o, i)| {
         for (o, &i) in o.iter_mut().zip(i) {
             *o = f(i);
@@ -59,7 +59,7 @@ pub fn zip_map<T: Element, U: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> U +
     if a.len() < PAR_MIN_ELEMS {
         return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
     }
-    let mut out = vec![U::zero(); a.len()];
+    let mut out = alloc_zeroed::<U>(a.len());
     out.par_chunks_mut(PAR_MIN_ELEMS)
         .zip(a.par_chunks(PAR_MIN_ELEMS).zip(b.par_chunks(PAR_MIN_ELEMS)))
         .for_each(|(o, (x, y))| {
@@ -93,7 +93,7 @@ pub fn binary_strided<T: Element, U: Element>(
     let (sa, sb) = (la.strides()[rank - 1], lb.strides()[rank - 1]);
     let rows = n / last;
     let outer = &la.shape()[..rank - 1];
-    let mut out = vec![U::zero(); n];
+    let mut out = alloc_zeroed::<U>(n);
     let per = rows_per_task(rows, last);
     out.par_chunks_mut(per * last).enumerate().for_each(|(ci, chunk)| {
         let r0 = ci * per;
@@ -150,7 +150,7 @@ pub fn ternary_strided<C: Element, T: Element>(
     let last = la.shape()[rank - 1];
     let (sc, sa, sb) = (lc.strides()[rank - 1], la.strides()[rank - 1], lb.strides()[rank - 1]);
     let rows = n / last;
-    let mut out = vec![T::zero(); n];
+    let mut out = alloc_zeroed::<T>(n);
     let per = rows_per_task(rows, last);
     let outer = &la.shape()[..rank - 1];
     out.par_chunks_mut(per * last).enumerate().for_each(|(ci, chunk)| {

@@ -50,6 +50,24 @@ pub fn gemm_into<T: Float>(
     }
     let last = |mr: MatRef, r: usize, c: usize| mr.off + (r - 1) * mr.rs + (c - 1) * mr.cs;
     assert!(last(am, m, k) < a.len() && last(bm, k, n) < b.len(), "gemm_into: operand view out of bounds");
+    if m == 1 && (bm.cs == 1 || bm.rs == 1) {
+        // One row (decode): memory-bound, a dedicated GEMV beats a GEMM's packing.
+        let row: Vec<T> = (0..k).map(|p| a[am.off + p * am.cs]).collect();
+        let dst = &mut dst[..n];
+        if accumulate {
+            let mut tmp = vec![T::ZERO; n];
+            gemv(&mut tmp, &row, b, bm, k, threads);
+            for (d, t) in dst.iter_mut().zip(tmp) {
+                *d += alpha * t;
+            }
+        } else {
+            gemv(dst, &row, b, bm, k, threads);
+            if alpha != T::ONE {
+                T::scale_slice(dst, alpha);
+            }
+        }
+        return;
+    }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: all pointers are derived from live slices; the asserts above check that every
     // index the strides reach, (m-1, k-1) for `a`, (k-1, n-1) for `b` and (m-1, n-1) for `dst`,
@@ -78,6 +96,63 @@ pub fn gemm_into<T: Float>(
             false,
             par,
         );
+    }
+}
+
+/// `out (N) = a (K) · B (K, N)`, the single-row product of decoding (`=` into `out`).
+///
+/// With B's rows contiguous (`cs = 1`) each task owns a band of columns and streams
+/// `out_band += a[p]·B[p, band]` over `p`; with B's columns contiguous (`rs = 1`, i.e. a
+/// weight stored `[out, in]` and used transposed) each output is a dot product of two
+/// contiguous vectors. Both read B exactly once: the kernel runs at memory bandwidth.
+pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, threads: usize) {
+    use rayon::prelude::*;
+    let n = out.len();
+    let band = if threads > 1 { n.div_ceil(threads).max(256) } else { n.max(1) };
+    if bm.cs == 1 {
+        // Rows of B are contiguous: split K so that each task streams one contiguous block
+        // of rows (the hardware prefetcher's favourite pattern), then add the partial sums.
+        let accumulate_rows = |o: &mut [T], p0: usize, p1: usize| {
+            let row = |p: usize| &b[bm.off + p * bm.rs..bm.off + p * bm.rs + n];
+            let mut p = p0;
+            while p + 4 <= p1 {
+                T::axpy4(o, [a[p], a[p + 1], a[p + 2], a[p + 3]], row(p), row(p + 1), row(p + 2), row(p + 3));
+                p += 4;
+            }
+            for p in p..p1 {
+                T::axpy(o, a[p], row(p));
+            }
+        };
+        out.fill(T::ZERO);
+        let tasks = if threads > 1 && k * n >= 1 << 16 { threads } else { 1 };
+        if tasks == 1 {
+            accumulate_rows(out, 0, k);
+        } else {
+            let per = k.div_ceil(tasks).next_multiple_of(4);
+            let partials: Vec<Vec<T>> = (0..tasks)
+                .into_par_iter()
+                .map(|t| {
+                    let mut o = vec![T::ZERO; n];
+                    accumulate_rows(&mut o, (t * per).min(k), ((t + 1) * per).min(k));
+                    o
+                })
+                .collect();
+            for p in partials {
+                T::axpy(out, T::ONE, &p);
+            }
+        }
+    } else {
+        let body = |(ci, o): (usize, &mut [T])| {
+            for (jj, v) in o.iter_mut().enumerate() {
+                let start = bm.off + (ci * band + jj) * bm.cs;
+                *v = T::dot(a, &b[start..start + k]);
+            }
+        };
+        if threads > 1 {
+            out.par_chunks_mut(band).enumerate().for_each(body);
+        } else {
+            out.chunks_mut(band).enumerate().for_each(body);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! tests compare it with. Large loops run on rayon's global pool (see [`crate::init_threads`]).
 
 mod activation;
+mod alloc;
 mod attention;
 mod elementwise;
 mod index;
@@ -14,9 +15,11 @@ mod norm;
 mod optim;
 mod reduce;
 mod rope;
+pub mod simd;
 mod softmax;
 
 pub use activation::*;
+pub use alloc::*;
 pub use attention::*;
 pub use elementwise::*;
 pub use index::*;

@@ -5,7 +5,7 @@ use crate::dtype::Float;
 use rayon::prelude::*;
 
 fn row_max<T: Float>(x: &[T]) -> T {
-    x.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v))
+    T::max_slice(x)
 }
 
 /// `out_i = exp(x_i − max x) / Σ_j exp(x_j − max x)` for each row of length `c` (`=` into out).
@@ -15,15 +15,9 @@ pub fn softmax_forward<T: Float>(out: &mut [T], inp: &[T], c: usize) {
         for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
             let m = row_max(x);
             let m = if m == T::NEG_INFINITY { T::ZERO } else { m };
-            let mut sum = T::ZERO;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - m).exp();
-                sum += *o;
-            }
-            let inv = if sum > T::ZERO { T::ONE / sum } else { T::ZERO };
-            for o in o.iter_mut() {
-                *o *= inv;
-            }
+            o.copy_from_slice(x);
+            let sum = T::exp_sub_sum(o, m);
+            T::scale_slice(o, if sum > T::ZERO { T::ONE / sum } else { T::ZERO });
         }
     });
 }
@@ -48,7 +42,8 @@ pub fn log_softmax_forward<T: Float>(out: &mut [T], inp: &[T], c: usize) {
         for (o, x) in o.chunks_mut(c).zip(x.chunks(c)) {
             let m = row_max(x);
             let m = if m == T::NEG_INFINITY { T::ZERO } else { m };
-            let lse = x.iter().map(|&v| (v - m).exp()).sum::<T>().ln() + m;
+            o.copy_from_slice(x);
+            let lse = T::exp_sub_sum(o, m).ln() + m;
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = v - lse;
             }
@@ -78,11 +73,13 @@ pub fn cross_entropy_forward<T: Float>(losses: &mut [T], lse: &mut [T], logits: 
     assert_eq!(logits.len(), n * v, "cross_entropy: logits hold {} values, want N·V = {n}·{v}", logits.len());
     let per = rows_per_task(n, v);
     losses.par_chunks_mut(per).zip(lse.par_chunks_mut(per)).enumerate().for_each(|(ci, (l, s))| {
+        let mut tmp = vec![T::ZERO; v];
         for r in 0..l.len() {
             let row = ci * per + r;
             let x = &logits[row * v..(row + 1) * v];
             let m = row_max(x);
-            let z = x.iter().map(|&xi| (xi - m).exp()).sum::<T>().ln() + m;
+            tmp.copy_from_slice(x);
+            let z = T::exp_sub_sum(&mut tmp, m).ln() + m;
             s[r] = z;
             let t = targets[row];
             if Some(t) == ignore {
@@ -102,6 +99,7 @@ pub fn cross_entropy_backward<T: Float>(dlogits: &mut [T], dlosses: &[T], logits
     let n = targets.len();
     let per = rows_per_task(n, v);
     dlogits.par_chunks_mut(per * v).enumerate().for_each(|(ci, dl)| {
+        let mut p = vec![T::ZERO; v];
         for (r, d) in dl.chunks_mut(v).enumerate() {
             let row = ci * per + r;
             let t = targets[row];
@@ -109,11 +107,9 @@ pub fn cross_entropy_backward<T: Float>(dlogits: &mut [T], dlosses: &[T], logits
                 continue;
             }
             let g = dlosses[row];
-            let x = &logits[row * v..(row + 1) * v];
-            let z = lse[row];
-            for (d, &xi) in d.iter_mut().zip(x) {
-                *d += g * (xi - z).exp();
-            }
+            p.copy_from_slice(&logits[row * v..(row + 1) * v]);
+            T::exp_sub(&mut p, lse[row]); // p = softmax(x) = exp(x − lse)
+            T::axpy(d, g, &p);
             d[t as usize] -= g;
         }
     });

@@ -1,0 +1,158 @@
+//! `yuanli bench …`: kernel benchmarks. Timing protocol: one warm-up call, then repeat until
+//! `min_secs` have passed (at least `min_reps` times) and report the median.
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde::Serialize;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use yuanli_tensor::{DType, Rng, Tensor};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// f32 matrix multiplication GFLOP/s: squares 256–2048 and GPT-2-sized LLM shapes.
+    Matmul {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only shapes given as MxKxN (repeatable), e.g. --shape 1024x1024x1024.
+        #[arg(long = "shape", value_name = "MxKxN")]
+        shapes: Vec<String>,
+        /// Seconds to spend per shape (median of the repetitions is reported).
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+    },
+    /// Fused causal attention forward and forward+backward (B, H, T, D) in milliseconds.
+    Attention {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to spend per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
+}
+
+/// Median seconds of `f` over repeated runs.
+pub(crate) fn time_median(min_secs: f64, min_reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up: page faults, thread pool start, packing buffers
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < min_reps || start.elapsed() < Duration::from_secs_f64(min_secs) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() >= 1000 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+#[derive(Serialize)]
+struct MatmulResult {
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    gflops: f64,
+    median_ms: f64,
+}
+
+#[derive(Serialize)]
+struct AttentionResult {
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    threads: usize,
+    causal: bool,
+    forward_ms: f64,
+    forward_backward_ms: f64,
+}
+
+/// The shapes the engine issue asks for.
+pub(crate) const MATMUL_SHAPES: &[(usize, usize, usize)] = &[
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (2048, 768, 3072),
+    (2048, 3072, 768),
+    (1, 768, 3072),
+    (2048, 768, 50304),
+];
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
+    let bad = || anyhow::anyhow!("--shape {s:?}: expected MxKxN with three positive integers, e.g. 1024x1024x1024");
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let v: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    if v.contains(&0) {
+        return Err(bad());
+    }
+    Ok((v[0], v[1], v[2]))
+}
+
+pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        BenchCommand::Matmul { json, shapes, secs } => {
+            let shapes = if shapes.is_empty() { MATMUL_SHAPES.to_vec() } else { shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()? };
+            let mut results = Vec::new();
+            if !json {
+                writeln!(out, "f32 matmul, {threads} thread(s), median of repeated runs")?;
+                writeln!(out, "{:>6} {:>6} {:>6} {:>10} {:>10}", "M", "K", "N", "ms", "GFLOP/s")?;
+            }
+            let mut rng = Rng::new(0);
+            for (m, k, n) in shapes {
+                let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::F32, &mut rng);
+                let b = Tensor::randn(&[k, n], 0.0, 1.0, DType::F32, &mut rng);
+                let t = time_median(secs, 3, || {
+                    std::hint::black_box(a.matmul(&b));
+                });
+                let r = MatmulResult { m, k, n, threads, gflops: 2.0 * (m * k * n) as f64 / t / 1e9, median_ms: t * 1e3 };
+                if !json {
+                    writeln!(out, "{:>6} {:>6} {:>6} {:>10.3} {:>10.1}", m, k, n, r.median_ms, r.gflops)?;
+                }
+                results.push(r);
+            }
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&results)?)?;
+            }
+        }
+        BenchCommand::Attention { json, secs } => {
+            let mut results = Vec::new();
+            if !json {
+                writeln!(out, "fused causal attention, f32, {threads} thread(s), median ms")?;
+                writeln!(out, "{:>3} {:>3} {:>5} {:>3} {:>12} {:>16}", "B", "H", "T", "D", "forward", "forward+backward")?;
+            }
+            let mut rng = Rng::new(0);
+            for (b, h, t, d) in [(8, 6, 256, 64), (4, 12, 1024, 64)] {
+                let q = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let k = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let v = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let dout = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let fwd = time_median(secs, 3, || {
+                    std::hint::black_box(Tensor::attention(&q, &k, &v, None, true, None));
+                });
+                let fwd_bwd = time_median(secs, 3, || {
+                    let o = Tensor::attention(&q, &k, &v, None, true, None);
+                    std::hint::black_box(Tensor::attention_backward(&q, &k, &v, None, true, None, &o, &dout));
+                });
+                let r = AttentionResult { b, h, t, d, threads, causal: true, forward_ms: fwd * 1e3, forward_backward_ms: fwd_bwd * 1e3 };
+                if !json {
+                    writeln!(out, "{:>3} {:>3} {:>5} {:>3} {:>12.2} {:>16.2}", b, h, t, d, r.forward_ms, r.forward_backward_ms)?;
+                }
+                results.push(r);
+            }
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&results)?)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `yuanli` — the one command-line entry point. Each subcommand parses its flags here and
+//! calls into the library crates; nothing else in the workspace knows about clap or anyhow.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// yuanli (原理): the large-language-model stack from first principles.
+///
+/// Every stage — tensors and autodiff, layers, tokenizer, GPT pretraining, real LLaMA-family
+/// models, quantized inference — is implemented transparently in Rust, gradient-checked, and
+/// runnable on a laptop CPU.
+#[derive(Parser, Debug)]
+#[command(name = "yuanli", version, about, long_about = None)]
+struct Cli {
+    /// Compute threads (default: the YUANLI_THREADS environment variable, else all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure the engine's kernels (GFLOP/s, milliseconds); compare with bench/run_engine.sh.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let threads = yuanli_tensor::init_threads(cli.threads);
+    match cli.command {
+        Command::Bench(cmd) => bench::run(cmd, threads),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (`yuanli … | head`) is not an error worth reporting.
+            if err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Small vector kernels with run-time CPU-feature dispatch.
+//!
+//! Each kernel is written once as plain Rust (`*_impl`, `#[inline(always)]`) that LLVM
+//! auto-vectorises; thin wrappers compile it with `avx512f` or `avx2,fma` enabled, and the
+//! public function picks one at run time (`is_x86_feature_detected!` caches its answer). A
+//! release binary built for baseline x86-64 therefore still uses AVX-512 where it exists.
+//! The portable path is the same code without the extra features, so all paths compute the
+//! same formula and the tests compare each one to a scalar reference.
+
+/// Which instruction-set path the dispatcher picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// AVX-512F (16 f32 lanes).
+    Avx512,
+    /// AVX2 + FMA (8 f32 lanes).
+    Avx2,
+    /// Whatever the baseline target gives (SSE2 on x86-64).
+    Portable,
+}
+
+/// The best level this CPU supports (`YUANLI_SIMD=portable|avx2` caps it, for tests).
+pub fn simd_level() -> SimdLevel {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = std::env::var("YUANLI_SIMD").unwrap_or_default();
+        if cap != "portable" && cap != "avx2" && level_supported(SimdLevel::Avx512) {
+            SimdLevel::Avx512
+        } else if cap != "portable" && level_supported(SimdLevel::Avx2) {
+            SimdLevel::Avx2
+        } else {
+            SimdLevel::Portable
+        }
+    })
+}
+
+/// Whether this CPU can run `level`.
+pub fn level_supported(level: SimdLevel) -> bool {
+    match level {
+        SimdLevel::Portable => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => false,
+    }
+}
+
+/// Defines `pub fn $name(args)`, which runs `$imp` compiled for the best level, and
+/// `pub fn ${name}_at(level, args)` for an explicit level (tests run every supported one).
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $name_at:ident => $imp:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            $name_at(simd_level(), $($arg),*)
+        }
+
+        $(#[$doc])*
+        ///
+        /// Runs the code path of `level`; panics if the CPU does not support it.
+        pub fn $name_at(level: SimdLevel, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $imp($($arg),*) }
+                match level {
+                    SimdLevel::Avx512 => {
+                        assert!(level_supported(level), "simd: AVX-512 requested on a CPU without it");
+                        // SAFETY: the CPU reported every feature the wrapper is compiled with.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    SimdLevel::Avx2 => {
+                        assert!(level_supported(level), "simd: AVX2+FMA requested on a CPU without them");
+                        // SAFETY: as above, for AVX2 and FMA.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                    SimdLevel::Portable => {}
+                }
+            }
+            let _ = level;
+            $imp($($arg),*)
+        }
+    };
+}
+
+// Cephes-style expf: x = n·ln2 + r, |r| ≤ ln2/2, eʳ by a degree-6 polynomial, 2ⁿ by bits.
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_HI: f32 = 88.3;
+const EXP_LO: f32 = -87.336_55;
+
+/// eˣ for one f32, within 2 ulp of the correctly rounded result on [−87.3, 88.3]; exactly 0
+/// below (so −∞ gives 0), and it saturates near 2.4·10³⁸ above. Branch-free and free of
+/// float→int casts, so loops over it vectorise.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer in the low bits
+    let xc = x.clamp(EXP_LO, EXP_HI);
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4f32 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let e = p * r2 + r + 1.0;
+    // n sits in the low mantissa bits of t (two's complement); 2ⁿ has exponent field n + 127.
+    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    let pow2 = f32::from_bits(n_int.wrapping_add(127) << 23);
+    let y = e * pow2;
+    if x < EXP_LO {
+        0.0
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn exp_sub_inplace_impl(x: &mut [f32], shift: f32) {
+    for v in x.iter_mut() {
+        *v = exp_f32(*v - shift);
+    }
+}
+
+#[inline(always)]
+fn exp_sub_sum_impl(x: &mut [f32], shift: f32) -> f32 {
+    // Sixteen partial sums keep the loop vectorised (float addition is not reassociated).
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for k in 0..16 {
+            c[k] = exp_f32(c[k] - shift);
+            acc[k] += c[k];
+        }
+    }
+    let mut s = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - shift);
+        s += *v;
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn max_impl(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for k in 0..16 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(rem) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+#[inline(always)]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..16 {
+            acc[k] = x[k].mul_add(y[k], acc[k]);
+        }
+    }
+    let mut s = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
+    }
+    acc.iter().sum::<f32>() + s
+}
+
+#[inline(always)]
+fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = a.mul_add(x, *y);
+    }
+}
+
+#[inline(always)]
+fn axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) {
+    let n = y.len();
+    let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
+    for i in 0..n {
+        y[i] = a[3].mul_add(x3[i], a[2].mul_add(x2[i], a[1].mul_add(x1[i], a[0].mul_add(x0[i], y[i]))));
+    }
+}
+
+#[inline(always)]
+fn scale_impl(x: &mut [f32], s: f32) {
+    for v in x.iter_mut() {
+        *v *= s;
+    }
+}
+
+dispatch! {
+    /// `x ← exp(x − shift)` elementwise.
+    exp_sub_inplace, exp_sub_inplace_at => exp_sub_inplace_impl(x: &mut [f32], shift: f32)
+}
+dispatch! {
+    /// `x ← exp(x − shift)` elementwise; returns `Σ x` after the update.
+    exp_sub_sum, exp_sub_sum_at => exp_sub_sum_impl(x: &mut [f32], shift: f32) -> f32
+}
+dispatch! {
+    /// `max x` (−∞ for an empty slice; NaNs are skipped).
+    max, max_at => max_impl(x: &[f32]) -> f32
+}
+dispatch! {
+    /// `Σ a_i b_i` with fused multiply-adds.
+    dot, dot_at => dot_impl(a: &[f32], b: &[f32]) -> f32
+}
+dispatch! {
+    /// `y ← y + a·x`.
+    axpy, axpy_at => axpy_impl(y: &mut [f32], a: f32, x: &[f32])
+}
+dispatch! {
+    /// `y ← y + a₀x₀ + a₁x₁ + a₂x₂ + a₃x₃` (one load and store of `y` per four rows).
+    axpy4, axpy4_at => axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32])
+}
+dispatch! {
+    /// `x ← s·x`.
+    scale, scale_at => scale_impl(x: &mut [f32], s: f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_two_ulp_and_maps_minus_infinity_to_zero() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_f32(x) as f64;
+            let ulp = (want as f32).next_up() as f64 - want as f32 as f64;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.0137;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-200.0), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn every_supported_level_matches_the_scalar_reference() {
+        // Lengths that are not multiples of 16 (the vector width) exercise the remainders.
+        for len in [0usize, 1, 7, 16, 33, 103] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 37) % 23) as f32 * 0.3 - 3.0).collect();
+            let y: Vec<f32> = (0..len).map(|i| ((i * 11) % 7) as f32 * 0.5 - 1.0).collect();
+            let want_dot: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let want_max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let want_exp: Vec<f64> = x.iter().map(|&v| ((v - 1.0) as f64).exp()).collect();
+            for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
+                if !level_supported(level) {
+                    continue;
+                }
+                assert!((dot_at(level, &x, &y) as f64 - want_dot).abs() < 1e-4, "{level:?} dot");
+                assert_eq!(max_at(level, &x), want_max, "{level:?} max");
+                let mut e = x.clone();
+                let s = exp_sub_sum_at(level, &mut e, 1.0);
+                assert!((s as f64 - want_exp.iter().sum::<f64>()).abs() <= 1e-6 * want_exp.iter().sum::<f64>().max(1.0), "{level:?} exp sum");
+                for (g, w) in e.iter().zip(&want_exp) {
+                    assert!((*g as f64 - w).abs() <= 3e-7 * w, "{level:?} exp {g} vs {w}");
+                }
+                let mut z = y.clone();
+                axpy_at(level, &mut z, 2.0, &x);
+                let mut z4 = y.clone();
+                axpy4_at(level, &mut z4, [1.0, 0.5, -1.0, 2.0], &x, &y, &x, &y);
+                for i in 0..len {
+                    assert!((z[i] - (y[i] + 2.0 * x[i])).abs() < 1e-5, "{level:?} axpy");
+                    assert!((z4[i] - (y[i] + x[i] + 0.5 * y[i] - x[i] + 2.0 * y[i])).abs() < 1e-5, "{level:?} axpy4");
+                }
+            }
+        }
+    }
+}
