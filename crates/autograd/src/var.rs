@@ -88,8 +88,22 @@ pub fn no_grad() -> NoGradGuard {
 }
 
 impl Var {
-    fn make(value: Tensor, requires_grad: bool, op: Option<Box<dyn Backward>>, parents: Vec<Var>, grad_slot: Option<Tensor>) -> Self {
-        Var(Arc::new(Node { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), value, requires_grad, op, parents, grad: Mutex::new(None), grad_slot }))
+    fn make(
+        value: Tensor,
+        requires_grad: bool,
+        op: Option<Box<dyn Backward>>,
+        parents: Vec<Var>,
+        grad_slot: Option<Tensor>,
+    ) -> Self {
+        Var(Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            value,
+            requires_grad,
+            op,
+            parents,
+            grad: Mutex::new(None),
+            grad_slot,
+        }))
     }
 
     /// A leaf that requires a gradient.
@@ -106,7 +120,13 @@ impl Var {
     /// the same shape into a gradient arena).
     #[track_caller]
     pub fn param(value: Tensor, grad_slot: Tensor) -> Self {
-        assert_eq!(value.shape(), grad_slot.shape(), "Var::param: value {:?} vs grad slot {:?}", value.shape(), grad_slot.shape());
+        assert_eq!(
+            value.shape(),
+            grad_slot.shape(),
+            "Var::param: value {:?} vs grad slot {:?}",
+            value.shape(),
+            grad_slot.shape()
+        );
         Self::make(value, true, None, vec![], Some(grad_slot))
     }
 
@@ -114,7 +134,13 @@ impl Var {
     /// requires a gradient; otherwise a constant.
     pub fn from_op(value: Tensor, op: impl Backward + 'static, parents: &[&Var]) -> Self {
         if is_grad_enabled() && parents.iter().any(|p| p.requires_grad()) {
-            Self::make(value, true, Some(Box::new(op)), parents.iter().map(|&p| p.clone()).collect(), None)
+            Self::make(
+                value,
+                true,
+                Some(Box::new(op)),
+                parents.iter().map(|&p| p.clone()).collect(),
+                None,
+            )
         } else {
             Self::constant(value)
         }
@@ -159,7 +185,12 @@ impl Var {
     pub fn grad(&self) -> Option<Tensor> {
         match &self.0.grad_slot {
             Some(slot) => Some(slot.clone()),
-            None => self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => self
+                .0
+                .grad
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -212,7 +243,12 @@ impl Var {
     /// Back-propagates from a scalar: `∂self/∂leaf` is added to every leaf's gradient.
     #[track_caller]
     pub fn backward(&self) {
-        assert_eq!(self.value().numel(), 1, "backward: the loss must be a scalar, got shape {:?}; use backward_with", self.shape());
+        assert_eq!(
+            self.value().numel(),
+            1,
+            "backward: the loss must be a scalar, got shape {:?}; use backward_with",
+            self.shape()
+        );
         let seed = Tensor::ones(self.shape(), self.value().dtype());
         self.backward_with(seed);
     }
@@ -220,7 +256,13 @@ impl Var {
     /// Back-propagates a given output gradient `∂L/∂self`.
     #[track_caller]
     pub fn backward_with(&self, dout: Tensor) {
-        assert_eq!(dout.shape(), self.shape(), "backward_with: seed {:?} vs output {:?}", dout.shape(), self.shape());
+        assert_eq!(
+            dout.shape(),
+            self.shape(),
+            "backward_with: seed {:?} vs output {:?}",
+            dout.shape(),
+            self.shape()
+        );
         if !self.requires_grad() {
             return;
         }
@@ -228,7 +270,9 @@ impl Var {
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
         grads.insert(self.id(), dout);
         for node in order.iter().rev() {
-            let Some(g) = grads.remove(&node.id()) else { continue };
+            let Some(g) = grads.remove(&node.id()) else {
+                continue;
+            };
             let Some(op) = &node.0.op else {
                 node.accumulate_leaf(g);
                 continue;
@@ -240,7 +284,14 @@ impl Var {
                 if !p.requires_grad() {
                     continue;
                 }
-                assert_eq!(pg.shape(), p.shape(), "backward of {}: gradient {:?} for an input of shape {:?}", op.name(), pg.shape(), p.shape());
+                assert_eq!(
+                    pg.shape(),
+                    p.shape(),
+                    "backward of {}: gradient {:?} for an input of shape {:?}",
+                    op.name(),
+                    pg.shape(),
+                    p.shape()
+                );
                 match grads.remove(&p.id()) {
                     None => grads.insert(p.id(), pg),
                     Some(prev) => grads.insert(p.id(), prev.add(&pg)),
@@ -252,6 +303,13 @@ impl Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Var#{}({:?}, op {:?}, grad {})", self.id(), self.value(), self.op_name(), self.requires_grad())
+        write!(
+            f,
+            "Var#{}({:?}, op {:?}, grad {})",
+            self.id(),
+            self.value(),
+            self.op_name(),
+            self.requires_grad()
+        )
     }
 }

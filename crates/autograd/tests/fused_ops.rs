@@ -1,5 +1,6 @@
 //! Every fused op: gradient-checked in f64, and equal to its composite twin (built from
 //! primitives) in f32, forward and backward.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in checks
 
 mod common;
 use common::{check, fused_matches_composite, randn};
@@ -106,8 +107,15 @@ proptest! {
 fn attention_multi_block_strided_views_match_composite() {
     let (b, h, t, d) = (1, 2, 300, 16);
     let qkv = randn(&[b, t, 3, h, d], 5);
-    let split = |x: &[Var], i: usize| x[0].narrow(2, i, 1).reshape(&[b, t, h, d]).permute(&[0, 2, 1, 3]);
-    let causal = AttentionOpts { causal: true, ..Default::default() };
+    let split = |x: &[Var], i: usize| {
+        x[0].narrow(2, i, 1)
+            .reshape(&[b, t, h, d])
+            .permute(&[0, 2, 1, 3])
+    };
+    let causal = AttentionOpts {
+        causal: true,
+        ..Default::default()
+    };
     fused_matches_composite(
         "attention multi-block",
         |x| Var::attention(&split(x, 0), &split(x, 1), &split(x, 2), &causal),

@@ -133,14 +133,31 @@ impl Tensor {
     }
 
     #[track_caller]
-    fn binary_map<T: Element, U: Element>(&self, other: &Tensor, op: &str, f: impl Fn(T, T) -> U + Sync) -> Tensor {
-        assert_eq!(self.dtype(), other.dtype(), "{op}: dtypes differ: {} and {}", self.dtype(), other.dtype());
+    fn binary_map<T: Element, U: Element>(
+        &self,
+        other: &Tensor,
+        op: &str,
+        f: impl Fn(T, T) -> U + Sync,
+    ) -> Tensor {
+        assert_eq!(
+            self.dtype(),
+            other.dtype(),
+            "{op}: dtypes differ: {} and {}",
+            self.dtype(),
+            other.dtype()
+        );
         let shape = match broadcast_shapes(self.shape(), other.shape()) {
             Some(s) => s,
-            None => panic!("{op}: shapes {:?} and {:?} do not broadcast", self.shape(), other.shape()),
+            None => panic!(
+                "{op}: shapes {:?} and {:?} do not broadcast",
+                self.shape(),
+                other.shape()
+            ),
         };
         let (a, b) = (self.broadcast_as(&shape), other.broadcast_as(&shape));
-        let out = a.with_strided(|da: &[T], la| b.with_strided(|db: &[T], lb| cpu::binary_strided(da, la, db, lb, f)));
+        let out = a.with_strided(|da: &[T], la| {
+            b.with_strided(|db: &[T], lb| cpu::binary_strided(da, la, db, lb, f))
+        });
         Tensor::new(out, &shape)
     }
 
@@ -172,10 +189,23 @@ impl Tensor {
     /// `cond ? a : b` elementwise, broadcasting all three; `cond` is any dtype, nonzero = true.
     #[track_caller]
     pub fn where_cond(cond: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
-        assert_eq!(a.dtype(), b.dtype(), "where: branch dtypes differ: {} and {}", a.dtype(), b.dtype());
+        assert_eq!(
+            a.dtype(),
+            b.dtype(),
+            "where: branch dtypes differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        );
         let shape = broadcast_shapes(a.shape(), b.shape())
             .and_then(|s| broadcast_shapes(&s, cond.shape()))
-            .unwrap_or_else(|| panic!("where: shapes cond {:?}, a {:?}, b {:?} do not broadcast", cond.shape(), a.shape(), b.shape()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "where: shapes cond {:?}, a {:?}, b {:?} do not broadcast",
+                    cond.shape(),
+                    a.shape(),
+                    b.shape()
+                )
+            });
         let c = cond.to_dtype(DType::F64).broadcast_as(&shape);
         let (a, b) = (a.broadcast_as(&shape), b.broadcast_as(&shape));
         float_dispatch!(a.dtype(), "where", T => {
@@ -209,7 +239,10 @@ impl Tensor {
     }
 
     fn reduce(&self, axes: &[isize], keepdim: bool, op: ReduceOp, name: &str) -> Tensor {
-        let mut ax: Vec<usize> = axes.iter().map(|&a| resolve_axis(a, self.rank(), name)).collect();
+        let mut ax: Vec<usize> = axes
+            .iter()
+            .map(|&a| resolve_axis(a, self.rank(), name))
+            .collect();
         ax.sort_unstable();
         ax.dedup();
         let mut x = self.clone();
@@ -217,7 +250,13 @@ impl Tensor {
             x = x.reduce_one(a, op);
         }
         if !keepdim {
-            let shape: Vec<usize> = x.shape().iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect();
+            let shape: Vec<usize> = x
+                .shape()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !ax.contains(i))
+                .map(|(_, &d)| d)
+                .collect();
             x = x.reshape(&shape);
         }
         x
@@ -237,7 +276,10 @@ impl Tensor {
     /// Mean over `axes`.
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Tensor {
-        let count: usize = axes.iter().map(|&a| self.shape()[resolve_axis(a, self.rank(), "mean")]).product();
+        let count: usize = axes
+            .iter()
+            .map(|&a| self.shape()[resolve_axis(a, self.rank(), "mean")])
+            .product();
         self.sum(axes, keepdim).mul_scalar(1.0 / count as f64)
     }
 
@@ -260,7 +302,12 @@ impl Tensor {
         let shape = self.shape();
         let outer: usize = shape[..a].iter().product();
         let inner: usize = shape[a + 1..].iter().product();
-        let out_shape: Vec<usize> = shape.iter().enumerate().filter(|&(i, _)| i != a).map(|(_, &d)| d).collect();
+        let out_shape: Vec<usize> = shape
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != a)
+            .map(|(_, &d)| d)
+            .collect();
         float_dispatch!(self.dtype(), "argmax", T => {
             Tensor::new(self.with_slice(|s: &[T]| cpu::argmax_axis(s, outer, shape[a], inner)), &out_shape)
         })
@@ -273,14 +320,23 @@ impl Tensor {
             return self.clone();
         }
         let r = self.rank();
-        assert!(shape.len() <= r, "sum_to_shape: {:?} cannot reduce to higher rank {shape:?}", self.shape());
+        assert!(
+            shape.len() <= r,
+            "sum_to_shape: {:?} cannot reduce to higher rank {shape:?}",
+            self.shape()
+        );
         let lead = r - shape.len();
         let mut axes: Vec<isize> = (0..lead as isize).collect();
         for (i, &d) in shape.iter().enumerate() {
             if d == 1 && self.shape()[lead + i] != 1 {
                 axes.push((lead + i) as isize);
             } else {
-                assert_eq!(d, self.shape()[lead + i], "sum_to_shape: {:?} is not a broadcast of {shape:?}", self.shape());
+                assert_eq!(
+                    d,
+                    self.shape()[lead + i],
+                    "sum_to_shape: {:?} is not a broadcast of {shape:?}",
+                    self.shape()
+                );
             }
         }
         self.sum(&axes, true).reshape(shape)
@@ -294,11 +350,28 @@ impl Tensor {
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
         let (a, b) = (self, other);
-        assert!(a.rank() >= 2 && b.rank() >= 2, "matmul: needs rank ≥ 2, got {:?} and {:?}", a.shape(), b.shape());
-        assert_eq!(a.dtype(), b.dtype(), "matmul: dtypes differ: {} and {}", a.dtype(), b.dtype());
+        assert!(
+            a.rank() >= 2 && b.rank() >= 2,
+            "matmul: needs rank ≥ 2, got {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
+        assert_eq!(
+            a.dtype(),
+            b.dtype(),
+            "matmul: dtypes differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        );
         let (m, k) = (a.dim(-2), a.dim(-1));
         let (k2, n) = (b.dim(-2), b.dim(-1));
-        assert_eq!(k, k2, "matmul: inner dimensions differ: {:?} · {:?}", a.shape(), b.shape());
+        assert_eq!(
+            k,
+            k2,
+            "matmul: inner dimensions differ: {:?} · {:?}",
+            a.shape(),
+            b.shape()
+        );
         // (…, M, K) · (K, N): fold the batch into M for one large product when `a` allows it.
         if b.rank() == 2 && a.rank() > 2 {
             let rows: usize = a.shape()[..a.rank() - 1].iter().product();
@@ -309,7 +382,13 @@ impl Tensor {
             }
         }
         let batch = broadcast_shapes(&a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
-            .unwrap_or_else(|| panic!("matmul: batch axes of {:?} and {:?} do not broadcast", a.shape(), b.shape()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "matmul: batch axes of {:?} and {:?} do not broadcast",
+                    a.shape(),
+                    b.shape()
+                )
+            });
         let nb: usize = batch.iter().product();
         let mut ashape = batch.clone();
         ashape.extend([m, k]);
@@ -318,7 +397,13 @@ impl Tensor {
         let (a, b) = (a.broadcast_as(&ashape), b.broadcast_as(&bshape));
         let mut offs = Vec::with_capacity(nb);
         let r = batch.len();
-        walk_rows(&batch, [&a.strides()[..r], &b.strides()[..r]], [a.layout().offset(), b.layout().offset()], 0..nb, |_, o| offs.push(o));
+        walk_rows(
+            &batch,
+            [&a.strides()[..r], &b.strides()[..r]],
+            [a.layout().offset(), b.layout().offset()],
+            0..nb,
+            |_, o| offs.push(o),
+        );
         let (ars, acs) = (a.strides()[r], a.strides()[r + 1]);
         let (brs, bcs) = (b.strides()[r], b.strides()[r + 1]);
         let mut out_shape = batch.clone();
@@ -373,7 +458,13 @@ impl Tensor {
     /// Given `self = softmax(x)` and `dout`, returns `dx`.
     #[track_caller]
     pub fn softmax_backward(&self, dout: &Tensor) -> Tensor {
-        assert_eq!(self.shape(), dout.shape(), "softmax_backward: out {:?} vs dout {:?}", self.shape(), dout.shape());
+        assert_eq!(
+            self.shape(),
+            dout.shape(),
+            "softmax_backward: out {:?} vs dout {:?}",
+            self.shape(),
+            dout.shape()
+        );
         let c = self.last_axis_rows("softmax_backward");
         float_dispatch!(self.dtype(), "softmax_backward", T => {
             let mut dx = vec![T::ZERO; self.numel()];
@@ -385,7 +476,13 @@ impl Tensor {
     /// Given `self = log_softmax(x)` and `dout`, returns `dx`.
     #[track_caller]
     pub fn log_softmax_backward(&self, dout: &Tensor) -> Tensor {
-        assert_eq!(self.shape(), dout.shape(), "log_softmax_backward: out {:?} vs dout {:?}", self.shape(), dout.shape());
+        assert_eq!(
+            self.shape(),
+            dout.shape(),
+            "log_softmax_backward: out {:?} vs dout {:?}",
+            self.shape(),
+            dout.shape()
+        );
         let c = self.last_axis_rows("log_softmax_backward");
         float_dispatch!(self.dtype(), "log_softmax_backward", T => {
             let mut dx = vec![T::ZERO; self.numel()];
@@ -397,10 +494,25 @@ impl Tensor {
     /// Per-row cross-entropy of logits `(…, V)` against u32 `targets` `(…)`.
     /// Returns `(losses (…), lse (…))`; ignored rows have loss 0.
     #[track_caller]
-    pub fn cross_entropy_rows(&self, targets: &Tensor, ignore_index: Option<u32>) -> (Tensor, Tensor) {
+    pub fn cross_entropy_rows(
+        &self,
+        targets: &Tensor,
+        ignore_index: Option<u32>,
+    ) -> (Tensor, Tensor) {
         let v = self.last_axis_rows("cross_entropy");
-        assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32, got {}", targets.dtype());
-        assert_eq!(&self.shape()[..self.rank() - 1], targets.shape(), "cross_entropy: logits {:?} vs targets {:?}", self.shape(), targets.shape());
+        assert_eq!(
+            targets.dtype(),
+            DType::U32,
+            "cross_entropy: targets must be u32, got {}",
+            targets.dtype()
+        );
+        assert_eq!(
+            &self.shape()[..self.rank() - 1],
+            targets.shape(),
+            "cross_entropy: logits {:?} vs targets {:?}",
+            self.shape(),
+            targets.shape()
+        );
         let n = targets.numel();
         let ids = targets.to_vec::<u32>();
         float_dispatch!(self.dtype(), "cross_entropy", T => {
@@ -412,7 +524,13 @@ impl Tensor {
 
     /// Backward of [`Tensor::cross_entropy_rows`]: `dlogits = dloss · (softmax − onehot)`.
     #[track_caller]
-    pub fn cross_entropy_rows_backward(&self, targets: &Tensor, lse: &Tensor, dlosses: &Tensor, ignore_index: Option<u32>) -> Tensor {
+    pub fn cross_entropy_rows_backward(
+        &self,
+        targets: &Tensor,
+        lse: &Tensor,
+        dlosses: &Tensor,
+        ignore_index: Option<u32>,
+    ) -> Tensor {
         let v = self.last_axis_rows("cross_entropy_backward");
         let ids = targets.to_vec::<u32>();
         float_dispatch!(self.dtype(), "cross_entropy_backward", T => {
@@ -428,11 +546,28 @@ impl Tensor {
 
     /// LayerNorm over the last axis: returns `(y, stats)`.
     #[track_caller]
-    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> (Tensor, NormStats) {
+    pub fn layer_norm(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> (Tensor, NormStats) {
         let c = self.last_axis_rows("layer_norm");
-        assert_eq!(weight.shape(), [c], "layer_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
+        assert_eq!(
+            weight.shape(),
+            [c],
+            "layer_norm: weight {:?} for input {:?}",
+            weight.shape(),
+            self.shape()
+        );
         if let Some(b) = bias {
-            assert_eq!(b.shape(), [c], "layer_norm: bias {:?} for input {:?}", b.shape(), self.shape());
+            assert_eq!(
+                b.shape(),
+                [c],
+                "layer_norm: bias {:?} for input {:?}",
+                b.shape(),
+                self.shape()
+            );
         }
         let rows = self.numel() / c.max(1);
         let stat_shape = &self.shape()[..self.rank() - 1];
@@ -448,9 +583,17 @@ impl Tensor {
 
     /// LayerNorm backward: returns `(dx, dweight, dbias)`.
     #[track_caller]
-    pub fn layer_norm_backward(&self, weight: &Tensor, stats: &NormStats, dout: &Tensor) -> (Tensor, Tensor, Tensor) {
+    pub fn layer_norm_backward(
+        &self,
+        weight: &Tensor,
+        stats: &NormStats,
+        dout: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
         let c = self.last_axis_rows("layer_norm_backward");
-        let mean = stats.mean.as_ref().expect("layer_norm_backward: stats come from layer_norm and carry the mean");
+        let mean = stats
+            .mean
+            .as_ref()
+            .expect("layer_norm_backward: stats come from layer_norm and carry the mean");
         float_dispatch!(self.dtype(), "layer_norm_backward", T => {
             let (mut dx, mut dw, mut db) = (vec![T::ZERO; self.numel()], vec![T::ZERO; c], vec![T::ZERO; c]);
             self.with_slice(|x: &[T]| weight.with_slice(|w: &[T]| dout.with_slice(|dy: &[T]| mean.with_slice(|mu: &[T]| stats.rstd.with_slice(|rs: &[T]| {
@@ -464,7 +607,13 @@ impl Tensor {
     #[track_caller]
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> (Tensor, NormStats) {
         let c = self.last_axis_rows("rms_norm");
-        assert_eq!(weight.shape(), [c], "rms_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
+        assert_eq!(
+            weight.shape(),
+            [c],
+            "rms_norm: weight {:?} for input {:?}",
+            weight.shape(),
+            self.shape()
+        );
         let rows = self.numel() / c.max(1);
         let stat_shape = &self.shape()[..self.rank() - 1];
         float_dispatch!(self.dtype(), "rms_norm", T => {
@@ -476,7 +625,12 @@ impl Tensor {
 
     /// RMSNorm backward: returns `(dx, dweight)`.
     #[track_caller]
-    pub fn rms_norm_backward(&self, weight: &Tensor, stats: &NormStats, dout: &Tensor) -> (Tensor, Tensor) {
+    pub fn rms_norm_backward(
+        &self,
+        weight: &Tensor,
+        stats: &NormStats,
+        dout: &Tensor,
+    ) -> (Tensor, Tensor) {
         let c = self.last_axis_rows("rms_norm_backward");
         float_dispatch!(self.dtype(), "rms_norm_backward", T => {
             let (mut dx, mut dw) = (vec![T::ZERO; self.numel()], vec![T::ZERO; c]);
@@ -492,7 +646,13 @@ impl Tensor {
     /// `silu(self) ⊙ up` (self is the gate).
     #[track_caller]
     pub fn swiglu(&self, up: &Tensor) -> Tensor {
-        assert_eq!(self.shape(), up.shape(), "swiglu: gate {:?} vs up {:?}", self.shape(), up.shape());
+        assert_eq!(
+            self.shape(),
+            up.shape(),
+            "swiglu: gate {:?} vs up {:?}",
+            self.shape(),
+            up.shape()
+        );
         float_dispatch!(self.dtype(), "swiglu", T => {
             let mut out = vec![T::ZERO; self.numel()];
             self.with_slice(|g: &[T]| up.with_slice(|u: &[T]| cpu::swiglu_forward(&mut out, g, u)));
@@ -509,10 +669,25 @@ impl Tensor {
         })
     }
 
-    fn rope_apply(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout, backward: bool) -> Tensor {
-        assert!(self.rank() >= 2, "rope: needs (…, T, …, D), got {:?}", self.shape());
+    fn rope_apply(
+        &self,
+        seq_axis: isize,
+        pos0: usize,
+        base: f64,
+        layout: RopeLayout,
+        backward: bool,
+    ) -> Tensor {
+        assert!(
+            self.rank() >= 2,
+            "rope: needs (…, T, …, D), got {:?}",
+            self.shape()
+        );
         let sa = resolve_axis(seq_axis, self.rank(), "rope");
-        assert!(sa < self.rank() - 1, "rope: the sequence axis {sa} must come before the last (head) axis of {:?}", self.shape());
+        assert!(
+            sa < self.rank() - 1,
+            "rope: the sequence axis {sa} must come before the last (head) axis of {:?}",
+            self.shape()
+        );
         let d = self.dim(-1);
         let t = self.shape()[sa];
         let inner_rows: usize = self.shape()[sa + 1..self.rank() - 1].iter().product();
@@ -539,29 +714,80 @@ impl Tensor {
 
     /// The backward of [`Tensor::rope`] applied to `self = dout` (the inverse rotation).
     #[track_caller]
-    pub fn rope_backward(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout) -> Tensor {
+    pub fn rope_backward(
+        &self,
+        seq_axis: isize,
+        pos0: usize,
+        base: f64,
+        layout: RopeLayout,
+    ) -> Tensor {
         self.rope_apply(seq_axis, pos0, base, layout, true)
     }
 
     // ---------------------------------------------------------------- attention
 
     fn heads_view(&self, name: &str) -> (Tensor, HeadsView) {
-        assert_eq!(self.rank(), 4, "attention: {name} must be (B, heads, T, D), got {:?}", self.shape());
-        let t = if self.strides()[3] == 1 || self.dim(-1) == 1 { self.clone() } else { self.contiguous() };
+        assert_eq!(
+            self.rank(),
+            4,
+            "attention: {name} must be (B, heads, T, D), got {:?}",
+            self.shape()
+        );
+        let t = if self.strides()[3] == 1 || self.dim(-1) == 1 {
+            self.clone()
+        } else {
+            self.contiguous()
+        };
         let s = t.strides().to_vec();
-        let view = HeadsView { off: t.layout().offset(), sb: s[0], sh: s[1], st: s[2] };
+        let view = HeadsView {
+            off: t.layout().offset(),
+            sb: s[0],
+            sh: s[1],
+            st: s[2],
+        };
         (t, view)
     }
 
-    fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: Option<f64>) -> AttnDims {
+    fn attention_dims(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        scale: Option<f64>,
+    ) -> AttnDims {
         let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
         let ctx = || format!("q {qs:?}, k {ks:?}, v {vs:?}");
-        assert!(qs.len() == 4 && ks.len() == 4 && vs.len() == 4, "attention: q, k, v must be (B, heads, T, D): {}", ctx());
+        assert!(
+            qs.len() == 4 && ks.len() == 4 && vs.len() == 4,
+            "attention: q, k, v must be (B, heads, T, D): {}",
+            ctx()
+        );
         assert!(ks == vs, "attention: k and v shapes differ: {}", ctx());
-        assert!(qs[0] == ks[0] && qs[3] == ks[3], "attention: batch or head size differ: {}", ctx());
-        assert!(ks[1] > 0 && qs[1] % ks[1] == 0, "attention: query heads must be a multiple of kv heads: {}", ctx());
-        assert!(!causal || qs[2] <= ks[2], "attention: causal needs Tq ≤ Tk: {}", ctx());
-        AttnDims { b: qs[0], h: qs[1], hk: ks[1], tq: qs[2], tk: ks[2], d: qs[3], scale: scale.unwrap_or(1.0 / (qs[3] as f64).sqrt()), causal }
+        assert!(
+            qs[0] == ks[0] && qs[3] == ks[3],
+            "attention: batch or head size differ: {}",
+            ctx()
+        );
+        assert!(
+            ks[1] > 0 && qs[1] % ks[1] == 0,
+            "attention: query heads must be a multiple of kv heads: {}",
+            ctx()
+        );
+        assert!(
+            !causal || qs[2] <= ks[2],
+            "attention: causal needs Tq ≤ Tk: {}",
+            ctx()
+        );
+        AttnDims {
+            b: qs[0],
+            h: qs[1],
+            hk: ks[1],
+            tq: qs[2],
+            tk: ks[2],
+            d: qs[3],
+            scale: scale.unwrap_or(1.0 / (qs[3] as f64).sqrt()),
+            causal,
+        }
     }
 
     /// Fused scaled-dot-product attention forward: `softmax(scale·QKᵀ + mask) V`.
@@ -569,7 +795,14 @@ impl Tensor {
     /// `q` is `(B, H, Tq, D)`, `k` and `v` `(B, Hk, Tk, D)` with `H % Hk == 0` (grouped-query);
     /// `mask` (additive, constant) broadcasts to `(B, H, Tq, Tk)`; `scale` defaults to `1/√D`.
     #[track_caller]
-    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, scale: Option<f64>) -> AttentionOutput {
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+        scale: Option<f64>,
+    ) -> AttentionOutput {
         let dims = Self::attention_dims(q, k, v, causal, scale);
         let ((q, qv), (k, kv), (v, vv)) = (q.heads_view("q"), k.heads_view("k"), v.heads_view("v"));
         let mask = mask.map(|m| m.broadcast_as(&[dims.b, dims.h, dims.tq, dims.tk]));
@@ -589,9 +822,24 @@ impl Tensor {
 
     /// Fused attention backward: returns `(dq, dk, dv)` (contiguous, shapes of q, k, v).
     #[track_caller]
-    pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool, scale: Option<f64>, fwd: &AttentionOutput, dout: &Tensor) -> (Tensor, Tensor, Tensor) {
+    pub fn attention_backward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+        scale: Option<f64>,
+        fwd: &AttentionOutput,
+        dout: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
         let dims = Self::attention_dims(q, k, v, causal, scale);
-        assert_eq!(dout.shape(), fwd.out.shape(), "attention_backward: dout {:?} vs out {:?}", dout.shape(), fwd.out.shape());
+        assert_eq!(
+            dout.shape(),
+            fwd.out.shape(),
+            "attention_backward: dout {:?} vs out {:?}",
+            dout.shape(),
+            fwd.out.shape()
+        );
         let ((q, qv), (k, kv), (v, vv)) = (q.heads_view("q"), k.heads_view("k"), v.heads_view("v"));
         let dout = dout.contiguous();
         let mask = mask.map(|m| m.broadcast_as(&[dims.b, dims.h, dims.tq, dims.tk]));
@@ -617,8 +865,18 @@ impl Tensor {
     /// Rows of a `(N, C)` table picked by u32 `ids` of any shape: `(…ids, C)` (embedding lookup).
     #[track_caller]
     pub fn index_select(&self, ids: &Tensor) -> Tensor {
-        assert_eq!(self.rank(), 2, "index_select: table must be (N, C), got {:?}", self.shape());
-        assert_eq!(ids.dtype(), DType::U32, "index_select: ids must be u32, got {}", ids.dtype());
+        assert_eq!(
+            self.rank(),
+            2,
+            "index_select: table must be (N, C), got {:?}",
+            self.shape()
+        );
+        assert_eq!(
+            ids.dtype(),
+            DType::U32,
+            "index_select: ids must be u32, got {}",
+            ids.dtype()
+        );
         let c = self.dim(1);
         let idv = ids.to_vec::<u32>();
         let mut shape = ids.shape().to_vec();
@@ -635,7 +893,13 @@ impl Tensor {
     pub fn index_add_rows(&self, ids: &Tensor, rows: usize) -> Tensor {
         let c = self.dim(-1);
         let idv = ids.to_vec::<u32>();
-        assert_eq!(idv.len() * c, self.numel(), "index_add_rows: {:?} values for {} ids", self.shape(), idv.len());
+        assert_eq!(
+            idv.len() * c,
+            self.numel(),
+            "index_add_rows: {:?} values for {} ids",
+            self.shape(),
+            idv.len()
+        );
         float_dispatch!(self.dtype(), "index_add_rows", T => {
             let mut out = vec![T::ZERO; rows * c];
             if let Some(&bad) = idv.iter().find(|&&i| i as usize >= rows) {
@@ -657,8 +921,14 @@ impl Tensor {
     pub fn gather(&self, axis: isize, idx: &Tensor) -> Tensor {
         let a = resolve_axis(axis, self.rank(), "gather");
         assert_eq!(idx.dtype(), DType::U32, "gather: index must be u32");
-        let ok = idx.rank() == self.rank() && (0..self.rank()).all(|i| i == a || idx.shape()[i] == self.shape()[i]);
-        assert!(ok, "gather: index {:?} must match input {:?} except on axis {a}", idx.shape(), self.shape());
+        let ok = idx.rank() == self.rank()
+            && (0..self.rank()).all(|i| i == a || idx.shape()[i] == self.shape()[i]);
+        assert!(
+            ok,
+            "gather: index {:?} must match input {:?} except on axis {a}",
+            idx.shape(),
+            self.shape()
+        );
         let (outer, n, inner) = self.axis_split(a);
         let k = idx.shape()[a];
         let iv = idx.to_vec::<u32>();
@@ -671,7 +941,13 @@ impl Tensor {
     #[track_caller]
     pub fn scatter_add(&self, axis: isize, idx: &Tensor, src: &Tensor) -> Tensor {
         let a = resolve_axis(axis, self.rank(), "scatter_add");
-        assert_eq!(idx.shape(), src.shape(), "scatter_add: index {:?} vs src {:?}", idx.shape(), src.shape());
+        assert_eq!(
+            idx.shape(),
+            src.shape(),
+            "scatter_add: index {:?} vs src {:?}",
+            idx.shape(),
+            src.shape()
+        );
         let (outer, n, inner) = self.axis_split(a);
         let k = idx.shape()[a];
         let iv = idx.to_vec::<u32>();
@@ -689,8 +965,14 @@ impl Tensor {
         let first = &parts[0];
         let a = resolve_axis(axis, first.rank(), "concat");
         for p in parts {
-            let ok = p.rank() == first.rank() && p.dtype() == first.dtype() && (0..first.rank()).all(|i| i == a || p.shape()[i] == first.shape()[i]);
-            assert!(ok, "concat: shapes {:?} disagree off axis {a}", parts.iter().map(|p| p.shape().to_vec()).collect::<Vec<_>>());
+            let ok = p.rank() == first.rank()
+                && p.dtype() == first.dtype()
+                && (0..first.rank()).all(|i| i == a || p.shape()[i] == first.shape()[i]);
+            assert!(
+                ok,
+                "concat: shapes {:?} disagree off axis {a}",
+                parts.iter().map(|p| p.shape().to_vec()).collect::<Vec<_>>()
+            );
         }
         let mut shape = first.shape().to_vec();
         shape[a] = parts.iter().map(|p| p.shape()[a]).sum();
@@ -716,7 +998,11 @@ impl Tensor {
     #[track_caller]
     pub fn topk(&self, k: usize) -> (Tensor, Tensor) {
         let c = self.last_axis_rows("topk");
-        assert!(k <= c, "topk: k = {k} > last axis {c} of {:?}", self.shape());
+        assert!(
+            k <= c,
+            "topk: k = {k} > last axis {c} of {:?}",
+            self.shape()
+        );
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = k;
         float_dispatch!(self.dtype(), "topk", T => {

@@ -22,7 +22,14 @@ impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        Self { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)] }
+        Self {
+            s: [
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+            ],
+        }
     }
 
     /// The full state (for checkpoints).
@@ -67,7 +74,7 @@ impl Rng {
 
     /// Uniform integer in 0..n (n > 0), by Lemire's multiply-shift (bias < 2⁻³² for n < 2³²).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// An independent generator for a sub-task (a worker, a layer), derived from this one.
@@ -98,6 +105,9 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+            "mean {mean} var {var}"
+        );
     }
 }

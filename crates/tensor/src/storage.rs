@@ -70,15 +70,14 @@ impl CpuStorage {
         }
     }
 
-    /// Appends the elements of a slice (the parameter arena grows this way).
+    /// Appends the elements of a slice, converted to the stored float type (the parameter
+    /// arena grows this way).
     #[track_caller]
     pub fn extend_from_slice<T: Element>(&mut self, data: &[T]) {
         let dtype = self.dtype();
         match self {
-            CpuStorage::F32(v) if T::DTYPE == DType::F32 => {
-                v.extend(data.iter().map(|x| x.to_f32()));
-            }
-            CpuStorage::F64(v) if T::DTYPE == DType::F64 => v.extend(data.iter().map(|x| x.to_f64())),
+            CpuStorage::F32(v) => v.extend(data.iter().map(|x| x.to_f32())),
+            CpuStorage::F64(v) => v.extend(data.iter().map(|x| x.to_f64())),
             _ => panic!("extend_from_slice: storage holds {dtype}, got {}", T::DTYPE),
         }
     }

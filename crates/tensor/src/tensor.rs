@@ -33,7 +33,10 @@ macro_rules! float_dispatch {
                 type $T = f64;
                 $body
             }
-            other => panic!("{}: dtype {other} cannot be computed in; convert with to_dtype(DType::F32)", $op),
+            other => panic!(
+                "{}: dtype {other} cannot be computed in; convert with to_dtype(DType::F32)",
+                $op
+            ),
         }
     };
 }
@@ -46,16 +49,29 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Self> {
         let expected: usize = shape.iter().product();
         if data.len() != expected {
-            return Err(Error::BufferLength { op: "from_vec", len: data.len(), expected, shape: shape.to_vec() });
+            return Err(Error::BufferLength {
+                op: "from_vec",
+                len: data.len(),
+                expected,
+                shape: shape.to_vec(),
+            });
         }
-        Ok(Self::from_storage(T::into_storage(data), Layout::contiguous(shape)))
+        Ok(Self::from_storage(
+            T::into_storage(data),
+            Layout::contiguous(shape),
+        ))
     }
 
     /// Like [`Tensor::from_vec`] for data the caller built to size: panics on a length mismatch.
     #[track_caller]
     pub fn new<T: Element>(data: Vec<T>, shape: &[usize]) -> Self {
         let expected: usize = shape.iter().product();
-        assert_eq!(data.len(), expected, "Tensor::new: {} elements for shape {shape:?}", data.len());
+        assert_eq!(
+            data.len(),
+            expected,
+            "Tensor::new: {} elements for shape {shape:?}",
+            data.len()
+        );
         Self::from_storage(T::into_storage(data), Layout::contiguous(shape))
     }
 
@@ -66,7 +82,12 @@ impl Tensor {
 
     pub(crate) fn from_storage(s: CpuStorage, layout: Layout) -> Self {
         let dtype = s.dtype();
-        Self { storage: Arc::new(RwLock::new(Storage::Cpu(s))), layout, dtype, device: Device::Cpu }
+        Self {
+            storage: Arc::new(RwLock::new(Storage::Cpu(s))),
+            layout,
+            dtype,
+            device: Device::Cpu,
+        }
     }
 
     /// A tensor filled with `value`.
@@ -192,7 +213,13 @@ impl Tensor {
     /// The single value of a one-element tensor, as f64.
     #[track_caller]
     pub fn item(&self) -> f64 {
-        assert_eq!(self.numel(), 1, "item: tensor of shape {:?} has {} elements", self.shape(), self.numel());
+        assert_eq!(
+            self.numel(),
+            1,
+            "item: tensor of shape {:?} has {} elements",
+            self.shape(),
+            self.numel()
+        );
         self.to_vec_f64()[0]
     }
 
@@ -213,7 +240,12 @@ impl Tensor {
     /// buffer sees the change). Panics if the view is not contiguous or `T` is not the dtype.
     #[track_caller]
     pub fn with_slice_mut<T: Element, R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
-        assert!(self.is_contiguous(), "with_slice_mut: view of shape {:?} strides {:?} is not contiguous", self.shape(), self.strides());
+        assert!(
+            self.is_contiguous(),
+            "with_slice_mut: view of shape {:?} strides {:?} is not contiguous",
+            self.shape(),
+            self.strides()
+        );
         let mut guard = self.write_storage();
         let data = guard.cpu_mut().as_mut_slice::<T>();
         let off = self.layout.offset();
@@ -231,7 +263,12 @@ impl Tensor {
     // ---------------------------------------------------------------- views (no copy)
 
     fn with_layout(&self, layout: Layout) -> Self {
-        Self { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
+        Self {
+            storage: self.storage.clone(),
+            layout,
+            dtype: self.dtype,
+            device: self.device,
+        }
     }
 
     /// Same elements, new shape. A view when the layout allows it, else a contiguous copy.
@@ -239,7 +276,13 @@ impl Tensor {
     #[track_caller]
     pub fn reshape(&self, shape: &[usize]) -> Self {
         let n: usize = shape.iter().product();
-        assert_eq!(n, self.numel(), "reshape: cannot view shape {:?} ({} elements) as {shape:?} ({n} elements)", self.shape(), self.numel());
+        assert_eq!(
+            n,
+            self.numel(),
+            "reshape: cannot view shape {:?} ({} elements) as {shape:?} ({n} elements)",
+            self.shape(),
+            self.numel()
+        );
         match self.layout.reshaped(shape) {
             Some(l) => self.with_layout(l),
             None => self.contiguous().reshape(shape),
@@ -256,7 +299,10 @@ impl Tensor {
     #[track_caller]
     pub fn transpose(&self, a: isize, b: isize) -> Self {
         let r = self.rank();
-        let (a, b) = (resolve_axis(a, r, "transpose"), resolve_axis(b, r, "transpose"));
+        let (a, b) = (
+            resolve_axis(a, r, "transpose"),
+            resolve_axis(b, r, "transpose"),
+        );
         let mut perm: Vec<usize> = (0..r).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -265,7 +311,11 @@ impl Tensor {
     /// Transpose of the last two axes (`(…, M, N)` → `(…, N, M)`), as a view.
     #[track_caller]
     pub fn t(&self) -> Self {
-        assert!(self.rank() >= 2, "t: needs rank ≥ 2, got shape {:?}", self.shape());
+        assert!(
+            self.rank() >= 2,
+            "t: needs rank ≥ 2, got shape {:?}",
+            self.shape()
+        );
         self.transpose(-2, -1)
     }
 
@@ -281,7 +331,12 @@ impl Tensor {
     pub fn split(&self, axis: isize, sizes: &[usize]) -> Vec<Self> {
         let a = resolve_axis(axis, self.rank(), "split");
         let total: usize = sizes.iter().sum();
-        assert_eq!(total, self.shape()[a], "split: sizes {sizes:?} do not sum to axis {a} of shape {:?}", self.shape());
+        assert_eq!(
+            total,
+            self.shape()[a],
+            "split: sizes {sizes:?} do not sum to axis {a} of shape {:?}",
+            self.shape()
+        );
         let mut start = 0;
         sizes
             .iter()
@@ -315,7 +370,12 @@ impl Tensor {
     #[track_caller]
     pub fn squeeze(&self, axis: isize) -> Self {
         let a = resolve_axis(axis, self.rank(), "squeeze");
-        assert_eq!(self.shape()[a], 1, "squeeze: axis {a} of shape {:?} is not 1", self.shape());
+        assert_eq!(
+            self.shape()[a],
+            1,
+            "squeeze: axis {a} of shape {:?} is not 1",
+            self.shape()
+        );
         let mut shape = self.shape().to_vec();
         shape.remove(a);
         let mut strides = self.strides().to_vec();
@@ -329,8 +389,41 @@ impl Tensor {
         assert!(self.is_contiguous(), "view_at: base view is not contiguous");
         let l = Layout::contiguous_at(shape, self.layout.offset() + offset);
         let len = self.read_storage().cpu().len();
-        assert!(l.max_index_exclusive() <= len, "view_at: offset {offset} shape {shape:?} past the buffer of {len} elements");
+        assert!(
+            l.max_index_exclusive() <= len,
+            "view_at: offset {offset} shape {shape:?} past the buffer of {len} elements"
+        );
         self.with_layout(l)
+    }
+
+    /// An empty, growable 1-d buffer of `dtype` (f32 or f64) for an arena of parameters.
+    pub fn arena(dtype: DType) -> Self {
+        Self::zeros(&[0], dtype)
+    }
+
+    /// Appends `data` to the end of this tensor's buffer and returns the offset it starts at.
+    ///
+    /// Views made before keep working: they address the buffer by offset, not by pointer.
+    #[track_caller]
+    pub fn arena_push(&self, data: &Tensor) -> usize {
+        let data = if self.same_storage(data) {
+            data.copy()
+        } else {
+            data.clone()
+        };
+        float_dispatch!(self.dtype, "arena_push", T => {
+            let src = data.to_dtype(self.dtype).to_vec::<T>();
+            let mut guard = self.write_storage();
+            let s = guard.cpu_mut();
+            let off = s.len();
+            s.extend_from_slice(&src);
+            off
+        })
+    }
+
+    /// Number of elements in the whole underlying buffer (not just this view).
+    pub fn buffer_len(&self) -> usize {
+        self.read_storage().cpu().len()
     }
 
     // ---------------------------------------------------------------- copies
@@ -347,7 +440,12 @@ impl Tensor {
     pub fn copy(&self) -> Self {
         macro_rules! go {
             ($t:ty) => {
-                self.with_strided(|d: &[$t], l| Self::from_storage(<$t>::into_storage(cpu::strided_copy(d, l)), Layout::contiguous(l.shape())))
+                self.with_strided(|d: &[$t], l| {
+                    Self::from_storage(
+                        <$t>::into_storage(cpu::strided_copy(d, l)),
+                        Layout::contiguous(l.shape()),
+                    )
+                })
             };
         }
         match self.dtype {
@@ -403,8 +501,16 @@ impl Tensor {
     /// `self += other` in place (broadcasting `other`). `self` must be a contiguous float view.
     #[track_caller]
     pub fn add_assign_(&self, other: &Tensor) {
-        assert_eq!(self.dtype, other.dtype, "add_assign_: dtypes {} and {}", self.dtype, other.dtype);
-        let other = if self.same_storage(other) { other.copy() } else { other.clone() };
+        assert_eq!(
+            self.dtype, other.dtype,
+            "add_assign_: dtypes {} and {}",
+            self.dtype, other.dtype
+        );
+        let other = if self.same_storage(other) {
+            other.copy()
+        } else {
+            other.clone()
+        };
         let other = other.broadcast_as(self.shape()).contiguous();
         float_dispatch!(self.dtype, "add_assign_", T => {
             other.with_slice(|o: &[T]| self.with_slice_mut(|s: &mut [T]| cpu::add_assign(s, o)))
@@ -421,8 +527,18 @@ impl Tensor {
     /// Copies `src` (same shape) into this contiguous view, in place.
     #[track_caller]
     pub fn copy_from_(&self, src: &Tensor) {
-        assert_eq!(self.shape(), src.shape(), "copy_from_: shapes {:?} and {:?}", self.shape(), src.shape());
-        let src = if self.same_storage(src) { src.copy() } else { src.to_dtype(self.dtype) };
+        assert_eq!(
+            self.shape(),
+            src.shape(),
+            "copy_from_: shapes {:?} and {:?}",
+            self.shape(),
+            src.shape()
+        );
+        let src = if self.same_storage(src) {
+            src.copy()
+        } else {
+            src.to_dtype(self.dtype)
+        };
         float_dispatch!(self.dtype, "copy_from_", T => {
             src.with_slice(|o: &[T]| self.with_slice_mut(|s: &mut [T]| s.copy_from_slice(o)))
         })

@@ -25,7 +25,9 @@ pub fn init_threads(threads: Option<usize>) -> usize {
         });
         if let Some(n) = wanted {
             // An already-built global pool (someone ran a kernel first) keeps its size.
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
         }
         rayon::current_num_threads()
     })

@@ -16,7 +16,10 @@ impl Backward for Add {
         "add"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![n[0].then(|| g.sum_to_shape(&self.xs)), n[1].then(|| g.sum_to_shape(&self.ys))]
+        vec![
+            n[0].then(|| g.sum_to_shape(&self.xs)),
+            n[1].then(|| g.sum_to_shape(&self.ys)),
+        ]
     }
 }
 
@@ -30,7 +33,10 @@ impl Backward for Sub {
         "sub"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![n[0].then(|| g.sum_to_shape(&self.xs)), n[1].then(|| g.neg().sum_to_shape(&self.ys))]
+        vec![
+            n[0].then(|| g.sum_to_shape(&self.xs)),
+            n[1].then(|| g.neg().sum_to_shape(&self.ys)),
+        ]
     }
 }
 
@@ -44,7 +50,10 @@ impl Backward for Mul {
         "mul"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![n[0].then(|| g.mul(&self.y).sum_to_shape(self.x.shape())), n[1].then(|| g.mul(&self.x).sum_to_shape(self.y.shape()))]
+        vec![
+            n[0].then(|| g.mul(&self.y).sum_to_shape(self.x.shape())),
+            n[1].then(|| g.mul(&self.x).sum_to_shape(self.y.shape())),
+        ]
     }
 }
 
@@ -61,7 +70,12 @@ impl Backward for Div {
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         vec![
             n[0].then(|| g.div(&self.y).sum_to_shape(self.x.shape())),
-            n[1].then(|| g.mul(&self.z).div(&self.y).neg().sum_to_shape(self.y.shape())),
+            n[1].then(|| {
+                g.mul(&self.z)
+                    .div(&self.y)
+                    .neg()
+                    .sum_to_shape(self.y.shape())
+            }),
         ]
     }
 }
@@ -71,28 +85,57 @@ impl Var {
     #[track_caller]
     pub fn add(&self, y: &Var) -> Var {
         let v = self.value().add(y.value());
-        Var::from_op(v, Add { xs: self.shape().to_vec(), ys: y.shape().to_vec() }, &[self, y])
+        Var::from_op(
+            v,
+            Add {
+                xs: self.shape().to_vec(),
+                ys: y.shape().to_vec(),
+            },
+            &[self, y],
+        )
     }
 
     /// `x − y` (broadcasting).
     #[track_caller]
     pub fn sub(&self, y: &Var) -> Var {
         let v = self.value().sub(y.value());
-        Var::from_op(v, Sub { xs: self.shape().to_vec(), ys: y.shape().to_vec() }, &[self, y])
+        Var::from_op(
+            v,
+            Sub {
+                xs: self.shape().to_vec(),
+                ys: y.shape().to_vec(),
+            },
+            &[self, y],
+        )
     }
 
     /// `x ⊙ y` (broadcasting).
     #[track_caller]
     pub fn mul(&self, y: &Var) -> Var {
         let v = self.value().mul(y.value());
-        Var::from_op(v, Mul { x: self.value().clone(), y: y.value().clone() }, &[self, y])
+        Var::from_op(
+            v,
+            Mul {
+                x: self.value().clone(),
+                y: y.value().clone(),
+            },
+            &[self, y],
+        )
     }
 
     /// `x / y` (broadcasting).
     #[track_caller]
     pub fn div(&self, y: &Var) -> Var {
         let v = self.value().div(y.value());
-        Var::from_op(v.clone(), Div { x: self.value().clone(), y: y.value().clone(), z: v }, &[self, y])
+        Var::from_op(
+            v.clone(),
+            Div {
+                x: self.value().clone(),
+                y: y.value().clone(),
+                z: v,
+            },
+            &[self, y],
+        )
     }
 }
 
@@ -115,9 +158,23 @@ impl Backward for Unary {
     }
 }
 
-fn unary(x: &Var, name: &'static str, f: impl Fn(&Tensor) -> Tensor, deriv: fn(&Tensor, &Tensor) -> Tensor) -> Var {
+fn unary(
+    x: &Var,
+    name: &'static str,
+    f: impl Fn(&Tensor) -> Tensor,
+    deriv: fn(&Tensor, &Tensor) -> Tensor,
+) -> Var {
     let y = f(x.value());
-    Var::from_op(y.clone(), Unary { name, x: x.value().clone(), y, deriv }, &[x])
+    Var::from_op(
+        y.clone(),
+        Unary {
+            name,
+            x: x.value().clone(),
+            y,
+            deriv,
+        },
+        &[x],
+    )
 }
 
 /// `z = a·x + b` for scalars: `∂z/∂x = a`.
@@ -170,7 +227,14 @@ impl Var {
 
     /// `xᵖ` for a scalar exponent: derivative `p·xᵖ⁻¹`.
     pub fn powf(&self, p: f64) -> Var {
-        Var::from_op(self.value().powf(p), Pow { x: self.value().clone(), p }, &[self])
+        Var::from_op(
+            self.value().powf(p),
+            Pow {
+                x: self.value().clone(),
+                p,
+            },
+            &[self],
+        )
     }
 
     /// `eˣ`: derivative `eˣ = y`.
@@ -195,7 +259,9 @@ impl Var {
 
     /// `σ(x)`: derivative `y(1 − y)`.
     pub fn sigmoid(&self) -> Var {
-        unary(self, "sigmoid", Tensor::sigmoid, |_, y| y.mul(&y.affine(-1.0, 1.0)))
+        unary(self, "sigmoid", Tensor::sigmoid, |_, y| {
+            y.mul(&y.affine(-1.0, 1.0))
+        })
     }
 
     /// `max(x, 0)`: derivative `1[x > 0]` (0 at 0).
@@ -205,7 +271,12 @@ impl Var {
 
     /// `erf x`: derivative `2/√π · e^{−x²}`.
     pub fn erf(&self) -> Var {
-        unary(self, "erf", Tensor::erf, |x, _| x.sqr().neg().exp().mul_scalar(std::f64::consts::FRAC_2_SQRT_PI))
+        unary(self, "erf", Tensor::erf, |x, _| {
+            x.sqr()
+                .neg()
+                .exp()
+                .mul_scalar(std::f64::consts::FRAC_2_SQRT_PI)
+        })
     }
 }
 

@@ -29,7 +29,14 @@ impl Backward for Max {
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         vec![n[0].then(|| {
             let mask = self.x.eq(&self.zk);
-            let axes: Vec<isize> = self.zk.shape().iter().enumerate().filter(|&(i, &d)| d == 1 && self.x.shape()[i] != 1).map(|(i, _)| i as isize).collect();
+            let axes: Vec<isize> = self
+                .zk
+                .shape()
+                .iter()
+                .enumerate()
+                .filter(|&(i, &d)| d == 1 && self.x.shape()[i] != 1)
+                .map(|(i, _)| i as isize)
+                .collect();
             let count = mask.sum(&axes, true);
             mask.div(&count).mul(&g.reshape(self.zk.shape()))
         })]
@@ -38,8 +45,15 @@ impl Backward for Max {
 
 fn kept_shape(x: &Var, axes: &[isize]) -> Vec<usize> {
     let r = x.shape().len() as isize;
-    let norm: Vec<usize> = axes.iter().map(|&a| if a < 0 { (a + r) as usize } else { a as usize }).collect();
-    x.shape().iter().enumerate().map(|(i, &d)| if norm.contains(&i) { 1 } else { d }).collect()
+    let norm: Vec<usize> = axes
+        .iter()
+        .map(|&a| if a < 0 { (a + r) as usize } else { a as usize })
+        .collect();
+    x.shape()
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if norm.contains(&i) { 1 } else { d })
+        .collect()
 }
 
 impl Var {
@@ -47,7 +61,14 @@ impl Var {
     #[track_caller]
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Var {
         let v = self.value().sum(axes, keepdim);
-        Var::from_op(v, Sum { xs: self.shape().to_vec(), kept: kept_shape(self, axes) }, &[self])
+        Var::from_op(
+            v,
+            Sum {
+                xs: self.shape().to_vec(),
+                kept: kept_shape(self, axes),
+            },
+            &[self],
+        )
     }
 
     /// Σ of every element (a 0-d result).
@@ -60,7 +81,13 @@ impl Var {
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Var {
         let kept = kept_shape(self, axes);
-        let count: usize = self.shape().iter().zip(&kept).filter(|(a, k)| a != k).map(|(a, _)| *a).product();
+        let count: usize = self
+            .shape()
+            .iter()
+            .zip(&kept)
+            .filter(|(a, k)| a != k)
+            .map(|(a, _)| *a)
+            .product();
         let count = if count == 0 { 1 } else { count };
         // Axes of size 1 reduce nothing, so counting only changed axes is exact.
         self.sum(axes, keepdim).scale(1.0 / count as f64)
@@ -76,7 +103,18 @@ impl Var {
     #[track_caller]
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Var {
         let zk = self.value().max(axes, true);
-        let v = if keepdim { zk.clone() } else { self.value().max(axes, false) };
-        Var::from_op(v, Max { x: self.value().clone(), zk }, &[self])
+        let v = if keepdim {
+            zk.clone()
+        } else {
+            self.value().max(axes, false)
+        };
+        Var::from_op(
+            v,
+            Max {
+                x: self.value().clone(),
+                zk,
+            },
+            &[self],
+        )
     }
 }

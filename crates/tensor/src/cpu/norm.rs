@@ -10,26 +10,38 @@ use rayon::prelude::*;
 /// LayerNorm: `y = (x − μ)·rstd·w + b`, `μ = mean(x)`, `rstd = 1/√(var(x) + ε)` (biased var).
 ///
 /// Writes `out` (`=`), `mean` and `rstd` (`(N,)`, `=`).
-pub fn layernorm_forward<T: Float>(out: &mut [T], mean: &mut [T], rstd: &mut [T], inp: &[T], weight: &[T], bias: Option<&[T]>, c: usize, eps: T) {
+pub fn layernorm_forward<T: Float>(
+    out: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    inp: &[T],
+    weight: &[T],
+    bias: Option<&[T]>,
+    c: usize,
+    eps: T,
+) {
     let n = inp.len() / c;
     let per = rows_per_task(n, c);
     let inv_c = T::ONE / T::from_f64(c as f64);
-    out.par_chunks_mut(per * c).zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per))).enumerate().for_each(|(ci, (o, (mu, rs)))| {
-        for r in 0..mu.len() {
-            let row = ci * per + r;
-            let x = &inp[row * c..(row + 1) * c];
-            let m = x.iter().copied().sum::<T>() * inv_c;
-            let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * inv_c;
-            let s = T::ONE / (var + eps).sqrt();
-            let y = &mut o[r * c..(r + 1) * c];
-            for i in 0..c {
-                let norm = (x[i] - m) * s;
-                y[i] = norm * weight[i] + bias.map_or(T::ZERO, |b| b[i]);
+    out.par_chunks_mut(per * c)
+        .zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per)))
+        .enumerate()
+        .for_each(|(ci, (o, (mu, rs)))| {
+            for r in 0..mu.len() {
+                let row = ci * per + r;
+                let x = &inp[row * c..(row + 1) * c];
+                let m = x.iter().copied().sum::<T>() * inv_c;
+                let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * inv_c;
+                let s = T::ONE / (var + eps).sqrt();
+                let y = &mut o[r * c..(r + 1) * c];
+                for i in 0..c {
+                    let norm = (x[i] - m) * s;
+                    y[i] = norm * weight[i] + bias.map_or(T::ZERO, |b| b[i]);
+                }
+                mu[r] = m;
+                rs[r] = s;
             }
-            mu[r] = m;
-            rs[r] = s;
-        }
-    });
+        });
 }
 
 /// Sums per-task partial parameter gradients: `(rows, c)` tasks each produce `(k, c)` vectors.
@@ -113,27 +125,45 @@ pub fn layernorm_backward<T: Float>(
 }
 
 /// RMSNorm: `y = x · rstd · w`, `rstd = 1/√(mean(x²) + ε)`. Writes `out` and `rstd` (`=`).
-pub fn rmsnorm_forward<T: Float>(out: &mut [T], rstd: &mut [T], inp: &[T], weight: &[T], c: usize, eps: T) {
+pub fn rmsnorm_forward<T: Float>(
+    out: &mut [T],
+    rstd: &mut [T],
+    inp: &[T],
+    weight: &[T],
+    c: usize,
+    eps: T,
+) {
     let n = inp.len() / c;
     let per = rows_per_task(n, c);
     let inv_c = T::ONE / T::from_f64(c as f64);
-    out.par_chunks_mut(per * c).zip(rstd.par_chunks_mut(per)).enumerate().for_each(|(ci, (o, rs))| {
-        for r in 0..rs.len() {
-            let row = ci * per + r;
-            let x = &inp[row * c..(row + 1) * c];
-            let ms = x.iter().map(|&v| v * v).sum::<T>() * inv_c;
-            let s = T::ONE / (ms + eps).sqrt();
-            for (i, y) in o[r * c..(r + 1) * c].iter_mut().enumerate() {
-                *y = x[i] * s * weight[i];
+    out.par_chunks_mut(per * c)
+        .zip(rstd.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(ci, (o, rs))| {
+            for r in 0..rs.len() {
+                let row = ci * per + r;
+                let x = &inp[row * c..(row + 1) * c];
+                let ms = x.iter().map(|&v| v * v).sum::<T>() * inv_c;
+                let s = T::ONE / (ms + eps).sqrt();
+                for (i, y) in o[r * c..(r + 1) * c].iter_mut().enumerate() {
+                    *y = x[i] * s * weight[i];
+                }
+                rs[r] = s;
             }
-            rs[r] = s;
-        }
-    });
+        });
 }
 
 /// RMSNorm backward (accumulates). With `n̂ = x·rstd`, `g = dy ⊙ w`:
 /// `dx = rstd · (g − n̂ · mean(g ⊙ n̂))`, `dw = Σ_rows dy ⊙ n̂`.
-pub fn rmsnorm_backward<T: Float>(dinp: &mut [T], dweight: &mut [T], dout: &[T], inp: &[T], weight: &[T], rstd: &[T], c: usize) {
+pub fn rmsnorm_backward<T: Float>(
+    dinp: &mut [T],
+    dweight: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    rstd: &[T],
+    c: usize,
+) {
     let n = inp.len() / c;
     let inv_c = T::ONE / T::from_f64(c as f64);
     let total = par_rows_with_partials(n, c, 1, dinp, |row, dx, dw| {

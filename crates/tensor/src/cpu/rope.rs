@@ -35,11 +35,23 @@ pub fn rope_tables<T: Float>(pos0: usize, t: usize, d: usize, base: f64) -> (Vec
 /// Rotates each row of length `d` of `inp` into `out`; row `r` sits at table row `pos_of(r)`.
 /// `sign = 1` rotates forward (`=` into out); `sign = −1` applies the inverse and accumulates
 /// (`+=`), which is the backward pass.
-fn rope_apply<T: Float>(out: &mut [T], inp: &[T], d: usize, cos: &[T], sin: &[T], pos_of: impl Fn(usize) -> usize, layout: RopeLayout, backward: bool) {
+fn rope_apply<T: Float>(
+    out: &mut [T],
+    inp: &[T],
+    d: usize,
+    cos: &[T],
+    sin: &[T],
+    pos_of: impl Fn(usize) -> usize,
+    layout: RopeLayout,
+    backward: bool,
+) {
     let half = d / 2;
     for (r, (o, x)) in out.chunks_mut(d).zip(inp.chunks(d)).enumerate() {
         let p = pos_of(r);
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
         for i in 0..half {
             let (i1, i2) = match layout {
                 RopeLayout::HalfSplit => (i, i + half),
@@ -66,11 +78,27 @@ fn rope_apply<T: Float>(out: &mut [T], inp: &[T], d: usize, cos: &[T], sin: &[T]
 }
 
 /// RoPE forward (`=`): rows of `inp` are `(…, D)`; `pos_of(row)` gives the table row.
-pub fn rope_forward<T: Float>(out: &mut [T], inp: &[T], d: usize, cos: &[T], sin: &[T], pos_of: impl Fn(usize) -> usize, layout: RopeLayout) {
+pub fn rope_forward<T: Float>(
+    out: &mut [T],
+    inp: &[T],
+    d: usize,
+    cos: &[T],
+    sin: &[T],
+    pos_of: impl Fn(usize) -> usize,
+    layout: RopeLayout,
+) {
     rope_apply(out, inp, d, cos, sin, pos_of, layout, false)
 }
 
 /// RoPE backward (`+=`): rotates `dout` back by the same angles.
-pub fn rope_backward<T: Float>(dinp: &mut [T], dout: &[T], d: usize, cos: &[T], sin: &[T], pos_of: impl Fn(usize) -> usize, layout: RopeLayout) {
+pub fn rope_backward<T: Float>(
+    dinp: &mut [T],
+    dout: &[T],
+    d: usize,
+    cos: &[T],
+    sin: &[T],
+    pos_of: impl Fn(usize) -> usize,
+    layout: RopeLayout,
+) {
     rope_apply(dinp, dout, d, cos, sin, pos_of, layout, true)
 }

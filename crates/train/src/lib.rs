@@ -1,0 +1,12 @@
+//! # yuanli-train — optimizers, schedules and (in later issues) the training loops
+//!
+//! Optimizers work on a whole [`ParamStore`](yuanli_nn::ParamStore): one pass over the
+//! contiguous value, gradient and moment buffers per step. Parameter groups pick the weight
+//! decay and learning-rate multiplier per parameter (by default no decay on norms, biases and
+//! embeddings); runs of neighbouring parameters with the same settings are updated in one call.
+
+pub mod optim;
+pub mod schedule;
+
+pub use optim::{Adam, ParamGroup, Sgd};
+pub use schedule::LrSchedule;
