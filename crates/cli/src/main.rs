@@ -36,7 +36,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let threads = yuanli_tensor::init_threads(cli.threads);
     match cli.command {
-        Command::Bench(cmd) => bench::run(cmd, threads),
+        Command::Bench(cmd) => yuanli_tensor::run_in_pool(|| bench::run(cmd, threads)),
     }
 }
 

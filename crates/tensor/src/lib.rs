@@ -37,4 +37,4 @@ pub use ops::{AttentionOutput, NormStats};
 pub use rng::Rng;
 pub use storage::{CpuStorage, Storage};
 pub use tensor::Tensor;
-pub use threads::{init_threads, num_threads, THREADS_ENV};
+pub use threads::{init_threads, num_threads, run_in_pool, THREADS_ENV};

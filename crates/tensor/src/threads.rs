@@ -40,3 +40,18 @@ pub fn num_threads() -> usize {
         None => init_threads(None),
     }
 }
+
+/// Runs `f` on a worker of the compute pool and returns its result.
+///
+/// Parallel kernels called from a pool worker split their work on the spot (the caller does
+/// its share while the other workers steal the rest). Called from an outside thread, every
+/// kernel would first have to hand its job to the pool and sleep until it is done, paying a
+/// cross-thread wake-up per call: tens of microseconds, which is the whole budget of a small
+/// matrix-vector product. Entry points (the CLI, a generation loop) run their work through here.
+pub fn run_in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    num_threads();
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::join(f, || ()).0
+}
