@@ -2,6 +2,8 @@
 //! calls into the library crates; nothing else in the workspace knows about clap or anyhow.
 
 mod bench;
+mod lesson_cmd;
+mod tokenizer_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,11 @@ enum Command {
     /// Measure the engine's kernels (GFLOP/s, milliseconds); compare with bench/run_engine.sh.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a lesson of the book (`yuanli lesson list` shows them).
+    Lesson(lesson_cmd::LessonArgs),
+    /// Train, inspect and use byte-level BPE tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokenizer_cmd::TokenizerCommand),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -37,6 +44,8 @@ fn run(cli: Cli) -> Result<()> {
     let threads = yuanli_tensor::init_threads(cli.threads);
     match cli.command {
         Command::Bench(cmd) => yuanli_tensor::run_in_pool(|| bench::run(cmd, threads)),
+        Command::Lesson(args) => yuanli_tensor::run_in_pool(|| lesson_cmd::run(args)),
+        Command::Tokenizer(cmd) => tokenizer_cmd::run(cmd),
     }
 }
 

@@ -1,0 +1,40 @@
+//! # yuanli-lessons — the runnable lessons of the book
+//!
+//! Each lesson is a module with `run(&LessonOpts) -> anyhow::Result<serde_json::Value>`: it
+//! prints its story to stdout and returns its headline numbers, which `yuanli lesson N --json`
+//! prints as one JSON object on the last line. The book chapters include the lesson code from
+//! these files, so what a reader sees is what runs.
+
+pub mod l4_tokenizer;
+
+/// Options every lesson accepts.
+#[derive(Clone, Debug)]
+pub struct LessonOpts {
+    /// Directory with the lesson data (`data/` in the repository).
+    pub data_dir: std::path::PathBuf,
+    /// Directory for outputs (plots, checkpoints).
+    pub out_dir: std::path::PathBuf,
+    /// Master seed.
+    pub seed: u64,
+    /// Print less (the `--json` mode keeps stdout for the final object).
+    pub quiet: bool,
+}
+
+/// A lesson in the list.
+pub struct Lesson {
+    /// Its number (`yuanli lesson N`).
+    pub number: u32,
+    /// Short title.
+    pub title: &'static str,
+    /// Runs it.
+    pub run: fn(&LessonOpts) -> anyhow::Result<serde_json::Value>,
+}
+
+/// All lessons, in order.
+pub fn all() -> Vec<Lesson> {
+    vec![Lesson {
+        number: 4,
+        title: "the tokenizer: byte-level BPE from scratch",
+        run: l4_tokenizer::run,
+    }]
+}

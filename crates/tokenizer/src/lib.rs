@@ -1,0 +1,1 @@
+//! # yuanli-tokenizer — byte-level BPE (work in progress)
