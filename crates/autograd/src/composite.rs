@@ -37,19 +37,10 @@ pub fn cross_entropy(logits: &Var, targets: &Tensor, ignore_index: Option<u32>) 
     let ids = targets.to_vec::<u32>();
     let counted = ids.iter().filter(|&&t| Some(t) != ignore_index).count();
     // Ignored rows gather column 0 and get weight 0.
-    let safe: Vec<u32> = ids
-        .iter()
-        .map(|&t| if Some(t) == ignore_index { 0 } else { t })
-        .collect();
+    let safe: Vec<u32> = ids.iter().map(|&t| if Some(t) == ignore_index { 0 } else { t }).collect();
     let w: Vec<f64> = ids
         .iter()
-        .map(|&t| {
-            if Some(t) == ignore_index || counted == 0 {
-                0.0
-            } else {
-                -1.0 / counted as f64
-            }
-        })
+        .map(|&t| if Some(t) == ignore_index || counted == 0 { 0.0 } else { -1.0 / counted as f64 })
         .collect();
     let picked = lp.gather(1, &Tensor::new(safe, &[n, 1]));
     let weights = Var::constant(Tensor::new(w, &[n, 1]).to_dtype(logits.value().dtype()));
@@ -76,10 +67,7 @@ pub fn rms_norm(x: &Var, w: &Var, eps: f64) -> Var {
 /// GELU from tanh or erf primitives.
 pub fn gelu(x: &Var, kind: GeluKind) -> Var {
     let inner = match kind {
-        GeluKind::Tanh => x
-            .add(&x.powf(3.0).scale(0.044715))
-            .scale((2.0 / std::f64::consts::PI).sqrt())
-            .tanh(),
+        GeluKind::Tanh => x.add(&x.powf(3.0).scale(0.044715)).scale((2.0 / std::f64::consts::PI).sqrt()).tanh(),
         GeluKind::Exact => x.scale(std::f64::consts::FRAC_1_SQRT_2).erf(),
     };
     x.mul(&inner.add_scalar(1.0)).scale(0.5)
@@ -121,11 +109,7 @@ pub fn rope(x: &Var, o: RopeOpts) -> Var {
     let r = shape.len();
     let d = shape[r - 1];
     assert!(d % 2 == 0, "composite rope: even head size needed, got {d}");
-    let sa = if o.seq_axis < 0 {
-        (o.seq_axis + r as isize) as usize
-    } else {
-        o.seq_axis as usize
-    };
+    let sa = if o.seq_axis < 0 { (o.seq_axis + r as isize) as usize } else { o.seq_axis as usize };
     let t = shape[sa];
     let (cos, sin) = yuanli_tensor::cpu::rope_tables::<f64>(o.pos0, t, d, o.base);
     let mut tshape = vec![1; r];
@@ -134,12 +118,7 @@ pub fn rope(x: &Var, o: RopeOpts) -> Var {
     let dt = x.value().dtype();
     let cos = Var::constant(Tensor::new(cos, &tshape).to_dtype(dt));
     let sin = Var::constant(Tensor::new(sin, &tshape).to_dtype(dt));
-    let rotate = |x1: &Var, x2: &Var| {
-        (
-            x1.mul(&cos).sub(&x2.mul(&sin)),
-            x1.mul(&sin).add(&x2.mul(&cos)),
-        )
-    };
+    let rotate = |x1: &Var, x2: &Var| (x1.mul(&cos).sub(&x2.mul(&sin)), x1.mul(&sin).add(&x2.mul(&cos)));
     match o.layout {
         RopeLayout::HalfSplit => {
             let (x1, x2) = (x.narrow(-1, 0, d / 2), x.narrow(-1, d / 2, d / 2));
@@ -151,10 +130,8 @@ pub fn rope(x: &Var, o: RopeOpts) -> Var {
             pairs[r - 1] = d / 2;
             pairs.push(2);
             let xp = x.reshape(&pairs);
-            let (x1, x2) = (
-                xp.narrow(-1, 0, 1).reshape(&tshape_like(&pairs)),
-                xp.narrow(-1, 1, 1).reshape(&tshape_like(&pairs)),
-            );
+            let (x1, x2) =
+                (xp.narrow(-1, 0, 1).reshape(&tshape_like(&pairs)), xp.narrow(-1, 1, 1).reshape(&tshape_like(&pairs)));
             let (y1, y2) = rotate(&x1, &x2);
             let mut un = pairs.clone();
             un[r] = 1;
@@ -178,9 +155,7 @@ pub fn attention(q: &Var, k: &Var, v: &Var, o: &AttentionOpts) -> Var {
         if g == 1 {
             return x.clone();
         }
-        x.reshape(&[b, hk, 1, tk, d])
-            .broadcast_as(&[b, hk, g, tk, d])
-            .reshape(&[b, h, tk, d])
+        x.reshape(&[b, hk, 1, tk, d]).broadcast_as(&[b, hk, g, tk, d]).reshape(&[b, h, tk, d])
     };
     let (k, v) = (repeat(k), repeat(v));
     let scale = o.scale.unwrap_or(1.0 / (d as f64).sqrt());

@@ -25,12 +25,7 @@ pub struct GradcheckOpts {
 
 impl Default for GradcheckOpts {
     fn default() -> Self {
-        Self {
-            eps: 1e-6,
-            atol: 1e-6,
-            rtol: 1e-5,
-            seed: 0,
-        }
+        Self { eps: 1e-6, atol: 1e-6, rtol: 1e-5, seed: 0 }
     }
 }
 
@@ -62,15 +57,8 @@ impl std::fmt::Display for Mismatch {
 /// Returns the largest observed `|a − n| / (atol + rtol·max(|a|, |n|))` (≤ 1 means pass), or
 /// the first mismatch. Inputs that should not be differentiated (ids, masks) are captured by
 /// the closure instead of passed in.
-pub fn gradcheck(
-    f: impl Fn(&[Var]) -> Var,
-    inputs: &[Tensor],
-    opts: GradcheckOpts,
-) -> Result<f64, Mismatch> {
-    let xs: Vec<Tensor> = inputs
-        .iter()
-        .map(|x| x.to_dtype(DType::F64).copy())
-        .collect();
+pub fn gradcheck(f: impl Fn(&[Var]) -> Var, inputs: &[Tensor], opts: GradcheckOpts) -> Result<f64, Mismatch> {
+    let xs: Vec<Tensor> = inputs.iter().map(|x| x.to_dtype(DType::F64).copy()).collect();
     let vars: Vec<Var> = xs.iter().map(|x| Var::leaf(x.clone())).collect();
     let out = f(&vars);
     let mut rng = Rng::new(opts.seed);
@@ -99,12 +87,7 @@ pub fn gradcheck(
             let a = analytic[j];
             let ratio = (a - numeric).abs() / (opts.atol + opts.rtol * a.abs().max(numeric.abs()));
             if !ratio.is_finite() || ratio > 1.0 {
-                return Err(Mismatch {
-                    input: i,
-                    index: j,
-                    analytic: a,
-                    numeric,
-                });
+                return Err(Mismatch { input: i, index: j, analytic: a, numeric });
             }
             worst = worst.max(ratio);
         }

@@ -134,13 +134,7 @@ impl Var {
     /// requires a gradient; otherwise a constant.
     pub fn from_op(value: Tensor, op: impl Backward + 'static, parents: &[&Var]) -> Self {
         if is_grad_enabled() && parents.iter().any(|p| p.requires_grad()) {
-            Self::make(
-                value,
-                true,
-                Some(Box::new(op)),
-                parents.iter().map(|&p| p.clone()).collect(),
-                None,
-            )
+            Self::make(value, true, Some(Box::new(op)), parents.iter().map(|&p| p.clone()).collect(), None)
         } else {
             Self::constant(value)
         }
@@ -185,12 +179,7 @@ impl Var {
     pub fn grad(&self) -> Option<Tensor> {
         match &self.0.grad_slot {
             Some(slot) => Some(slot.clone()),
-            None => self
-                .0
-                .grad
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            None => self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -256,13 +245,7 @@ impl Var {
     /// Back-propagates a given output gradient `∂L/∂self`.
     #[track_caller]
     pub fn backward_with(&self, dout: Tensor) {
-        assert_eq!(
-            dout.shape(),
-            self.shape(),
-            "backward_with: seed {:?} vs output {:?}",
-            dout.shape(),
-            self.shape()
-        );
+        assert_eq!(dout.shape(), self.shape(), "backward_with: seed {:?} vs output {:?}", dout.shape(), self.shape());
         if !self.requires_grad() {
             return;
         }
@@ -303,13 +286,6 @@ impl Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Var#{}({:?}, op {:?}, grad {})",
-            self.id(),
-            self.value(),
-            self.op_name(),
-            self.requires_grad()
-        )
+        write!(f, "Var#{}({:?}, op {:?}, grad {})", self.id(), self.value(), self.op_name(), self.requires_grad())
     }
 }

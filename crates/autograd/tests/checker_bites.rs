@@ -15,11 +15,7 @@ impl Backward for Tanh {
         "tanh (test copy)"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        let d = if self.wrong {
-            self.y.affine(-1.0, 1.0)
-        } else {
-            self.y.sqr().affine(-1.0, 1.0)
-        };
+        let d = if self.wrong { self.y.affine(-1.0, 1.0) } else { self.y.sqr().affine(-1.0, 1.0) };
         vec![n[0].then(|| g.mul(&d))]
     }
 }
@@ -49,18 +45,9 @@ impl Backward for LayerNormMissingTerm {
 #[test]
 fn a_correct_backward_passes_and_a_perturbed_one_is_caught() {
     let x = Tensor::randn(&[3, 4], 0.0, 1.0, DType::F64, &mut Rng::new(1));
-    assert!(gradcheck(
-        |v| tanh(&v[0], false),
-        &[x.clone()],
-        GradcheckOpts::default()
-    )
-    .is_ok());
-    let err = gradcheck(
-        |v| tanh(&v[0], true),
-        &[x.clone()],
-        GradcheckOpts::default(),
-    )
-    .expect_err("wrong tanh backward must fail");
+    assert!(gradcheck(|v| tanh(&v[0], false), &[x.clone()], GradcheckOpts::default()).is_ok());
+    let err = gradcheck(|v| tanh(&v[0], true), &[x.clone()], GradcheckOpts::default())
+        .expect_err("wrong tanh backward must fail");
     assert!(err.to_string().contains("analytic"), "{err}");
 
     let ln_wrong = |v: &[Var]| {
@@ -74,12 +61,7 @@ fn a_correct_backward_passes_and_a_perturbed_one_is_caught() {
     );
     // The real fused LayerNorm passes the same check.
     let w = Var::constant(Tensor::ones(&[4], DType::F64));
-    assert!(gradcheck(
-        |v| v[0].layer_norm(&w, None, 1e-5),
-        &[x],
-        GradcheckOpts::default()
-    )
-    .is_ok());
+    assert!(gradcheck(|v| v[0].layer_norm(&w, None, 1e-5), &[x], GradcheckOpts::default()).is_ok());
 }
 
 #[test]

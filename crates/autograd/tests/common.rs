@@ -27,21 +27,14 @@ pub fn check(name: &str, f: impl Fn(&[Var]) -> Var, inputs: &[Tensor]) {
 /// Largest |a − b| / (atol + rtol·|b|) over two tensors of equal shape (≤ 1 passes).
 pub fn close_ratio(a: &Tensor, b: &Tensor, atol: f64, rtol: f64) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.to_vec_f64()
-        .iter()
-        .zip(b.to_vec_f64())
-        .map(|(x, y)| (x - y).abs() / (atol + rtol * y.abs()))
-        .fold(0.0, f64::max)
+    a.to_vec_f64().iter().zip(b.to_vec_f64()).map(|(x, y)| (x - y).abs() / (atol + rtol * y.abs())).fold(0.0, f64::max)
 }
 
 /// Asserts two tensors agree within tolerances, printing the worst ratio ("TENSOR OK" style).
 #[track_caller]
 pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, atol: f64, rtol: f64) {
     let r = close_ratio(a, b, atol, rtol);
-    assert!(
-        r <= 1.0,
-        "{what}: NOT OK, worst |a−b|/(atol+rtol|b|) = {r:.3}"
-    );
+    assert!(r <= 1.0, "{what}: NOT OK, worst |a−b|/(atol+rtol|b|) = {r:.3}");
 }
 
 /// Runs `fused` and `composite` on the same f32 inputs and compares outputs and every input
@@ -69,9 +62,7 @@ pub fn fused_matches_composite(
     assert_close(&format!("{name} forward"), &yf, &yc, atol, rtol);
     for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
         match (a, b) {
-            (Some(a), Some(b)) => {
-                assert_close(&format!("{name} grad of input {i}"), a, b, atol, rtol)
-            }
+            (Some(a), Some(b)) => assert_close(&format!("{name} grad of input {i}"), a, b, atol, rtol),
             (None, None) => {}
             _ => panic!("{name}: input {i} has a gradient on one side only"),
         }

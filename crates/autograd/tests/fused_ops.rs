@@ -107,15 +107,8 @@ proptest! {
 fn attention_multi_block_strided_views_match_composite() {
     let (b, h, t, d) = (1, 2, 300, 16);
     let qkv = randn(&[b, t, 3, h, d], 5);
-    let split = |x: &[Var], i: usize| {
-        x[0].narrow(2, i, 1)
-            .reshape(&[b, t, h, d])
-            .permute(&[0, 2, 1, 3])
-    };
-    let causal = AttentionOpts {
-        causal: true,
-        ..Default::default()
-    };
+    let split = |x: &[Var], i: usize| x[0].narrow(2, i, 1).reshape(&[b, t, h, d]).permute(&[0, 2, 1, 3]);
+    let causal = AttentionOpts { causal: true, ..Default::default() };
     fused_matches_composite(
         "attention multi-block",
         |x| Var::attention(&split(x, 0), &split(x, 1), &split(x, 2), &causal),

@@ -14,11 +14,7 @@ fn shape_strategy() -> impl Strategy<Value = Vec<usize>> {
 
 /// A shape that broadcasts against `s`: some axes set to 1, maybe fewer leading axes.
 fn broadcast_of(s: &[usize], mask: u32, drop_lead: bool) -> Vec<usize> {
-    let mut b: Vec<usize> = s
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d })
-        .collect();
+    let mut b: Vec<usize> = s.iter().enumerate().map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d }).collect();
     if drop_lead && b.len() > 1 {
         b.remove(0);
     }

@@ -86,19 +86,11 @@ pub(crate) const MATMUL_SHAPES: &[(usize, usize, usize)] = &[
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
-    let bad = || {
-        anyhow::anyhow!(
-            "--shape {s:?}: expected MxKxN with three positive integers, e.g. 1024x1024x1024"
-        )
-    };
+    let bad = || anyhow::anyhow!("--shape {s:?}: expected MxKxN with three positive integers, e.g. 1024x1024x1024");
     if parts.len() != 3 {
         return Err(bad());
     }
-    let v: Vec<usize> = parts
-        .iter()
-        .map(|p| p.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
+    let v: Vec<usize> = parts.iter().map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| bad())?;
     if v.contains(&0) {
         return Err(bad());
     }
@@ -112,22 +104,12 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
             let shapes = if shapes.is_empty() {
                 MATMUL_SHAPES.to_vec()
             } else {
-                shapes
-                    .iter()
-                    .map(|s| parse_shape(s))
-                    .collect::<Result<_>>()?
+                shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?
             };
             let mut results = Vec::new();
             if !json {
-                writeln!(
-                    out,
-                    "f32 matmul, {threads} thread(s), median of repeated runs"
-                )?;
-                writeln!(
-                    out,
-                    "{:>6} {:>6} {:>6} {:>10} {:>10}",
-                    "M", "K", "N", "ms", "GFLOP/s"
-                )?;
+                writeln!(out, "f32 matmul, {threads} thread(s), median of repeated runs")?;
+                writeln!(out, "{:>6} {:>6} {:>6} {:>10} {:>10}", "M", "K", "N", "ms", "GFLOP/s")?;
             }
             let mut rng = Rng::new(0);
             for (m, k, n) in shapes {
@@ -136,20 +118,10 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 let t = time_median(secs, 3, || {
                     std::hint::black_box(a.matmul(&b));
                 });
-                let r = MatmulResult {
-                    m,
-                    k,
-                    n,
-                    threads,
-                    gflops: 2.0 * (m * k * n) as f64 / t / 1e9,
-                    median_ms: t * 1e3,
-                };
+                let r =
+                    MatmulResult { m, k, n, threads, gflops: 2.0 * (m * k * n) as f64 / t / 1e9, median_ms: t * 1e3 };
                 if !json {
-                    writeln!(
-                        out,
-                        "{:>6} {:>6} {:>6} {:>10.3} {:>10.1}",
-                        m, k, n, r.median_ms, r.gflops
-                    )?;
+                    writeln!(out, "{:>6} {:>6} {:>6} {:>10.3} {:>10.1}", m, k, n, r.median_ms, r.gflops)?;
                 }
                 results.push(r);
             }
@@ -160,10 +132,7 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
         BenchCommand::Attention { json, secs } => {
             let mut results = Vec::new();
             if !json {
-                writeln!(
-                    out,
-                    "fused causal attention, f32, {threads} thread(s), median ms"
-                )?;
+                writeln!(out, "fused causal attention, f32, {threads} thread(s), median ms")?;
                 writeln!(
                     out,
                     "{:>3} {:>3} {:>5} {:>3} {:>12} {:>16}",
@@ -181,9 +150,7 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 });
                 let fwd_bwd = time_median(secs, 3, || {
                     let o = Tensor::attention(&q, &k, &v, None, true, None);
-                    std::hint::black_box(Tensor::attention_backward(
-                        &q, &k, &v, None, true, None, &o, &dout,
-                    ));
+                    std::hint::black_box(Tensor::attention_backward(&q, &k, &v, None, true, None, &o, &dout));
                 });
                 let r = AttentionResult {
                     b,

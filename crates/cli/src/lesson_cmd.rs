@@ -37,20 +37,11 @@ pub(crate) fn run(args: LessonArgs) -> Result<()> {
     };
     let Some(lesson) = lessons.iter().find(|l| l.number == n) else {
         let have: Vec<String> = lessons.iter().map(|l| l.number.to_string()).collect();
-        bail!(
-            "there is no lesson {n}; available: {} (see `yuanli lesson list`)",
-            have.join(", ")
-        );
+        bail!("there is no lesson {n}; available: {} (see `yuanli lesson list`)", have.join(", "));
     };
-    std::fs::create_dir_all(&args.out_dir).map_err(|e| {
-        anyhow::anyhow!("creating output directory {}: {e}", args.out_dir.display())
-    })?;
-    let opts = LessonOpts {
-        data_dir: args.data_dir,
-        out_dir: args.out_dir,
-        seed: args.seed,
-        quiet: args.json,
-    };
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| anyhow::anyhow!("creating output directory {}: {e}", args.out_dir.display()))?;
+    let opts = LessonOpts { data_dir: args.data_dir, out_dir: args.out_dir, seed: args.seed, quiet: args.json };
     let summary = (lesson.run)(&opts)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -5,7 +5,9 @@
 //! prints as one JSON object on the last line. The book chapters include the lesson code from
 //! these files, so what a reader sees is what runs.
 
+pub mod l1_micrograd;
 pub mod l4_tokenizer;
+pub mod micrograd;
 
 /// Options every lesson accepts.
 #[derive(Clone, Debug)]
@@ -32,9 +34,12 @@ pub struct Lesson {
 
 /// All lessons, in order.
 pub fn all() -> Vec<Lesson> {
-    vec![Lesson {
-        number: 4,
-        title: "the tokenizer: byte-level BPE from scratch",
-        run: l4_tokenizer::run,
-    }]
+    vec![
+        Lesson {
+            number: 1,
+            title: "micrograd from scratch: a scalar autodiff, a neuron, an MLP",
+            run: l1_micrograd::run,
+        },
+        Lesson { number: 4, title: "the tokenizer: byte-level BPE from scratch", run: l4_tokenizer::run },
+    ]
 }

@@ -86,18 +86,9 @@ impl ParamStore {
         let offset = self.values.arena_push(&init);
         let goff = self.grads.arena_push(&Tensor::zeros(&shape, DType::F32));
         debug_assert_eq!(offset, goff, "value and gradient arenas grow in lockstep");
-        let var = Var::param(
-            self.values.view_at(offset, &shape),
-            self.grads.view_at(offset, &shape),
-        );
+        let var = Var::param(self.values.view_at(offset, &shape), self.grads.view_at(offset, &shape));
         self.by_name.insert(name.to_string(), self.params.len());
-        self.params.push(ParamInfo {
-            name: name.to_string(),
-            kind,
-            offset,
-            shape,
-            var: var.clone(),
-        });
+        self.params.push(ParamInfo { name: name.to_string(), kind, offset, shape, var: var.clone() });
         Ok(var)
     }
 
@@ -133,9 +124,7 @@ impl ParamStore {
 
     /// `‖g‖₂` over all gradients (accumulated in f64).
     pub fn grad_norm(&self) -> f64 {
-        self.grad_arena()
-            .with_slice(|g: &[f32]| cpu::sum_squares(g))
-            .sqrt()
+        self.grad_arena().with_slice(|g: &[f32]| cpu::sum_squares(g)).sqrt()
     }
 
     /// Scales all gradients so that their global norm is at most `max_norm`; returns the norm
@@ -144,31 +133,20 @@ impl ParamStore {
         let norm = self.grad_norm();
         if norm > max_norm && norm.is_finite() {
             let s = (max_norm / (norm + 1e-6)) as f32;
-            self.grad_arena()
-                .with_slice_mut(|g: &mut [f32]| cpu::simd::scale(g, s));
+            self.grad_arena().with_slice_mut(|g: &mut [f32]| cpu::simd::scale(g, s));
         }
         norm
     }
 
     /// Errors with the first parameter (in arena order) whose gradient is NaN or ±∞.
     pub fn check_finite_grads(&self) -> Result<()> {
-        let bad = self
-            .grad_arena()
-            .with_slice(|g: &[f32]| g.iter().position(|v| !v.is_finite()).map(|i| (i, g[i])));
+        let bad = self.grad_arena().with_slice(|g: &[f32]| g.iter().position(|v| !v.is_finite()).map(|i| (i, g[i])));
         let Some((flat, value)) = bad else {
             return Ok(());
         };
-        let p = self
-            .params
-            .iter()
-            .rev()
-            .find(|p| p.offset <= flat)
-            .expect("every arena element belongs to a parameter");
-        Err(Error::NonFiniteGradient {
-            name: p.name.clone(),
-            index: flat - p.offset,
-            value,
-        })
+        let p =
+            self.params.iter().rev().find(|p| p.offset <= flat).expect("every arena element belongs to a parameter");
+        Err(Error::NonFiniteGradient { name: p.name.clone(), index: flat - p.offset, value })
     }
 }
 
@@ -179,12 +157,8 @@ mod tests {
     #[test]
     fn parameters_are_views_into_one_arena_and_gradients_accumulate_in_place() {
         let mut store = ParamStore::new();
-        let a = store
-            .param("a", Tensor::new(vec![1.0f32, 2.0], &[2]), ParamKind::Weight)
-            .unwrap();
-        let b = store
-            .param("b", Tensor::new(vec![3.0f32], &[1]), ParamKind::Bias)
-            .unwrap();
+        let a = store.param("a", Tensor::new(vec![1.0f32, 2.0], &[2]), ParamKind::Weight).unwrap();
+        let b = store.param("b", Tensor::new(vec![3.0f32], &[1]), ParamKind::Bias).unwrap();
         assert_eq!(store.num_params(), 3);
         assert_eq!(store.value_arena().to_vec::<f32>(), vec![1.0, 2.0, 3.0]);
         // The arena grew after `a` was made: `a` still reads its own values.
@@ -209,26 +183,11 @@ mod tests {
     #[test]
     fn a_nan_gradient_is_reported_by_parameter_name() {
         let mut store = ParamStore::new();
-        let _a = store
-            .param(
-                "blocks.0.w",
-                Tensor::zeros(&[3], DType::F32),
-                ParamKind::Weight,
-            )
-            .unwrap();
-        let b = store
-            .param(
-                "blocks.1.w",
-                Tensor::new(vec![1.0f32, -1.0], &[2]),
-                ParamKind::Weight,
-            )
-            .unwrap();
+        let _a = store.param("blocks.0.w", Tensor::zeros(&[3], DType::F32), ParamKind::Weight).unwrap();
+        let b = store.param("blocks.1.w", Tensor::new(vec![1.0f32, -1.0], &[2]), ParamKind::Weight).unwrap();
         assert!(store.check_finite_grads().is_ok());
         b.sqrt().sum_all().backward(); // √−1 is NaN, and so is its gradient
         let err = store.check_finite_grads().expect_err("NaN gradient");
-        assert_eq!(
-            err.to_string(),
-            "gradient of parameter blocks.1.w is not finite (NaN) at element 1"
-        );
+        assert_eq!(err.to_string(), "gradient of parameter blocks.1.w is not finite (NaN) at element 1");
     }
 }

@@ -22,9 +22,7 @@ impl Device {
         match self {
             Device::Cpu => Ok(self),
             Device::Cuda(_) if cuda_is_available() => Ok(self),
-            Device::Cuda(_) => Err(crate::Error::CudaNotCompiled {
-                device: self.to_string(),
-            }),
+            Device::Cuda(_) => Err(crate::Error::CudaNotCompiled { device: self.to_string() }),
         }
     }
 }

@@ -167,8 +167,7 @@ pub trait Float:
     fn is_nan(self) -> bool;
     /// `max x` over a slice (−∞ when empty). f32 uses the SIMD kernel.
     fn max_slice(x: &[Self]) -> Self {
-        x.iter()
-            .fold(Self::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+        x.iter().fold(Self::NEG_INFINITY, |m, &v| if v > m { v } else { m })
     }
     /// `x ← exp(x − shift)`, returning `Σ x`. f32 uses the SIMD kernel.
     fn exp_sub_sum(x: &mut [Self], shift: Self) -> Self {

@@ -39,16 +39,8 @@ pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n {
-            a[i + a.len() - n]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= n {
-            b[i + b.len() - n]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -62,11 +54,7 @@ pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 impl Layout {
     /// A contiguous layout starting at `offset`.
     pub fn contiguous_at(shape: &[usize], offset: usize) -> Self {
-        Self {
-            strides: contiguous_strides(shape),
-            shape: shape.to_vec(),
-            offset,
-        }
+        Self { strides: contiguous_strides(shape), shape: shape.to_vec(), offset }
     }
 
     /// A contiguous layout at offset 0.
@@ -76,11 +64,7 @@ impl Layout {
 
     /// Builds a layout from parts (no checks; callers guarantee bounds).
     pub(crate) fn from_parts(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Self {
-        Self {
-            shape,
-            strides,
-            offset,
-        }
+        Self { shape, strides, offset }
     }
 
     /// The dimensions.
@@ -125,14 +109,7 @@ impl Layout {
         if self.numel() == 0 {
             return self.offset;
         }
-        self.offset
-            + self
-                .shape
-                .iter()
-                .zip(&self.strides)
-                .map(|(&d, &s)| (d - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.offset + self.shape.iter().zip(&self.strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1
     }
 
     /// Permutes the axes: new axis `k` is old axis `perm[k]`.
@@ -140,15 +117,8 @@ impl Layout {
     pub fn permute(&self, perm: &[usize]) -> Self {
         let n = self.rank();
         let mut seen = vec![false; n];
-        if perm.len() != n
-            || perm
-                .iter()
-                .any(|&p| p >= n || std::mem::replace(&mut seen[p], true))
-        {
-            panic!(
-                "permute: {perm:?} is not a permutation of the {n} axes of shape {:?}",
-                self.shape
-            );
+        if perm.len() != n || perm.iter().any(|&p| p >= n || std::mem::replace(&mut seen[p], true)) {
+            panic!("permute: {perm:?} is not a permutation of the {n} axes of shape {:?}", self.shape);
         }
         Self {
             shape: perm.iter().map(|&p| self.shape[p]).collect(),
@@ -161,11 +131,7 @@ impl Layout {
     #[track_caller]
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Self {
         if axis >= self.rank() || start + len > self.shape[axis] {
-            panic!(
-                "narrow: axis {axis}, range {start}..{} out of bounds for shape {:?}",
-                start + len,
-                self.shape
-            );
+            panic!("narrow: axis {axis}, range {start}..{} out of bounds for shape {:?}", start + len, self.shape);
         }
         let mut out = self.clone();
         out.offset += start * self.strides[axis];
@@ -179,10 +145,7 @@ impl Layout {
         let n = shape.len();
         let r = self.rank();
         if r > n {
-            panic!(
-                "broadcast_as: cannot broadcast shape {:?} to lower-rank shape {shape:?}",
-                self.shape
-            );
+            panic!("broadcast_as: cannot broadcast shape {:?} to lower-rank shape {shape:?}", self.shape);
         }
         let mut strides = vec![0; n];
         for i in 0..n {
@@ -193,18 +156,11 @@ impl Layout {
                 } else if self.shape[j] == 1 {
                     strides[i] = 0;
                 } else {
-                    panic!(
-                        "broadcast_as: cannot broadcast shape {:?} to {shape:?}",
-                        self.shape
-                    );
+                    panic!("broadcast_as: cannot broadcast shape {:?} to {shape:?}", self.shape);
                 }
             }
         }
-        Self {
-            shape: shape.to_vec(),
-            strides,
-            offset: self.offset,
-        }
+        Self { shape: shape.to_vec(), strides, offset: self.offset }
     }
 
     /// The view with shape `shape` over the same elements, if it exists without copying.
@@ -217,13 +173,8 @@ impl Layout {
         }
         // General case: group old axes into chunks that are internally contiguous, and split
         // each chunk into the new axes that cover the same number of elements.
-        let old: Vec<(usize, usize)> = self
-            .shape
-            .iter()
-            .zip(&self.strides)
-            .filter(|(&d, _)| d != 1)
-            .map(|(&d, &s)| (d, s))
-            .collect();
+        let old: Vec<(usize, usize)> =
+            self.shape.iter().zip(&self.strides).filter(|(&d, _)| d != 1).map(|(&d, &s)| (d, s)).collect();
         let mut new_strides = vec![0usize; shape.len()];
         let mut oi = 0;
         let mut ni = 0;
@@ -276,11 +227,7 @@ impl Layout {
         if oi != old.len() {
             return None;
         }
-        Some(Self {
-            shape: shape.to_vec(),
-            strides: new_strides,
-            offset: self.offset,
-        })
+        Some(Self { shape: shape.to_vec(), strides: new_strides, offset: self.offset })
     }
 }
 
@@ -311,11 +258,7 @@ pub(crate) fn walk_rows<const K: usize>(
     }
     let mut offs = base;
     for (v, off) in offs.iter_mut().enumerate() {
-        *off += idx
-            .iter()
-            .zip(strides[v])
-            .map(|(i, s)| i * s)
-            .sum::<usize>();
+        *off += idx.iter().zip(strides[v]).map(|(i, s)| i * s).sum::<usize>();
     }
     for row in range {
         f(row, offs);
@@ -351,30 +294,20 @@ mod tests {
     fn reshape_of_transposed_view_needs_copy_only_when_merging_across_gaps() {
         let l = Layout::contiguous(&[2, 3, 4]).permute(&[1, 0, 2]); // (3, 2, 4), strides (4, 12, 1)
         assert!(l.reshaped(&[6, 4]).is_none());
-        assert_eq!(
-            l.reshaped(&[3, 2, 2, 2]).map(|x| x.strides().to_vec()),
-            Some(vec![4, 12, 2, 1])
-        );
+        assert_eq!(l.reshaped(&[3, 2, 2, 2]).map(|x| x.strides().to_vec()), Some(vec![4, 12, 2, 1]));
         let l = Layout::contiguous(&[4, 6]).narrow(1, 0, 3); // rows with gaps
         assert!(l.reshaped(&[12]).is_none());
-        assert_eq!(
-            l.reshaped(&[2, 2, 3]).map(|x| x.strides().to_vec()),
-            Some(vec![12, 6, 1])
-        );
+        assert_eq!(l.reshaped(&[2, 2, 3]).map(|x| x.strides().to_vec()), Some(vec![12, 6, 1]));
     }
 
     #[test]
     fn walk_rows_visits_rows_in_order_from_any_start() {
         let l = Layout::contiguous(&[2, 3, 4]).permute(&[1, 0, 2]);
         let mut all = vec![];
-        walk_rows(&l.shape()[..2], [&l.strides()[..2]], [0], 0..6, |_, [o]| {
-            all.push(o)
-        });
+        walk_rows(&l.shape()[..2], [&l.strides()[..2]], [0], 0..6, |_, [o]| all.push(o));
         assert_eq!(all, vec![0, 12, 4, 16, 8, 20]);
         let mut tail = vec![];
-        walk_rows(&l.shape()[..2], [&l.strides()[..2]], [0], 3..6, |_, [o]| {
-            tail.push(o)
-        });
+        walk_rows(&l.shape()[..2], [&l.strides()[..2]], [0], 3..6, |_, [o]| tail.push(o));
         assert_eq!(tail, vec![16, 8, 20]);
     }
 }

@@ -133,31 +133,14 @@ impl Tensor {
     }
 
     #[track_caller]
-    fn binary_map<T: Element, U: Element>(
-        &self,
-        other: &Tensor,
-        op: &str,
-        f: impl Fn(T, T) -> U + Sync,
-    ) -> Tensor {
-        assert_eq!(
-            self.dtype(),
-            other.dtype(),
-            "{op}: dtypes differ: {} and {}",
-            self.dtype(),
-            other.dtype()
-        );
+    fn binary_map<T: Element, U: Element>(&self, other: &Tensor, op: &str, f: impl Fn(T, T) -> U + Sync) -> Tensor {
+        assert_eq!(self.dtype(), other.dtype(), "{op}: dtypes differ: {} and {}", self.dtype(), other.dtype());
         let shape = match broadcast_shapes(self.shape(), other.shape()) {
             Some(s) => s,
-            None => panic!(
-                "{op}: shapes {:?} and {:?} do not broadcast",
-                self.shape(),
-                other.shape()
-            ),
+            None => panic!("{op}: shapes {:?} and {:?} do not broadcast", self.shape(), other.shape()),
         };
         let (a, b) = (self.broadcast_as(&shape), other.broadcast_as(&shape));
-        let out = a.with_strided(|da: &[T], la| {
-            b.with_strided(|db: &[T], lb| cpu::binary_strided(da, la, db, lb, f))
-        });
+        let out = a.with_strided(|da: &[T], la| b.with_strided(|db: &[T], lb| cpu::binary_strided(da, la, db, lb, f)));
         Tensor::new(out, &shape)
     }
 
@@ -189,22 +172,11 @@ impl Tensor {
     /// `cond ? a : b` elementwise, broadcasting all three; `cond` is any dtype, nonzero = true.
     #[track_caller]
     pub fn where_cond(cond: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
-        assert_eq!(
-            a.dtype(),
-            b.dtype(),
-            "where: branch dtypes differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        );
+        assert_eq!(a.dtype(), b.dtype(), "where: branch dtypes differ: {} and {}", a.dtype(), b.dtype());
         let shape = broadcast_shapes(a.shape(), b.shape())
             .and_then(|s| broadcast_shapes(&s, cond.shape()))
             .unwrap_or_else(|| {
-                panic!(
-                    "where: shapes cond {:?}, a {:?}, b {:?} do not broadcast",
-                    cond.shape(),
-                    a.shape(),
-                    b.shape()
-                )
+                panic!("where: shapes cond {:?}, a {:?}, b {:?} do not broadcast", cond.shape(), a.shape(), b.shape())
             });
         let c = cond.to_dtype(DType::F64).broadcast_as(&shape);
         let (a, b) = (a.broadcast_as(&shape), b.broadcast_as(&shape));
@@ -239,10 +211,7 @@ impl Tensor {
     }
 
     fn reduce(&self, axes: &[isize], keepdim: bool, op: ReduceOp, name: &str) -> Tensor {
-        let mut ax: Vec<usize> = axes
-            .iter()
-            .map(|&a| resolve_axis(a, self.rank(), name))
-            .collect();
+        let mut ax: Vec<usize> = axes.iter().map(|&a| resolve_axis(a, self.rank(), name)).collect();
         ax.sort_unstable();
         ax.dedup();
         let mut x = self.clone();
@@ -250,13 +219,8 @@ impl Tensor {
             x = x.reduce_one(a, op);
         }
         if !keepdim {
-            let shape: Vec<usize> = x
-                .shape()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !ax.contains(i))
-                .map(|(_, &d)| d)
-                .collect();
+            let shape: Vec<usize> =
+                x.shape().iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, &d)| d).collect();
             x = x.reshape(&shape);
         }
         x
@@ -276,10 +240,7 @@ impl Tensor {
     /// Mean over `axes`.
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Tensor {
-        let count: usize = axes
-            .iter()
-            .map(|&a| self.shape()[resolve_axis(a, self.rank(), "mean")])
-            .product();
+        let count: usize = axes.iter().map(|&a| self.shape()[resolve_axis(a, self.rank(), "mean")]).product();
         self.sum(axes, keepdim).mul_scalar(1.0 / count as f64)
     }
 
@@ -302,12 +263,7 @@ impl Tensor {
         let shape = self.shape();
         let outer: usize = shape[..a].iter().product();
         let inner: usize = shape[a + 1..].iter().product();
-        let out_shape: Vec<usize> = shape
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != a)
-            .map(|(_, &d)| d)
-            .collect();
+        let out_shape: Vec<usize> = shape.iter().enumerate().filter(|&(i, _)| i != a).map(|(_, &d)| d).collect();
         float_dispatch!(self.dtype(), "argmax", T => {
             Tensor::new(self.with_slice(|s: &[T]| cpu::argmax_axis(s, outer, shape[a], inner)), &out_shape)
         })
@@ -320,11 +276,7 @@ impl Tensor {
             return self.clone();
         }
         let r = self.rank();
-        assert!(
-            shape.len() <= r,
-            "sum_to_shape: {:?} cannot reduce to higher rank {shape:?}",
-            self.shape()
-        );
+        assert!(shape.len() <= r, "sum_to_shape: {:?} cannot reduce to higher rank {shape:?}", self.shape());
         let lead = r - shape.len();
         let mut axes: Vec<isize> = (0..lead as isize).collect();
         for (i, &d) in shape.iter().enumerate() {
@@ -350,28 +302,11 @@ impl Tensor {
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
         let (a, b) = (self, other);
-        assert!(
-            a.rank() >= 2 && b.rank() >= 2,
-            "matmul: needs rank ≥ 2, got {:?} and {:?}",
-            a.shape(),
-            b.shape()
-        );
-        assert_eq!(
-            a.dtype(),
-            b.dtype(),
-            "matmul: dtypes differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        );
+        assert!(a.rank() >= 2 && b.rank() >= 2, "matmul: needs rank ≥ 2, got {:?} and {:?}", a.shape(), b.shape());
+        assert_eq!(a.dtype(), b.dtype(), "matmul: dtypes differ: {} and {}", a.dtype(), b.dtype());
         let (m, k) = (a.dim(-2), a.dim(-1));
         let (k2, n) = (b.dim(-2), b.dim(-1));
-        assert_eq!(
-            k,
-            k2,
-            "matmul: inner dimensions differ: {:?} · {:?}",
-            a.shape(),
-            b.shape()
-        );
+        assert_eq!(k, k2, "matmul: inner dimensions differ: {:?} · {:?}", a.shape(), b.shape());
         // (…, M, K) · (K, N): fold the batch into M for one large product when `a` allows it.
         if b.rank() == 2 && a.rank() > 2 {
             let rows: usize = a.shape()[..a.rank() - 1].iter().product();
@@ -382,13 +317,7 @@ impl Tensor {
             }
         }
         let batch = broadcast_shapes(&a.shape()[..a.rank() - 2], &b.shape()[..b.rank() - 2])
-            .unwrap_or_else(|| {
-                panic!(
-                    "matmul: batch axes of {:?} and {:?} do not broadcast",
-                    a.shape(),
-                    b.shape()
-                )
-            });
+            .unwrap_or_else(|| panic!("matmul: batch axes of {:?} and {:?} do not broadcast", a.shape(), b.shape()));
         let nb: usize = batch.iter().product();
         let mut ashape = batch.clone();
         ashape.extend([m, k]);
@@ -458,13 +387,7 @@ impl Tensor {
     /// Given `self = softmax(x)` and `dout`, returns `dx`.
     #[track_caller]
     pub fn softmax_backward(&self, dout: &Tensor) -> Tensor {
-        assert_eq!(
-            self.shape(),
-            dout.shape(),
-            "softmax_backward: out {:?} vs dout {:?}",
-            self.shape(),
-            dout.shape()
-        );
+        assert_eq!(self.shape(), dout.shape(), "softmax_backward: out {:?} vs dout {:?}", self.shape(), dout.shape());
         let c = self.last_axis_rows("softmax_backward");
         float_dispatch!(self.dtype(), "softmax_backward", T => {
             let mut dx = vec![T::ZERO; self.numel()];
@@ -494,18 +417,9 @@ impl Tensor {
     /// Per-row cross-entropy of logits `(…, V)` against u32 `targets` `(…)`.
     /// Returns `(losses (…), lse (…))`; ignored rows have loss 0.
     #[track_caller]
-    pub fn cross_entropy_rows(
-        &self,
-        targets: &Tensor,
-        ignore_index: Option<u32>,
-    ) -> (Tensor, Tensor) {
+    pub fn cross_entropy_rows(&self, targets: &Tensor, ignore_index: Option<u32>) -> (Tensor, Tensor) {
         let v = self.last_axis_rows("cross_entropy");
-        assert_eq!(
-            targets.dtype(),
-            DType::U32,
-            "cross_entropy: targets must be u32, got {}",
-            targets.dtype()
-        );
+        assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32, got {}", targets.dtype());
         assert_eq!(
             &self.shape()[..self.rank() - 1],
             targets.shape(),
@@ -546,28 +460,11 @@ impl Tensor {
 
     /// LayerNorm over the last axis: returns `(y, stats)`.
     #[track_caller]
-    pub fn layer_norm(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        eps: f64,
-    ) -> (Tensor, NormStats) {
+    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> (Tensor, NormStats) {
         let c = self.last_axis_rows("layer_norm");
-        assert_eq!(
-            weight.shape(),
-            [c],
-            "layer_norm: weight {:?} for input {:?}",
-            weight.shape(),
-            self.shape()
-        );
+        assert_eq!(weight.shape(), [c], "layer_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
         if let Some(b) = bias {
-            assert_eq!(
-                b.shape(),
-                [c],
-                "layer_norm: bias {:?} for input {:?}",
-                b.shape(),
-                self.shape()
-            );
+            assert_eq!(b.shape(), [c], "layer_norm: bias {:?} for input {:?}", b.shape(), self.shape());
         }
         let rows = self.numel() / c.max(1);
         let stat_shape = &self.shape()[..self.rank() - 1];
@@ -583,17 +480,9 @@ impl Tensor {
 
     /// LayerNorm backward: returns `(dx, dweight, dbias)`.
     #[track_caller]
-    pub fn layer_norm_backward(
-        &self,
-        weight: &Tensor,
-        stats: &NormStats,
-        dout: &Tensor,
-    ) -> (Tensor, Tensor, Tensor) {
+    pub fn layer_norm_backward(&self, weight: &Tensor, stats: &NormStats, dout: &Tensor) -> (Tensor, Tensor, Tensor) {
         let c = self.last_axis_rows("layer_norm_backward");
-        let mean = stats
-            .mean
-            .as_ref()
-            .expect("layer_norm_backward: stats come from layer_norm and carry the mean");
+        let mean = stats.mean.as_ref().expect("layer_norm_backward: stats come from layer_norm and carry the mean");
         float_dispatch!(self.dtype(), "layer_norm_backward", T => {
             let (mut dx, mut dw, mut db) = (vec![T::ZERO; self.numel()], vec![T::ZERO; c], vec![T::ZERO; c]);
             self.with_slice(|x: &[T]| weight.with_slice(|w: &[T]| dout.with_slice(|dy: &[T]| mean.with_slice(|mu: &[T]| stats.rstd.with_slice(|rs: &[T]| {
@@ -607,13 +496,7 @@ impl Tensor {
     #[track_caller]
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> (Tensor, NormStats) {
         let c = self.last_axis_rows("rms_norm");
-        assert_eq!(
-            weight.shape(),
-            [c],
-            "rms_norm: weight {:?} for input {:?}",
-            weight.shape(),
-            self.shape()
-        );
+        assert_eq!(weight.shape(), [c], "rms_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
         let rows = self.numel() / c.max(1);
         let stat_shape = &self.shape()[..self.rank() - 1];
         float_dispatch!(self.dtype(), "rms_norm", T => {
@@ -625,12 +508,7 @@ impl Tensor {
 
     /// RMSNorm backward: returns `(dx, dweight)`.
     #[track_caller]
-    pub fn rms_norm_backward(
-        &self,
-        weight: &Tensor,
-        stats: &NormStats,
-        dout: &Tensor,
-    ) -> (Tensor, Tensor) {
+    pub fn rms_norm_backward(&self, weight: &Tensor, stats: &NormStats, dout: &Tensor) -> (Tensor, Tensor) {
         let c = self.last_axis_rows("rms_norm_backward");
         float_dispatch!(self.dtype(), "rms_norm_backward", T => {
             let (mut dx, mut dw) = (vec![T::ZERO; self.numel()], vec![T::ZERO; c]);
@@ -646,13 +524,7 @@ impl Tensor {
     /// `silu(self) ⊙ up` (self is the gate).
     #[track_caller]
     pub fn swiglu(&self, up: &Tensor) -> Tensor {
-        assert_eq!(
-            self.shape(),
-            up.shape(),
-            "swiglu: gate {:?} vs up {:?}",
-            self.shape(),
-            up.shape()
-        );
+        assert_eq!(self.shape(), up.shape(), "swiglu: gate {:?} vs up {:?}", self.shape(), up.shape());
         float_dispatch!(self.dtype(), "swiglu", T => {
             let mut out = vec![T::ZERO; self.numel()];
             self.with_slice(|g: &[T]| up.with_slice(|u: &[T]| cpu::swiglu_forward(&mut out, g, u)));
@@ -669,19 +541,8 @@ impl Tensor {
         })
     }
 
-    fn rope_apply(
-        &self,
-        seq_axis: isize,
-        pos0: usize,
-        base: f64,
-        layout: RopeLayout,
-        backward: bool,
-    ) -> Tensor {
-        assert!(
-            self.rank() >= 2,
-            "rope: needs (…, T, …, D), got {:?}",
-            self.shape()
-        );
+    fn rope_apply(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout, backward: bool) -> Tensor {
+        assert!(self.rank() >= 2, "rope: needs (…, T, …, D), got {:?}", self.shape());
         let sa = resolve_axis(seq_axis, self.rank(), "rope");
         assert!(
             sa < self.rank() - 1,
@@ -714,47 +575,21 @@ impl Tensor {
 
     /// The backward of [`Tensor::rope`] applied to `self = dout` (the inverse rotation).
     #[track_caller]
-    pub fn rope_backward(
-        &self,
-        seq_axis: isize,
-        pos0: usize,
-        base: f64,
-        layout: RopeLayout,
-    ) -> Tensor {
+    pub fn rope_backward(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout) -> Tensor {
         self.rope_apply(seq_axis, pos0, base, layout, true)
     }
 
     // ---------------------------------------------------------------- attention
 
     fn heads_view(&self, name: &str) -> (Tensor, HeadsView) {
-        assert_eq!(
-            self.rank(),
-            4,
-            "attention: {name} must be (B, heads, T, D), got {:?}",
-            self.shape()
-        );
-        let t = if self.strides()[3] == 1 || self.dim(-1) == 1 {
-            self.clone()
-        } else {
-            self.contiguous()
-        };
+        assert_eq!(self.rank(), 4, "attention: {name} must be (B, heads, T, D), got {:?}", self.shape());
+        let t = if self.strides()[3] == 1 || self.dim(-1) == 1 { self.clone() } else { self.contiguous() };
         let s = t.strides().to_vec();
-        let view = HeadsView {
-            off: t.layout().offset(),
-            sb: s[0],
-            sh: s[1],
-            st: s[2],
-        };
+        let view = HeadsView { off: t.layout().offset(), sb: s[0], sh: s[1], st: s[2] };
         (t, view)
     }
 
-    fn attention_dims(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        causal: bool,
-        scale: Option<f64>,
-    ) -> AttnDims {
+    fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: Option<f64>) -> AttnDims {
         let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
         let ctx = || format!("q {qs:?}, k {ks:?}, v {vs:?}");
         assert!(
@@ -763,21 +598,9 @@ impl Tensor {
             ctx()
         );
         assert!(ks == vs, "attention: k and v shapes differ: {}", ctx());
-        assert!(
-            qs[0] == ks[0] && qs[3] == ks[3],
-            "attention: batch or head size differ: {}",
-            ctx()
-        );
-        assert!(
-            ks[1] > 0 && qs[1] % ks[1] == 0,
-            "attention: query heads must be a multiple of kv heads: {}",
-            ctx()
-        );
-        assert!(
-            !causal || qs[2] <= ks[2],
-            "attention: causal needs Tq ≤ Tk: {}",
-            ctx()
-        );
+        assert!(qs[0] == ks[0] && qs[3] == ks[3], "attention: batch or head size differ: {}", ctx());
+        assert!(ks[1] > 0 && qs[1] % ks[1] == 0, "attention: query heads must be a multiple of kv heads: {}", ctx());
+        assert!(!causal || qs[2] <= ks[2], "attention: causal needs Tq ≤ Tk: {}", ctx());
         AttnDims {
             b: qs[0],
             h: qs[1],
@@ -865,18 +688,8 @@ impl Tensor {
     /// Rows of a `(N, C)` table picked by u32 `ids` of any shape: `(…ids, C)` (embedding lookup).
     #[track_caller]
     pub fn index_select(&self, ids: &Tensor) -> Tensor {
-        assert_eq!(
-            self.rank(),
-            2,
-            "index_select: table must be (N, C), got {:?}",
-            self.shape()
-        );
-        assert_eq!(
-            ids.dtype(),
-            DType::U32,
-            "index_select: ids must be u32, got {}",
-            ids.dtype()
-        );
+        assert_eq!(self.rank(), 2, "index_select: table must be (N, C), got {:?}", self.shape());
+        assert_eq!(ids.dtype(), DType::U32, "index_select: ids must be u32, got {}", ids.dtype());
         let c = self.dim(1);
         let idv = ids.to_vec::<u32>();
         let mut shape = ids.shape().to_vec();
@@ -893,13 +706,7 @@ impl Tensor {
     pub fn index_add_rows(&self, ids: &Tensor, rows: usize) -> Tensor {
         let c = self.dim(-1);
         let idv = ids.to_vec::<u32>();
-        assert_eq!(
-            idv.len() * c,
-            self.numel(),
-            "index_add_rows: {:?} values for {} ids",
-            self.shape(),
-            idv.len()
-        );
+        assert_eq!(idv.len() * c, self.numel(), "index_add_rows: {:?} values for {} ids", self.shape(), idv.len());
         float_dispatch!(self.dtype(), "index_add_rows", T => {
             let mut out = vec![T::ZERO; rows * c];
             if let Some(&bad) = idv.iter().find(|&&i| i as usize >= rows) {
@@ -921,14 +728,8 @@ impl Tensor {
     pub fn gather(&self, axis: isize, idx: &Tensor) -> Tensor {
         let a = resolve_axis(axis, self.rank(), "gather");
         assert_eq!(idx.dtype(), DType::U32, "gather: index must be u32");
-        let ok = idx.rank() == self.rank()
-            && (0..self.rank()).all(|i| i == a || idx.shape()[i] == self.shape()[i]);
-        assert!(
-            ok,
-            "gather: index {:?} must match input {:?} except on axis {a}",
-            idx.shape(),
-            self.shape()
-        );
+        let ok = idx.rank() == self.rank() && (0..self.rank()).all(|i| i == a || idx.shape()[i] == self.shape()[i]);
+        assert!(ok, "gather: index {:?} must match input {:?} except on axis {a}", idx.shape(), self.shape());
         let (outer, n, inner) = self.axis_split(a);
         let k = idx.shape()[a];
         let iv = idx.to_vec::<u32>();
@@ -941,13 +742,7 @@ impl Tensor {
     #[track_caller]
     pub fn scatter_add(&self, axis: isize, idx: &Tensor, src: &Tensor) -> Tensor {
         let a = resolve_axis(axis, self.rank(), "scatter_add");
-        assert_eq!(
-            idx.shape(),
-            src.shape(),
-            "scatter_add: index {:?} vs src {:?}",
-            idx.shape(),
-            src.shape()
-        );
+        assert_eq!(idx.shape(), src.shape(), "scatter_add: index {:?} vs src {:?}", idx.shape(), src.shape());
         let (outer, n, inner) = self.axis_split(a);
         let k = idx.shape()[a];
         let iv = idx.to_vec::<u32>();
@@ -998,11 +793,7 @@ impl Tensor {
     #[track_caller]
     pub fn topk(&self, k: usize) -> (Tensor, Tensor) {
         let c = self.last_axis_rows("topk");
-        assert!(
-            k <= c,
-            "topk: k = {k} > last axis {c} of {:?}",
-            self.shape()
-        );
+        assert!(k <= c, "topk: k = {k} > last axis {c} of {:?}", self.shape());
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = k;
         float_dispatch!(self.dtype(), "topk", T => {

@@ -22,14 +22,7 @@ impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        Self {
-            s: [
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-                splitmix64(&mut x),
-            ],
-        }
+        Self { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)] }
     }
 
     /// The full state (for checkpoints).
@@ -105,9 +98,6 @@ mod tests {
         let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(
-            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
-            "mean {mean} var {var}"
-        );
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean} var {var}");
     }
 }

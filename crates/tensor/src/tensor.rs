@@ -33,10 +33,7 @@ macro_rules! float_dispatch {
                 type $T = f64;
                 $body
             }
-            other => panic!(
-                "{}: dtype {other} cannot be computed in; convert with to_dtype(DType::F32)",
-                $op
-            ),
+            other => panic!("{}: dtype {other} cannot be computed in; convert with to_dtype(DType::F32)", $op),
         }
     };
 }
@@ -49,29 +46,16 @@ impl Tensor {
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Self> {
         let expected: usize = shape.iter().product();
         if data.len() != expected {
-            return Err(Error::BufferLength {
-                op: "from_vec",
-                len: data.len(),
-                expected,
-                shape: shape.to_vec(),
-            });
+            return Err(Error::BufferLength { op: "from_vec", len: data.len(), expected, shape: shape.to_vec() });
         }
-        Ok(Self::from_storage(
-            T::into_storage(data),
-            Layout::contiguous(shape),
-        ))
+        Ok(Self::from_storage(T::into_storage(data), Layout::contiguous(shape)))
     }
 
     /// Like [`Tensor::from_vec`] for data the caller built to size: panics on a length mismatch.
     #[track_caller]
     pub fn new<T: Element>(data: Vec<T>, shape: &[usize]) -> Self {
         let expected: usize = shape.iter().product();
-        assert_eq!(
-            data.len(),
-            expected,
-            "Tensor::new: {} elements for shape {shape:?}",
-            data.len()
-        );
+        assert_eq!(data.len(), expected, "Tensor::new: {} elements for shape {shape:?}", data.len());
         Self::from_storage(T::into_storage(data), Layout::contiguous(shape))
     }
 
@@ -82,12 +66,7 @@ impl Tensor {
 
     pub(crate) fn from_storage(s: CpuStorage, layout: Layout) -> Self {
         let dtype = s.dtype();
-        Self {
-            storage: Arc::new(RwLock::new(Storage::Cpu(s))),
-            layout,
-            dtype,
-            device: Device::Cpu,
-        }
+        Self { storage: Arc::new(RwLock::new(Storage::Cpu(s))), layout, dtype, device: Device::Cpu }
     }
 
     /// A tensor filled with `value`.
@@ -213,13 +192,7 @@ impl Tensor {
     /// The single value of a one-element tensor, as f64.
     #[track_caller]
     pub fn item(&self) -> f64 {
-        assert_eq!(
-            self.numel(),
-            1,
-            "item: tensor of shape {:?} has {} elements",
-            self.shape(),
-            self.numel()
-        );
+        assert_eq!(self.numel(), 1, "item: tensor of shape {:?} has {} elements", self.shape(), self.numel());
         self.to_vec_f64()[0]
     }
 
@@ -263,12 +236,7 @@ impl Tensor {
     // ---------------------------------------------------------------- views (no copy)
 
     fn with_layout(&self, layout: Layout) -> Self {
-        Self {
-            storage: self.storage.clone(),
-            layout,
-            dtype: self.dtype,
-            device: self.device,
-        }
+        Self { storage: self.storage.clone(), layout, dtype: self.dtype, device: self.device }
     }
 
     /// Same elements, new shape. A view when the layout allows it, else a contiguous copy.
@@ -299,10 +267,7 @@ impl Tensor {
     #[track_caller]
     pub fn transpose(&self, a: isize, b: isize) -> Self {
         let r = self.rank();
-        let (a, b) = (
-            resolve_axis(a, r, "transpose"),
-            resolve_axis(b, r, "transpose"),
-        );
+        let (a, b) = (resolve_axis(a, r, "transpose"), resolve_axis(b, r, "transpose"));
         let mut perm: Vec<usize> = (0..r).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -311,11 +276,7 @@ impl Tensor {
     /// Transpose of the last two axes (`(…, M, N)` → `(…, N, M)`), as a view.
     #[track_caller]
     pub fn t(&self) -> Self {
-        assert!(
-            self.rank() >= 2,
-            "t: needs rank ≥ 2, got shape {:?}",
-            self.shape()
-        );
+        assert!(self.rank() >= 2, "t: needs rank ≥ 2, got shape {:?}", self.shape());
         self.transpose(-2, -1)
     }
 
@@ -331,12 +292,7 @@ impl Tensor {
     pub fn split(&self, axis: isize, sizes: &[usize]) -> Vec<Self> {
         let a = resolve_axis(axis, self.rank(), "split");
         let total: usize = sizes.iter().sum();
-        assert_eq!(
-            total,
-            self.shape()[a],
-            "split: sizes {sizes:?} do not sum to axis {a} of shape {:?}",
-            self.shape()
-        );
+        assert_eq!(total, self.shape()[a], "split: sizes {sizes:?} do not sum to axis {a} of shape {:?}", self.shape());
         let mut start = 0;
         sizes
             .iter()
@@ -370,12 +326,7 @@ impl Tensor {
     #[track_caller]
     pub fn squeeze(&self, axis: isize) -> Self {
         let a = resolve_axis(axis, self.rank(), "squeeze");
-        assert_eq!(
-            self.shape()[a],
-            1,
-            "squeeze: axis {a} of shape {:?} is not 1",
-            self.shape()
-        );
+        assert_eq!(self.shape()[a], 1, "squeeze: axis {a} of shape {:?} is not 1", self.shape());
         let mut shape = self.shape().to_vec();
         shape.remove(a);
         let mut strides = self.strides().to_vec();
@@ -406,11 +357,7 @@ impl Tensor {
     /// Views made before keep working: they address the buffer by offset, not by pointer.
     #[track_caller]
     pub fn arena_push(&self, data: &Tensor) -> usize {
-        let data = if self.same_storage(data) {
-            data.copy()
-        } else {
-            data.clone()
-        };
+        let data = if self.same_storage(data) { data.copy() } else { data.clone() };
         float_dispatch!(self.dtype, "arena_push", T => {
             let src = data.to_dtype(self.dtype).to_vec::<T>();
             let mut guard = self.write_storage();
@@ -441,10 +388,7 @@ impl Tensor {
         macro_rules! go {
             ($t:ty) => {
                 self.with_strided(|d: &[$t], l| {
-                    Self::from_storage(
-                        <$t>::into_storage(cpu::strided_copy(d, l)),
-                        Layout::contiguous(l.shape()),
-                    )
+                    Self::from_storage(<$t>::into_storage(cpu::strided_copy(d, l)), Layout::contiguous(l.shape()))
                 })
             };
         }
@@ -501,16 +445,8 @@ impl Tensor {
     /// `self += other` in place (broadcasting `other`). `self` must be a contiguous float view.
     #[track_caller]
     pub fn add_assign_(&self, other: &Tensor) {
-        assert_eq!(
-            self.dtype, other.dtype,
-            "add_assign_: dtypes {} and {}",
-            self.dtype, other.dtype
-        );
-        let other = if self.same_storage(other) {
-            other.copy()
-        } else {
-            other.clone()
-        };
+        assert_eq!(self.dtype, other.dtype, "add_assign_: dtypes {} and {}", self.dtype, other.dtype);
+        let other = if self.same_storage(other) { other.copy() } else { other.clone() };
         let other = other.broadcast_as(self.shape()).contiguous();
         float_dispatch!(self.dtype, "add_assign_", T => {
             other.with_slice(|o: &[T]| self.with_slice_mut(|s: &mut [T]| cpu::add_assign(s, o)))
@@ -527,18 +463,8 @@ impl Tensor {
     /// Copies `src` (same shape) into this contiguous view, in place.
     #[track_caller]
     pub fn copy_from_(&self, src: &Tensor) {
-        assert_eq!(
-            self.shape(),
-            src.shape(),
-            "copy_from_: shapes {:?} and {:?}",
-            self.shape(),
-            src.shape()
-        );
-        let src = if self.same_storage(src) {
-            src.copy()
-        } else {
-            src.to_dtype(self.dtype)
-        };
+        assert_eq!(self.shape(), src.shape(), "copy_from_: shapes {:?} and {:?}", self.shape(), src.shape());
+        let src = if self.same_storage(src) { src.copy() } else { src.to_dtype(self.dtype) };
         float_dispatch!(self.dtype, "copy_from_", T => {
             src.with_slice(|o: &[T]| self.with_slice_mut(|s: &mut [T]| s.copy_from_slice(o)))
         })

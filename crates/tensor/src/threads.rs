@@ -18,16 +18,11 @@ static CONFIGURED: OnceLock<usize> = OnceLock::new();
 pub fn init_threads(threads: Option<usize>) -> usize {
     *CONFIGURED.get_or_init(|| {
         let wanted = threads.or_else(|| {
-            std::env::var(THREADS_ENV)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0)
+            std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0)
         });
         if let Some(n) = wanted {
             // An already-built global pool (someone ran a kernel first) keeps its size.
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global();
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
         }
         rayon::current_num_threads()
     })

@@ -12,19 +12,13 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: {g} vs {w}"
-        );
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: {g} vs {w}");
     }
 }
 
 /// Naive (…, M, K)·(…, K, N) over explicit f64 data for checking.
 fn naive_matmul(a: &Tensor, b: &Tensor) -> Vec<f64> {
-    let (a, b) = (
-        a.to_dtype(DType::F64).contiguous(),
-        b.to_dtype(DType::F64).contiguous(),
-    );
+    let (a, b) = (a.to_dtype(DType::F64).contiguous(), b.to_dtype(DType::F64).contiguous());
     let (m, k, n) = (a.dim(-2), a.dim(-1), b.dim(-1));
     let batch = a.numel() / (m * k);
     let (av, bv) = (a.to_vec::<f64>(), b.to_vec::<f64>());
@@ -38,17 +32,9 @@ fn naive_matmul(a: &Tensor, b: &Tensor) -> Vec<f64> {
             k,
             n,
             &av,
-            MatRef {
-                off: ao,
-                rs: k,
-                cs: 1,
-            },
+            MatRef { off: ao, rs: k, cs: 1 },
             &bv,
-            MatRef {
-                off: bo,
-                rs: n,
-                cs: 1,
-            },
+            MatRef { off: bo, rs: n, cs: 1 },
         ));
     }
     out
@@ -134,10 +120,7 @@ fn views_share_storage_and_reshape_copies_only_when_it_must() {
     let p = x.permute(&[2, 0, 1]);
     assert!(p.same_storage(&x) && !p.is_contiguous());
     assert_eq!(p.shape(), [4, 2, 3]);
-    assert_eq!(
-        p.narrow(0, 1, 1).to_vec::<f32>(),
-        vec![1.0, 5.0, 9.0, 13.0, 17.0, 21.0]
-    );
+    assert_eq!(p.narrow(0, 1, 1).to_vec::<f32>(), vec![1.0, 5.0, 9.0, 13.0, 17.0, 21.0]);
     let r = x.reshape(&[6, 4]);
     assert!(r.same_storage(&x));
     let rp = p.reshape(&[24]);
@@ -145,10 +128,7 @@ fn views_share_storage_and_reshape_copies_only_when_it_must() {
     assert_eq!(rp.to_vec::<f32>()[..4], [0.0, 4.0, 8.0, 12.0]);
     let b = Tensor::new(vec![1.0f32, 2.0], &[2, 1]).broadcast_as(&[3, 2, 4]);
     assert_eq!(b.strides(), [0, 1, 0]);
-    assert_eq!(
-        b.contiguous().to_vec::<f32>().iter().sum::<f32>(),
-        3.0 * (4.0 + 8.0)
-    );
+    assert_eq!(b.contiguous().to_vec::<f32>().iter().sum::<f32>(), 3.0 * (4.0 + 8.0));
     assert_eq!(x.unsqueeze(0).shape(), [1, 2, 3, 4]);
     assert_eq!(x.unsqueeze(0).squeeze(0).shape(), [2, 3, 4]);
 }
@@ -156,10 +136,7 @@ fn views_share_storage_and_reshape_copies_only_when_it_must() {
 #[test]
 fn softmax_handles_masked_rows_and_log_softmax_agrees() {
     let ninf = f32::NEG_INFINITY;
-    let x = Tensor::new(
-        vec![1.0f32, 2.0, ninf, 3.0, ninf, ninf, ninf, ninf],
-        &[2, 4],
-    );
+    let x = Tensor::new(vec![1.0f32, 2.0, ninf, 3.0, ninf, ninf, ninf, ninf], &[2, 4]);
     let s = x.softmax().to_vec::<f32>();
     assert_eq!(s[2], 0.0);
     assert!((s[..4].iter().sum::<f32>() - 1.0).abs() < 1e-6);
@@ -177,30 +154,17 @@ fn softmax_handles_masked_rows_and_log_softmax_agrees() {
 fn indexing_ops() {
     let x = Tensor::new((0..12).map(|i| i as f32).collect::<Vec<_>>(), &[3, 4]);
     let ids = Tensor::new(vec![2u32, 0, 2], &[3]);
-    assert_eq!(
-        x.index_select(&ids).to_vec::<f32>()[..4],
-        [8.0, 9.0, 10.0, 11.0]
-    );
+    assert_eq!(x.index_select(&ids).to_vec::<f32>()[..4], [8.0, 9.0, 10.0, 11.0]);
     let g = x.index_select(&ids).index_add_rows(&ids, 3);
     assert_eq!(g.to_vec::<f32>()[8..], [16.0, 18.0, 20.0, 22.0]);
     let idx = Tensor::new(vec![3u32, 0, 1, 1, 2, 2], &[3, 2]);
-    assert_eq!(
-        x.gather(1, &idx).to_vec::<f32>(),
-        vec![3.0, 0.0, 5.0, 5.0, 10.0, 10.0]
-    );
-    let back =
-        Tensor::zeros(&[3, 4], DType::F32).scatter_add(1, &idx, &Tensor::ones(&[3, 2], DType::F32));
-    assert_eq!(
-        back.to_vec::<f32>(),
-        vec![1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0]
-    );
+    assert_eq!(x.gather(1, &idx).to_vec::<f32>(), vec![3.0, 0.0, 5.0, 5.0, 10.0, 10.0]);
+    let back = Tensor::zeros(&[3, 4], DType::F32).scatter_add(1, &idx, &Tensor::ones(&[3, 2], DType::F32));
+    assert_eq!(back.to_vec::<f32>(), vec![1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
     let parts = x.split(1, &[1, 3]);
     assert_eq!(Tensor::concat(&parts, 1).to_vec::<f32>(), x.to_vec::<f32>());
     let (v, i) = Tensor::new(vec![0.5f32, 3.0, -1.0, 3.0, 2.0], &[5]).topk(3);
-    assert_eq!(
-        (v.to_vec::<f32>(), i.to_vec::<u32>()),
-        (vec![3.0, 3.0, 2.0], vec![1, 3, 4])
-    );
+    assert_eq!((v.to_vec::<f32>(), i.to_vec::<u32>()), (vec![3.0, 3.0, 2.0], vec![1, 3, 4]));
     let mask = Tensor::new(vec![1.0f32, 0.0, 0.0, 1.0], &[1, 4]);
     let filled = x.masked_fill(&mask, -9.0).to_vec::<f32>();
     assert_eq!(filled[..4], [-9.0, 1.0, 2.0, -9.0]);
@@ -211,26 +175,16 @@ fn indexing_ops() {
 fn dtype_conversions_round_trip() {
     let x = Tensor::new(vec![1.5f32, -2.25, 1024.0], &[3]);
     for dt in [DType::F64, DType::F16, DType::BF16] {
-        assert_eq!(
-            x.to_dtype(dt).to_dtype(DType::F32).to_vec::<f32>(),
-            x.to_vec::<f32>(),
-            "{dt}"
-        );
+        assert_eq!(x.to_dtype(dt).to_dtype(DType::F32).to_vec::<f32>(), x.to_vec::<f32>(), "{dt}");
     }
-    assert_eq!(
-        Tensor::arange(4, DType::U32).to_vec::<u32>(),
-        vec![0, 1, 2, 3]
-    );
+    assert_eq!(Tensor::arange(4, DType::U32).to_vec::<u32>(), vec![0, 1, 2, 3]);
 }
 
 #[test]
 fn outside_input_gets_errors_not_panics() {
     let err = Tensor::from_vec(vec![1.0f32; 5], &[2, 3]).expect_err("wrong length");
     let msg = err.to_string();
-    assert!(
-        msg.contains("from_vec") && msg.contains("[2, 3]") && msg.contains('5'),
-        "{msg}"
-    );
+    assert!(msg.contains("from_vec") && msg.contains("[2, 3]") && msg.contains('5'), "{msg}");
     let err = Device::Cuda(0).check().expect_err("no CUDA in this build");
     assert!(err.to_string().contains("cuda:0"));
     assert!(x_cpu().to_device(Device::Cuda(1)).is_err());
@@ -252,12 +206,7 @@ fn rope_backward_inverts_forward_and_keeps_norms() {
         let x = randn(&[2, 3, 5, 8], 3).to_dtype(DType::F64);
         let y = x.rope(2, 7, 10000.0, layout);
         let back = y.rope_backward(2, 7, 10000.0, layout);
-        assert_close(
-            "rope⁻¹(rope(x))",
-            &back.to_vec_f64(),
-            &x.to_vec_f64(),
-            1e-12,
-        );
+        assert_close("rope⁻¹(rope(x))", &back.to_vec_f64(), &x.to_vec_f64(), 1e-12);
         let n = |t: &Tensor| t.sqr().sum_all().item();
         assert!((n(&x) - n(&y)).abs() < 1e-9, "rotations keep the norm");
     }
@@ -267,17 +216,8 @@ fn rope_backward_inverts_forward_and_keeps_norms() {
 fn attention_decode_row_equals_last_row_of_full_causal() {
     // A KV-cache step: one query against all keys equals the last row of the full pass.
     let (b, h, t, d) = (2, 4, 37, 16);
-    let (q, k, v) = (
-        randn(&[b, h, t, d], 1),
-        randn(&[b, h, t, d], 2),
-        randn(&[b, h, t, d], 3),
-    );
+    let (q, k, v) = (randn(&[b, h, t, d], 1), randn(&[b, h, t, d], 2), randn(&[b, h, t, d], 3));
     let full = Tensor::attention(&q, &k, &v, None, true, None).out;
     let last = Tensor::attention(&q.narrow(2, t - 1, 1), &k, &v, None, true, None).out;
-    assert_close(
-        "decode row",
-        &last.to_vec_f64(),
-        &full.narrow(2, t - 1, 1).to_vec_f64(),
-        1e-5,
-    );
+    assert_close("decode row", &last.to_vec_f64(), &full.narrow(2, t - 1, 1).to_vec_f64(), 1e-5);
 }

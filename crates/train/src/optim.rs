@@ -25,12 +25,7 @@ impl ParamGroup {
                 lr_scale: 1.0,
                 contains: Box::new(|p| p.kind == ParamKind::Weight),
             },
-            ParamGroup {
-                name: "no_decay".into(),
-                weight_decay: 0.0,
-                lr_scale: 1.0,
-                contains: Box::new(|_| true),
-            },
+            ParamGroup { name: "no_decay".into(), weight_decay: 0.0, lr_scale: 1.0, contains: Box::new(|_| true) },
         ]
     }
 }
@@ -90,22 +85,8 @@ impl Adam {
 
     /// Adam with L2 regularisation `λ` added to every parameter's gradient.
     pub fn adam_l2(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
-        let groups = vec![ParamGroup {
-            name: "all".into(),
-            weight_decay,
-            lr_scale: 1.0,
-            contains: Box::new(|_| true),
-        }];
-        Self {
-            beta1,
-            beta2,
-            eps,
-            decoupled: false,
-            groups,
-            m: Vec::new(),
-            v: Vec::new(),
-            t: 0,
-        }
+        let groups = vec![ParamGroup { name: "all".into(), weight_decay, lr_scale: 1.0, contains: Box::new(|_| true) }];
+        Self { beta1, beta2, eps, decoupled: false, groups, m: Vec::new(), v: Vec::new(), t: 0 }
     }
 
     /// One update with learning rate `lr`: one pass over the arenas.
@@ -128,13 +109,7 @@ impl Adam {
                         decoupled: self.decoupled,
                         t: self.t,
                     };
-                    cpu::adam_update(
-                        &mut p[a..b],
-                        &g[a..b],
-                        &mut self.m[a..b],
-                        &mut self.v[a..b],
-                        s,
-                    );
+                    cpu::adam_update(&mut p[a..b], &g[a..b], &mut self.m[a..b], &mut self.v[a..b], s);
                 }
             })
         });
@@ -156,18 +131,8 @@ pub struct Sgd {
 impl Sgd {
     /// SGD where every parameter gets L2 decay `weight_decay`.
     pub fn new(momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
-        let groups = vec![ParamGroup {
-            name: "all".into(),
-            weight_decay,
-            lr_scale: 1.0,
-            contains: Box::new(|_| true),
-        }];
-        Self {
-            momentum,
-            nesterov,
-            groups,
-            buf: Vec::new(),
-        }
+        let groups = vec![ParamGroup { name: "all".into(), weight_decay, lr_scale: 1.0, contains: Box::new(|_| true) }];
+        Self { momentum, nesterov, groups, buf: Vec::new() }
     }
 
     /// One update with learning rate `lr`.

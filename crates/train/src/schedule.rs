@@ -29,12 +29,7 @@ impl LrSchedule {
     pub fn lr(&self, step: usize) -> f64 {
         match *self {
             LrSchedule::Constant { lr } => lr,
-            LrSchedule::WarmupCosine {
-                max_lr,
-                min_lr,
-                warmup,
-                total,
-            } => {
+            LrSchedule::WarmupCosine { max_lr, min_lr, warmup, total } => {
                 if step < warmup {
                     return max_lr * (step + 1) as f64 / warmup as f64;
                 }
@@ -54,19 +49,11 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_hits_its_landmarks() {
-        let s = LrSchedule::WarmupCosine {
-            max_lr: 1e-3,
-            min_lr: 1e-4,
-            warmup: 100,
-            total: 2000,
-        };
+        let s = LrSchedule::WarmupCosine { max_lr: 1e-3, min_lr: 1e-4, warmup: 100, total: 2000 };
         assert!((s.lr(0) - 1e-5).abs() < 1e-12);
         assert!((s.lr(99) - 1e-3).abs() < 1e-12);
         assert!((s.lr(100) - 1e-3).abs() < 1e-12);
-        assert!(
-            (s.lr(1050) - 5.5e-4).abs() < 1e-9,
-            "halfway is the midpoint"
-        );
+        assert!((s.lr(1050) - 5.5e-4).abs() < 1e-9, "halfway is the midpoint");
         assert!((s.lr(2000) - 1e-4).abs() < 1e-12 && (s.lr(5000) - 1e-4).abs() < 1e-12);
         let mut prev = f64::INFINITY;
         for step in 100..2000 {

@@ -62,9 +62,7 @@ impl Backward for Dropout {
 pub fn dropout_mask(shape: &[usize], p: f64, dtype: yuanli_tensor::DType, rng: &mut Rng) -> Tensor {
     let n: usize = shape.iter().product();
     let keep = 1.0 / (1.0 - p);
-    let m: Vec<f64> = (0..n)
-        .map(|_| if rng.uniform() < p { 0.0 } else { keep })
-        .collect();
+    let m: Vec<f64> = (0..n).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
     Tensor::new(m, shape).to_dtype(dtype)
 }
 
@@ -91,10 +89,7 @@ impl Var {
     /// Inverted dropout with drop probability `p`; the identity when `train` is false or `p = 0`.
     #[track_caller]
     pub fn dropout(&self, p: f64, train: bool, rng: &mut Rng) -> Var {
-        assert!(
-            (0.0..1.0).contains(&p),
-            "dropout: p = {p} must be in [0, 1)"
-        );
+        assert!((0.0..1.0).contains(&p), "dropout: p = {p} must be in [0, 1)");
         if !train || p == 0.0 {
             return self.clone();
         }

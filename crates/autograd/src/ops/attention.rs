@@ -29,16 +29,8 @@ impl Backward for Attention {
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         let o = &self.opts;
-        let (dq, dk, dv) = Tensor::attention_backward(
-            &self.q,
-            &self.k,
-            &self.v,
-            o.mask.as_ref(),
-            o.causal,
-            o.scale,
-            &self.fwd,
-            g,
-        );
+        let (dq, dk, dv) =
+            Tensor::attention_backward(&self.q, &self.k, &self.v, o.mask.as_ref(), o.causal, o.scale, &self.fwd, g);
         vec![n[0].then_some(dq), n[1].then_some(dk), n[2].then_some(dv)]
     }
 }
@@ -48,22 +40,10 @@ impl Var {
     /// `H % Hk == 0` (grouped-query attention). Returns `(B, H, Tq, D)`.
     #[track_caller]
     pub fn attention(q: &Var, k: &Var, v: &Var, opts: &AttentionOpts) -> Var {
-        let fwd = Tensor::attention(
-            q.value(),
-            k.value(),
-            v.value(),
-            opts.mask.as_ref(),
-            opts.causal,
-            opts.scale,
-        );
+        let fwd = Tensor::attention(q.value(), k.value(), v.value(), opts.mask.as_ref(), opts.causal, opts.scale);
         let out = fwd.out.clone();
-        let op = Attention {
-            q: q.value().clone(),
-            k: k.value().clone(),
-            v: v.value().clone(),
-            opts: opts.clone(),
-            fwd,
-        };
+        let op =
+            Attention { q: q.value().clone(), k: k.value().clone(), v: v.value().clone(), opts: opts.clone(), fwd };
         Var::from_op(out, op, &[q, k, v])
     }
 }

@@ -16,10 +16,7 @@ impl Backward for Add {
         "add"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![
-            n[0].then(|| g.sum_to_shape(&self.xs)),
-            n[1].then(|| g.sum_to_shape(&self.ys)),
-        ]
+        vec![n[0].then(|| g.sum_to_shape(&self.xs)), n[1].then(|| g.sum_to_shape(&self.ys))]
     }
 }
 
@@ -33,10 +30,7 @@ impl Backward for Sub {
         "sub"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![
-            n[0].then(|| g.sum_to_shape(&self.xs)),
-            n[1].then(|| g.neg().sum_to_shape(&self.ys)),
-        ]
+        vec![n[0].then(|| g.sum_to_shape(&self.xs)), n[1].then(|| g.neg().sum_to_shape(&self.ys))]
     }
 }
 
@@ -70,12 +64,7 @@ impl Backward for Div {
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         vec![
             n[0].then(|| g.div(&self.y).sum_to_shape(self.x.shape())),
-            n[1].then(|| {
-                g.mul(&self.z)
-                    .div(&self.y)
-                    .neg()
-                    .sum_to_shape(self.y.shape())
-            }),
+            n[1].then(|| g.mul(&self.z).div(&self.y).neg().sum_to_shape(self.y.shape())),
         ]
     }
 }
@@ -85,57 +74,28 @@ impl Var {
     #[track_caller]
     pub fn add(&self, y: &Var) -> Var {
         let v = self.value().add(y.value());
-        Var::from_op(
-            v,
-            Add {
-                xs: self.shape().to_vec(),
-                ys: y.shape().to_vec(),
-            },
-            &[self, y],
-        )
+        Var::from_op(v, Add { xs: self.shape().to_vec(), ys: y.shape().to_vec() }, &[self, y])
     }
 
     /// `x − y` (broadcasting).
     #[track_caller]
     pub fn sub(&self, y: &Var) -> Var {
         let v = self.value().sub(y.value());
-        Var::from_op(
-            v,
-            Sub {
-                xs: self.shape().to_vec(),
-                ys: y.shape().to_vec(),
-            },
-            &[self, y],
-        )
+        Var::from_op(v, Sub { xs: self.shape().to_vec(), ys: y.shape().to_vec() }, &[self, y])
     }
 
     /// `x ⊙ y` (broadcasting).
     #[track_caller]
     pub fn mul(&self, y: &Var) -> Var {
         let v = self.value().mul(y.value());
-        Var::from_op(
-            v,
-            Mul {
-                x: self.value().clone(),
-                y: y.value().clone(),
-            },
-            &[self, y],
-        )
+        Var::from_op(v, Mul { x: self.value().clone(), y: y.value().clone() }, &[self, y])
     }
 
     /// `x / y` (broadcasting).
     #[track_caller]
     pub fn div(&self, y: &Var) -> Var {
         let v = self.value().div(y.value());
-        Var::from_op(
-            v.clone(),
-            Div {
-                x: self.value().clone(),
-                y: y.value().clone(),
-                z: v,
-            },
-            &[self, y],
-        )
+        Var::from_op(v.clone(), Div { x: self.value().clone(), y: y.value().clone(), z: v }, &[self, y])
     }
 }
 
@@ -158,23 +118,9 @@ impl Backward for Unary {
     }
 }
 
-fn unary(
-    x: &Var,
-    name: &'static str,
-    f: impl Fn(&Tensor) -> Tensor,
-    deriv: fn(&Tensor, &Tensor) -> Tensor,
-) -> Var {
+fn unary(x: &Var, name: &'static str, f: impl Fn(&Tensor) -> Tensor, deriv: fn(&Tensor, &Tensor) -> Tensor) -> Var {
     let y = f(x.value());
-    Var::from_op(
-        y.clone(),
-        Unary {
-            name,
-            x: x.value().clone(),
-            y,
-            deriv,
-        },
-        &[x],
-    )
+    Var::from_op(y.clone(), Unary { name, x: x.value().clone(), y, deriv }, &[x])
 }
 
 /// `z = a·x + b` for scalars: `∂z/∂x = a`.
@@ -227,14 +173,7 @@ impl Var {
 
     /// `xᵖ` for a scalar exponent: derivative `p·xᵖ⁻¹`.
     pub fn powf(&self, p: f64) -> Var {
-        Var::from_op(
-            self.value().powf(p),
-            Pow {
-                x: self.value().clone(),
-                p,
-            },
-            &[self],
-        )
+        Var::from_op(self.value().powf(p), Pow { x: self.value().clone(), p }, &[self])
     }
 
     /// `eˣ`: derivative `eˣ = y`.
@@ -259,9 +198,7 @@ impl Var {
 
     /// `σ(x)`: derivative `y(1 − y)`.
     pub fn sigmoid(&self) -> Var {
-        unary(self, "sigmoid", Tensor::sigmoid, |_, y| {
-            y.mul(&y.affine(-1.0, 1.0))
-        })
+        unary(self, "sigmoid", Tensor::sigmoid, |_, y| y.mul(&y.affine(-1.0, 1.0)))
     }
 
     /// `max(x, 0)`: derivative `1[x > 0]` (0 at 0).
@@ -271,12 +208,7 @@ impl Var {
 
     /// `erf x`: derivative `2/√π · e^{−x²}`.
     pub fn erf(&self) -> Var {
-        unary(self, "erf", Tensor::erf, |x, _| {
-            x.sqr()
-                .neg()
-                .exp()
-                .mul_scalar(std::f64::consts::FRAC_2_SQRT_PI)
-        })
+        unary(self, "erf", Tensor::erf, |x, _| x.sqr().neg().exp().mul_scalar(std::f64::consts::FRAC_2_SQRT_PI))
     }
 }
 

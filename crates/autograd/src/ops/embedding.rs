@@ -22,13 +22,6 @@ impl Var {
     #[track_caller]
     pub fn embedding(&self, ids: &Tensor) -> Var {
         let y = self.value().index_select(ids);
-        Var::from_op(
-            y,
-            Embedding {
-                vocab: self.shape()[0],
-                ids: ids.clone(),
-            },
-            &[self],
-        )
+        Var::from_op(y, Embedding { vocab: self.shape()[0], ids: ids.clone() }, &[self])
     }
 }

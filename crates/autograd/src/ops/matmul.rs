@@ -20,17 +20,12 @@ impl Backward for Matmul {
                 // instead of B products summed afterwards.
                 let k = x.dim(-1);
                 let rows = x.numel() / k.max(1);
-                x.reshape(&[rows, k])
-                    .t()
-                    .matmul(&g.reshape(&[rows, g.dim(-1)]))
+                x.reshape(&[rows, k]).t().matmul(&g.reshape(&[rows, g.dim(-1)]))
             } else {
                 x.t().matmul(g).sum_to_shape(self.y.shape())
             }
         };
-        vec![
-            n[0].then(|| g.matmul(&self.y.t()).sum_to_shape(self.x.shape())),
-            n[1].then(|| dy(&self.x)),
-        ]
+        vec![n[0].then(|| g.matmul(&self.y.t()).sum_to_shape(self.x.shape())), n[1].then(|| dy(&self.x))]
     }
 }
 
@@ -39,13 +34,6 @@ impl Var {
     #[track_caller]
     pub fn matmul(&self, y: &Var) -> Var {
         let v = self.value().matmul(y.value());
-        Var::from_op(
-            v,
-            Matmul {
-                x: self.value().clone(),
-                y: y.value().clone(),
-            },
-            &[self, y],
-        )
+        Var::from_op(v, Matmul { x: self.value().clone(), y: y.value().clone() }, &[self, y])
     }
 }

@@ -15,9 +15,7 @@ impl Backward for LayerNorm {
         "layer_norm"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        let (dx, dw, db) = self
-            .x
-            .layer_norm_backward(&self.w, &self.stats, &g.contiguous());
+        let (dx, dw, db) = self.x.layer_norm_backward(&self.w, &self.stats, &g.contiguous());
         let mut out = vec![n[0].then_some(dx), n[1].then_some(dw)];
         if n.len() > 2 {
             out.push(n[2].then_some(db));
@@ -38,9 +36,7 @@ impl Backward for RmsNorm {
         "rms_norm"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        let (dx, dw) = self
-            .x
-            .rms_norm_backward(&self.w, &self.stats, &g.contiguous());
+        let (dx, dw) = self.x.rms_norm_backward(&self.w, &self.stats, &g.contiguous());
         vec![n[0].then_some(dx), n[1].then_some(dw)]
     }
 }
@@ -51,11 +47,7 @@ impl Var {
     pub fn layer_norm(&self, weight: &Var, bias: Option<&Var>, eps: f64) -> Var {
         let x = self.value().contiguous();
         let (y, stats) = x.layer_norm(weight.value(), bias.map(|b| b.value()), eps);
-        let op = LayerNorm {
-            x,
-            w: weight.value().clone(),
-            stats,
-        };
+        let op = LayerNorm { x, w: weight.value().clone(), stats };
         match bias {
             Some(b) => Var::from_op(y, op, &[self, weight, b]),
             None => Var::from_op(y, op, &[self, weight]),
@@ -67,14 +59,6 @@ impl Var {
     pub fn rms_norm(&self, weight: &Var, eps: f64) -> Var {
         let x = self.value().contiguous();
         let (y, stats) = x.rms_norm(weight.value(), eps);
-        Var::from_op(
-            y,
-            RmsNorm {
-                x,
-                w: weight.value().clone(),
-                stats,
-            },
-            &[self, weight],
-        )
+        Var::from_op(y, RmsNorm { x, w: weight.value().clone(), stats }, &[self, weight])
     }
 }

@@ -45,15 +45,8 @@ impl Backward for Max {
 
 fn kept_shape(x: &Var, axes: &[isize]) -> Vec<usize> {
     let r = x.shape().len() as isize;
-    let norm: Vec<usize> = axes
-        .iter()
-        .map(|&a| if a < 0 { (a + r) as usize } else { a as usize })
-        .collect();
-    x.shape()
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if norm.contains(&i) { 1 } else { d })
-        .collect()
+    let norm: Vec<usize> = axes.iter().map(|&a| if a < 0 { (a + r) as usize } else { a as usize }).collect();
+    x.shape().iter().enumerate().map(|(i, &d)| if norm.contains(&i) { 1 } else { d }).collect()
 }
 
 impl Var {
@@ -61,14 +54,7 @@ impl Var {
     #[track_caller]
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Var {
         let v = self.value().sum(axes, keepdim);
-        Var::from_op(
-            v,
-            Sum {
-                xs: self.shape().to_vec(),
-                kept: kept_shape(self, axes),
-            },
-            &[self],
-        )
+        Var::from_op(v, Sum { xs: self.shape().to_vec(), kept: kept_shape(self, axes) }, &[self])
     }
 
     /// Σ of every element (a 0-d result).
@@ -81,13 +67,7 @@ impl Var {
     #[track_caller]
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Var {
         let kept = kept_shape(self, axes);
-        let count: usize = self
-            .shape()
-            .iter()
-            .zip(&kept)
-            .filter(|(a, k)| a != k)
-            .map(|(a, _)| *a)
-            .product();
+        let count: usize = self.shape().iter().zip(&kept).filter(|(a, k)| a != k).map(|(a, _)| *a).product();
         let count = if count == 0 { 1 } else { count };
         // Axes of size 1 reduce nothing, so counting only changed axes is exact.
         self.sum(axes, keepdim).scale(1.0 / count as f64)
@@ -103,18 +83,7 @@ impl Var {
     #[track_caller]
     pub fn max(&self, axes: &[isize], keepdim: bool) -> Var {
         let zk = self.value().max(axes, true);
-        let v = if keepdim {
-            zk.clone()
-        } else {
-            self.value().max(axes, false)
-        };
-        Var::from_op(
-            v,
-            Max {
-                x: self.value().clone(),
-                zk,
-            },
-            &[self],
-        )
+        let v = if keepdim { zk.clone() } else { self.value().max(axes, false) };
+        Var::from_op(v, Max { x: self.value().clone(), zk }, &[self])
     }
 }

@@ -26,10 +26,7 @@ impl Backward for Rope {
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         let o = self.opts;
-        vec![n[0].then(|| {
-            g.contiguous()
-                .rope_backward(o.seq_axis, o.pos0, o.base, o.layout)
-        })]
+        vec![n[0].then(|| g.contiguous().rope_backward(o.seq_axis, o.pos0, o.base, o.layout))]
     }
 }
 
@@ -37,9 +34,7 @@ impl Var {
     /// Rotary position embedding (fused).
     #[track_caller]
     pub fn rope(&self, opts: RopeOpts) -> Var {
-        let y = self
-            .value()
-            .rope(opts.seq_axis, opts.pos0, opts.base, opts.layout);
+        let y = self.value().rope(opts.seq_axis, opts.pos0, opts.base, opts.layout);
         Var::from_op(y, Rope { opts }, &[self])
     }
 }

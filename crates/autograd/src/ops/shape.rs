@@ -144,13 +144,7 @@ impl Var {
     /// Same elements, new shape.
     #[track_caller]
     pub fn reshape(&self, shape: &[usize]) -> Var {
-        Var::from_op(
-            self.value().reshape(shape),
-            Reshape {
-                xs: self.shape().to_vec(),
-            },
-            &[self],
-        )
+        Var::from_op(self.value().reshape(shape), Reshape { xs: self.shape().to_vec() }, &[self])
     }
 
     /// Reorders axes: new axis `k` is old axis `perm[k]`.
@@ -187,15 +181,7 @@ impl Var {
         let v = self.value().narrow(axis, start, len);
         let r = self.shape().len() as isize;
         let a = if axis < 0 { axis + r } else { axis } as usize;
-        Var::from_op(
-            v,
-            Narrow {
-                xs: self.shape().to_vec(),
-                axis: a,
-                start,
-            },
-            &[self],
-        )
+        Var::from_op(v, Narrow { xs: self.shape().to_vec(), axis: a, start }, &[self])
     }
 
     /// Splits `axis` into pieces of the given sizes.
@@ -215,13 +201,7 @@ impl Var {
     /// Broadcasts to `shape`.
     #[track_caller]
     pub fn broadcast_as(&self, shape: &[usize]) -> Var {
-        Var::from_op(
-            self.value().broadcast_as(shape),
-            Broadcast {
-                xs: self.shape().to_vec(),
-            },
-            &[self],
-        )
+        Var::from_op(self.value().broadcast_as(shape), Broadcast { xs: self.shape().to_vec() }, &[self])
     }
 
     /// Concatenates along `axis`.
@@ -240,43 +220,20 @@ impl Var {
     #[track_caller]
     pub fn gather(&self, axis: isize, idx: &Tensor) -> Var {
         let v = self.value().gather(axis, idx);
-        Var::from_op(
-            v,
-            Gather {
-                xs: self.shape().to_vec(),
-                axis,
-                idx: idx.clone(),
-            },
-            &[self],
-        )
+        Var::from_op(v, Gather { xs: self.shape().to_vec(), axis, idx: idx.clone() }, &[self])
     }
 
     /// Picks rows of a `(N, C)` table by u32 ids: `(…ids, C)`.
     #[track_caller]
     pub fn index_select(&self, ids: &Tensor) -> Var {
         let v = self.value().index_select(ids);
-        Var::from_op(
-            v,
-            IndexSelect {
-                rows: self.shape()[0],
-                ids: ids.clone(),
-            },
-            &[self],
-        )
+        Var::from_op(v, IndexSelect { rows: self.shape()[0], ids: ids.clone() }, &[self])
     }
 
     /// `cond ? a : b` elementwise (broadcasting); `cond` is a constant tensor, nonzero = true.
     #[track_caller]
     pub fn where_cond(cond: &Tensor, a: &Var, b: &Var) -> Var {
         let v = Tensor::where_cond(cond, a.value(), b.value());
-        Var::from_op(
-            v,
-            Where {
-                cond: cond.clone(),
-                xs: a.shape().to_vec(),
-                ys: b.shape().to_vec(),
-            },
-            &[a, b],
-        )
+        Var::from_op(v, Where { cond: cond.clone(), xs: a.shape().to_vec(), ys: b.shape().to_vec() }, &[a, b])
     }
 }

@@ -45,14 +45,9 @@ impl Backward for CrossEntropy {
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         vec![n[0].then(|| {
-            let scale = if self.counted > 0 {
-                g.item() / self.counted as f64
-            } else {
-                0.0
-            };
+            let scale = if self.counted > 0 { g.item() / self.counted as f64 } else { 0.0 };
             let dlosses = Tensor::full(scale, self.targets.shape(), self.logits.dtype());
-            self.logits
-                .cross_entropy_rows_backward(&self.targets, &self.lse, &dlosses, self.ignore)
+            self.logits.cross_entropy_rows_backward(&self.targets, &self.lse, &dlosses, self.ignore)
         })]
     }
 }
@@ -74,11 +69,7 @@ impl Var {
     /// target equals `ignore_index`. A 0-d result; 0 when every row is ignored.
     #[track_caller]
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<u32>) -> Var {
-        assert_eq!(
-            targets.dtype(),
-            DType::U32,
-            "cross_entropy: targets must be u32"
-        );
+        assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32");
         let logits = self.value().contiguous();
         let (losses, lse) = logits.cross_entropy_rows(targets, ignore_index);
         let counted = match ignore_index {
@@ -86,20 +77,10 @@ impl Var {
             None => targets.numel(),
         };
         let total = losses.sum_all();
-        let loss = if counted > 0 {
-            total.mul_scalar(1.0 / counted as f64)
-        } else {
-            total.mul_scalar(0.0)
-        };
+        let loss = if counted > 0 { total.mul_scalar(1.0 / counted as f64) } else { total.mul_scalar(0.0) };
         Var::from_op(
             loss,
-            CrossEntropy {
-                logits,
-                targets: targets.clone(),
-                lse,
-                ignore: ignore_index,
-                counted,
-            },
+            CrossEntropy { logits, targets: targets.clone(), lse, ignore: ignore_index, counted },
             &[self],
         )
     }

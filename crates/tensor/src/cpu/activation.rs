@@ -41,8 +41,7 @@ pub fn gelu_grad<T: Float>(x: T, kind: GeluKind) -> T {
             let k = T::from_f64(SQRT_2_OVER_PI);
             let u = k * (x + T::c(0.044715) * x * x * x);
             let t = u.tanh();
-            half * (T::ONE + t)
-                + half * x * (T::ONE - t * t) * k * (T::ONE + T::c(3.0 * 0.044715) * x * x)
+            half * (T::ONE + t) + half * x * (T::ONE - t * t) * k * (T::ONE + T::c(3.0 * 0.044715) * x * x)
         }
         GeluKind::Exact => {
             let cdf = half * (T::ONE + (x * T::from_f64(INV_SQRT_2)).erf());

@@ -26,11 +26,7 @@ pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
             // SAFETY: the range [aligned, end) lies inside the allocation just made; madvise
             // only changes the paging policy of memory we own and is harmless if it fails.
             unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    (end - aligned) / HUGE * HUGE,
-                    libc::MADV_HUGEPAGE,
-                );
+                libc::madvise(aligned as *mut libc::c_void, (end - aligned) / HUGE * HUGE, libc::MADV_HUGEPAGE);
             }
         }
     }

@@ -116,17 +116,9 @@ fn scores_block<T: Float>(
         bk,
         false,
         q,
-        MatRef {
-            off: q_at + i0 * q_st,
-            rs: q_st,
-            cs: 1,
-        },
+        MatRef { off: q_at + i0 * q_st, rs: q_st, cs: 1 },
         k,
-        MatRef {
-            off: k_at + j0 * k_st,
-            rs: 1,
-            cs: k_st,
-        },
+        MatRef { off: k_at + j0 * k_st, rs: 1, cs: k_st },
         scale,
         1,
     );
@@ -158,100 +150,86 @@ pub fn attention_forward<T: Float>(
     mask: Option<MaskView<'_, T>>,
 ) {
     let AttnDims { h, hk, tq, d, .. } = dims;
-    assert!(
-        hk > 0 && h % hk == 0,
-        "attention: {h} query heads are not a multiple of {hk} kv heads"
-    );
+    assert!(hk > 0 && h % hk == 0, "attention: {h} query heads are not a multiple of {hk} kv heads");
     let group = h / hk;
     if tq == 0 || d == 0 {
         return;
     }
-    out.par_chunks_mut(tq * d)
-        .zip(lse.par_chunks_mut(tq))
-        .enumerate()
-        .for_each(|(bh, (o, l_out))| {
-            let (b, hq) = (bh / h, bh % h);
-            let kvh = hq / group;
-            let (q_at, k_at, v_at) = (qv.at(b, hq), kv.at(b, kvh), vv.at(b, kvh));
-            let mut s = vec![T::ZERO; ATTN_BLOCK_Q * ATTN_BLOCK_K];
-            let mut m_run = vec![T::NEG_INFINITY; ATTN_BLOCK_Q];
-            let mut l_run = vec![T::ZERO; ATTN_BLOCK_Q];
-            for i0 in (0..tq).step_by(ATTN_BLOCK_Q) {
-                let bq = ATTN_BLOCK_Q.min(tq - i0);
-                let o_blk = &mut o[i0 * d..(i0 + bq) * d];
-                o_blk.fill(T::ZERO);
-                m_run[..bq].fill(T::NEG_INFINITY);
-                l_run[..bq].fill(T::ZERO);
-                let kend = dims.keys_visible(i0 + bq - 1);
-                for j0 in (0..kend).step_by(ATTN_BLOCK_K) {
-                    let bk = ATTN_BLOCK_K.min(kend - j0);
-                    let sb = &mut s[..bq * bk];
-                    scores_block(
-                        sb,
-                        &dims,
-                        q,
-                        q_at,
-                        qv.st,
-                        k,
-                        k_at,
-                        kv.st,
-                        mask.as_ref().map(|m| (m, b, hq)),
-                        i0,
-                        bq,
-                        j0,
-                        bk,
-                    );
-                    // Online softmax: new running max, rescale what was accumulated, add this block.
-                    for r in 0..bq {
-                        let row = &mut sb[r * bk..(r + 1) * bk];
-                        let m_new = m_run[r].max(T::max_slice(row));
-                        if m_new == T::NEG_INFINITY {
-                            row.fill(T::ZERO); // nothing visible yet in this row
-                            continue;
-                        }
-                        let alpha = (m_run[r] - m_new).exp(); // 0 when m_run was −∞
-                        let sum = T::exp_sub_sum(row, m_new);
-                        l_run[r] = l_run[r] * alpha + sum;
-                        m_run[r] = m_new;
-                        if alpha != T::ONE {
-                            T::scale_slice(&mut o_blk[r * d..(r + 1) * d], alpha);
-                        }
-                    }
-                    // O_blk += P V_blk
-                    gemm_into(
-                        bq,
-                        bk,
-                        d,
-                        o_blk,
-                        d,
-                        true,
-                        sb,
-                        MatRef {
-                            off: 0,
-                            rs: bk,
-                            cs: 1,
-                        },
-                        v,
-                        MatRef {
-                            off: v_at + j0 * vv.st,
-                            rs: vv.st,
-                            cs: 1,
-                        },
-                        T::ONE,
-                        1,
-                    );
-                }
+    out.par_chunks_mut(tq * d).zip(lse.par_chunks_mut(tq)).enumerate().for_each(|(bh, (o, l_out))| {
+        let (b, hq) = (bh / h, bh % h);
+        let kvh = hq / group;
+        let (q_at, k_at, v_at) = (qv.at(b, hq), kv.at(b, kvh), vv.at(b, kvh));
+        let mut s = vec![T::ZERO; ATTN_BLOCK_Q * ATTN_BLOCK_K];
+        let mut m_run = vec![T::NEG_INFINITY; ATTN_BLOCK_Q];
+        let mut l_run = vec![T::ZERO; ATTN_BLOCK_Q];
+        for i0 in (0..tq).step_by(ATTN_BLOCK_Q) {
+            let bq = ATTN_BLOCK_Q.min(tq - i0);
+            let o_blk = &mut o[i0 * d..(i0 + bq) * d];
+            o_blk.fill(T::ZERO);
+            m_run[..bq].fill(T::NEG_INFINITY);
+            l_run[..bq].fill(T::ZERO);
+            let kend = dims.keys_visible(i0 + bq - 1);
+            for j0 in (0..kend).step_by(ATTN_BLOCK_K) {
+                let bk = ATTN_BLOCK_K.min(kend - j0);
+                let sb = &mut s[..bq * bk];
+                scores_block(
+                    sb,
+                    &dims,
+                    q,
+                    q_at,
+                    qv.st,
+                    k,
+                    k_at,
+                    kv.st,
+                    mask.as_ref().map(|m| (m, b, hq)),
+                    i0,
+                    bq,
+                    j0,
+                    bk,
+                );
+                // Online softmax: new running max, rescale what was accumulated, add this block.
                 for r in 0..bq {
-                    let (m, l) = (m_run[r], l_run[r]);
-                    if l > T::ZERO {
-                        T::scale_slice(&mut o_blk[r * d..(r + 1) * d], T::ONE / l);
-                        l_out[i0 + r] = m + l.ln();
-                    } else {
-                        l_out[i0 + r] = T::NEG_INFINITY; // a fully masked row: output 0
+                    let row = &mut sb[r * bk..(r + 1) * bk];
+                    let m_new = m_run[r].max(T::max_slice(row));
+                    if m_new == T::NEG_INFINITY {
+                        row.fill(T::ZERO); // nothing visible yet in this row
+                        continue;
                     }
+                    let alpha = (m_run[r] - m_new).exp(); // 0 when m_run was −∞
+                    let sum = T::exp_sub_sum(row, m_new);
+                    l_run[r] = l_run[r] * alpha + sum;
+                    m_run[r] = m_new;
+                    if alpha != T::ONE {
+                        T::scale_slice(&mut o_blk[r * d..(r + 1) * d], alpha);
+                    }
+                }
+                // O_blk += P V_blk
+                gemm_into(
+                    bq,
+                    bk,
+                    d,
+                    o_blk,
+                    d,
+                    true,
+                    sb,
+                    MatRef { off: 0, rs: bk, cs: 1 },
+                    v,
+                    MatRef { off: v_at + j0 * vv.st, rs: vv.st, cs: 1 },
+                    T::ONE,
+                    1,
+                );
+            }
+            for r in 0..bq {
+                let (m, l) = (m_run[r], l_run[r]);
+                if l > T::ZERO {
+                    T::scale_slice(&mut o_blk[r * d..(r + 1) * d], T::ONE / l);
+                    l_out[i0 + r] = m + l.ln();
+                } else {
+                    l_out[i0 + r] = T::NEG_INFINITY; // a fully masked row: output 0
                 }
             }
-        });
+        }
+    });
 }
 
 /// Attention backward. Accumulates (`+=`) into `dq` `(B, H, Tq, D)`, `dk` and `dv`
@@ -273,9 +251,7 @@ pub fn attention_backward<T: Float>(
     vv: HeadsView,
     mask: Option<MaskView<'_, T>>,
 ) {
-    let AttnDims {
-        h, hk, tq, tk, d, ..
-    } = dims;
+    let AttnDims { h, hk, tq, tk, d, .. } = dims;
     let group = h / hk;
     if tq == 0 || tk == 0 || d == 0 {
         return;
@@ -333,11 +309,7 @@ pub fn attention_backward<T: Float>(
                                 T::exp_sub(row, l);
                             }
                         }
-                        let do_ref = MatRef {
-                            off: o_at + i0 * d,
-                            rs: d,
-                            cs: 1,
-                        };
+                        let do_ref = MatRef { off: o_at + i0 * d, rs: d, cs: 1 };
                         // dV_blk += Pᵀ dO_blk
                         gemm_into(
                             bk,
@@ -347,11 +319,7 @@ pub fn attention_backward<T: Float>(
                             d,
                             true,
                             pb,
-                            MatRef {
-                                off: 0,
-                                rs: 1,
-                                cs: bk,
-                            },
+                            MatRef { off: 0, rs: 1, cs: bk },
                             dout,
                             do_ref,
                             T::ONE,
@@ -369,11 +337,7 @@ pub fn attention_backward<T: Float>(
                             dout,
                             do_ref,
                             v,
-                            MatRef {
-                                off: v_at + j0 * vv.st,
-                                rs: 1,
-                                cs: vv.st,
-                            },
+                            MatRef { off: v_at + j0 * vv.st, rs: 1, cs: vv.st },
                             T::ONE,
                             1,
                         );
@@ -392,17 +356,9 @@ pub fn attention_backward<T: Float>(
                             d,
                             true,
                             dpb,
-                            MatRef {
-                                off: 0,
-                                rs: bk,
-                                cs: 1,
-                            },
+                            MatRef { off: 0, rs: bk, cs: 1 },
                             k,
-                            MatRef {
-                                off: k_at + j0 * kv.st,
-                                rs: kv.st,
-                                cs: 1,
-                            },
+                            MatRef { off: k_at + j0 * kv.st, rs: kv.st, cs: 1 },
                             scale,
                             1,
                         );
@@ -415,17 +371,9 @@ pub fn attention_backward<T: Float>(
                             d,
                             true,
                             dpb,
-                            MatRef {
-                                off: 0,
-                                rs: 1,
-                                cs: bk,
-                            },
+                            MatRef { off: 0, rs: 1, cs: bk },
                             q,
-                            MatRef {
-                                off: q_at + i0 * qv.st,
-                                rs: qv.st,
-                                cs: 1,
-                            },
+                            MatRef { off: q_at + i0 * qv.st, rs: qv.st, cs: 1 },
                             scale,
                             1,
                         );

@@ -8,10 +8,7 @@ pub fn index_select_rows<T: Element>(out: &mut [T], table: &[T], ids: &[u32], c:
     let rows = table.len() / c.max(1);
     for (n, &id) in ids.iter().enumerate() {
         let id = id as usize;
-        assert!(
-            id < rows,
-            "index_select: id {id} at position {n} ≥ table rows {rows}"
-        );
+        assert!(id < rows, "index_select: id {id} at position {n} ≥ table rows {rows}");
         out[n * c..(n + 1) * c].copy_from_slice(&table[id * c..(id + 1) * c]);
     }
 }
@@ -29,23 +26,13 @@ pub fn scatter_add_rows<T: Float>(dtable: &mut [T], ids: &[u32], dout: &[T], c: 
 
 /// Gather along the middle axis: `x` is `(outer, n, inner)`, `idx` is `(outer, k, inner)`,
 /// `out[o, j, i] = x[o, idx[o, j, i], i]`.
-pub fn gather_axis<T: Element>(
-    x: &[T],
-    idx: &[u32],
-    outer: usize,
-    n: usize,
-    k: usize,
-    inner: usize,
-) -> Vec<T> {
+pub fn gather_axis<T: Element>(x: &[T], idx: &[u32], outer: usize, n: usize, k: usize, inner: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(outer * k * inner);
     for o in 0..outer {
         for j in 0..k {
             for i in 0..inner {
                 let id = idx[(o * k + j) * inner + i] as usize;
-                assert!(
-                    id < n,
-                    "gather: index {id} out of range for axis of size {n}"
-                );
+                assert!(id < n, "gather: index {id} out of range for axis of size {n}");
                 out.push(x[(o * n + id) * inner + i]);
             }
         }
@@ -68,10 +55,7 @@ pub fn scatter_add_axis<T: Float>(
         for j in 0..k {
             for i in 0..inner {
                 let id = idx[(o * k + j) * inner + i] as usize;
-                assert!(
-                    id < n,
-                    "scatter_add: index {id} out of range for axis of size {n}"
-                );
+                assert!(id < n, "scatter_add: index {id} out of range for axis of size {n}");
                 dx[(o * n + id) * inner + i] += src[(o * k + j) * inner + i];
             }
         }
@@ -95,10 +79,7 @@ pub fn topk_rows<T: Float>(x: &[T], c: usize, k: usize) -> (Vec<T>, Vec<u32>) {
                 (true, true) => a.cmp(b),
                 (true, false) => std::cmp::Ordering::Greater,
                 (false, true) => std::cmp::Ordering::Less,
-                _ => vb
-                    .partial_cmp(&va)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(a.cmp(b)),
+                _ => vb.partial_cmp(&va).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b)),
             }
         };
         if k < c {

@@ -39,10 +39,7 @@ pub fn gemm_into<T: Float>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        dst.len() >= (m - 1) * dst_rs + n,
-        "gemm_into: dst too small"
-    );
+    assert!(dst.len() >= (m - 1) * dst_rs + n, "gemm_into: dst too small");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -52,10 +49,7 @@ pub fn gemm_into<T: Float>(
         return;
     }
     let last = |mr: MatRef, r: usize, c: usize| mr.off + (r - 1) * mr.rs + (c - 1) * mr.cs;
-    assert!(
-        last(am, m, k) < a.len() && last(bm, k, n) < b.len(),
-        "gemm_into: operand view out of bounds"
-    );
+    assert!(last(am, m, k) < a.len() && last(bm, k, n) < b.len(), "gemm_into: operand view out of bounds");
     if m == 1 && (bm.cs == 1 || bm.rs == 1) {
         // One row (decode): memory-bound, a dedicated GEMV beats a GEMM's packing.
         let row: Vec<T> = (0..k).map(|p| a[am.off + p * am.cs]).collect();
@@ -74,19 +68,13 @@ pub fn gemm_into<T: Float>(
         }
         return;
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: all pointers are derived from live slices; the asserts above check that every
     // index the strides reach, (m-1, k-1) for `a`, (k-1, n-1) for `b` and (m-1, n-1) for `dst`,
     // lies inside its slice; `dst` is borrowed mutably so it cannot alias `a` or `b`.
     // T is f32 or f64 (the only `Float` types), which `gemm` supports.
     unsafe {
-        debug_assert!(
-            TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>()
-        );
+        debug_assert!(TypeId::of::<T>() == TypeId::of::<f32>() || TypeId::of::<T>() == TypeId::of::<f64>());
         gemm::gemm(
             m,
             n,
@@ -120,11 +108,7 @@ pub fn gemm_into<T: Float>(
 pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, threads: usize) {
     use rayon::prelude::*;
     let n = out.len();
-    let band = if threads > 1 {
-        n.div_ceil(threads).max(256)
-    } else {
-        n.max(1)
-    };
+    let band = if threads > 1 { n.div_ceil(threads).max(256) } else { n.max(1) };
     if bm.cs == 1 {
         // Rows of B are contiguous: split K so that each task streams one contiguous block
         // of rows (the hardware prefetcher's favourite pattern), then add the partial sums.
@@ -132,14 +116,7 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
             let row = |p: usize| &b[bm.off + p * bm.rs..bm.off + p * bm.rs + n];
             let mut p = p0;
             while p + 4 <= p1 {
-                T::axpy4(
-                    o,
-                    [a[p], a[p + 1], a[p + 2], a[p + 3]],
-                    row(p),
-                    row(p + 1),
-                    row(p + 2),
-                    row(p + 3),
-                );
+                T::axpy4(o, [a[p], a[p + 1], a[p + 2], a[p + 3]], row(p), row(p + 1), row(p + 2), row(p + 3));
                 p += 4;
             }
             for p in p..p1 {
@@ -147,11 +124,7 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
             }
         };
         out.fill(T::ZERO);
-        let tasks = if threads > 1 && k * n >= 1 << 16 {
-            threads
-        } else {
-            1
-        };
+        let tasks = if threads > 1 && k * n >= 1 << 16 { threads } else { 1 };
         if tasks == 1 {
             accumulate_rows(out, 0, k);
         } else {
@@ -184,15 +157,7 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
 }
 
 /// The textbook triple loop, the reference the fast path is tested against.
-pub fn matmul_naive<T: Float>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
-    am: MatRef,
-    b: &[T],
-    bm: MatRef,
-) -> Vec<T> {
+pub fn matmul_naive<T: Float>(m: usize, k: usize, n: usize, a: &[T], am: MatRef, b: &[T], bm: MatRef) -> Vec<T> {
     let mut out = vec![T::ZERO; m * n];
     for i in 0..m {
         for j in 0..n {

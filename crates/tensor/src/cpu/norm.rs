@@ -23,10 +23,8 @@ pub fn layernorm_forward<T: Float>(
     let n = inp.len() / c;
     let per = rows_per_task(n, c);
     let inv_c = T::ONE / T::from_f64(c as f64);
-    out.par_chunks_mut(per * c)
-        .zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per)))
-        .enumerate()
-        .for_each(|(ci, (o, (mu, rs)))| {
+    out.par_chunks_mut(per * c).zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per))).enumerate().for_each(
+        |(ci, (o, (mu, rs)))| {
             for r in 0..mu.len() {
                 let row = ci * per + r;
                 let x = &inp[row * c..(row + 1) * c];
@@ -41,7 +39,8 @@ pub fn layernorm_forward<T: Float>(
                 mu[r] = m;
                 rs[r] = s;
             }
-        });
+        },
+    );
 }
 
 /// Sums per-task partial parameter gradients: `(rows, c)` tasks each produce `(k, c)` vectors.
@@ -125,32 +124,22 @@ pub fn layernorm_backward<T: Float>(
 }
 
 /// RMSNorm: `y = x · rstd · w`, `rstd = 1/√(mean(x²) + ε)`. Writes `out` and `rstd` (`=`).
-pub fn rmsnorm_forward<T: Float>(
-    out: &mut [T],
-    rstd: &mut [T],
-    inp: &[T],
-    weight: &[T],
-    c: usize,
-    eps: T,
-) {
+pub fn rmsnorm_forward<T: Float>(out: &mut [T], rstd: &mut [T], inp: &[T], weight: &[T], c: usize, eps: T) {
     let n = inp.len() / c;
     let per = rows_per_task(n, c);
     let inv_c = T::ONE / T::from_f64(c as f64);
-    out.par_chunks_mut(per * c)
-        .zip(rstd.par_chunks_mut(per))
-        .enumerate()
-        .for_each(|(ci, (o, rs))| {
-            for r in 0..rs.len() {
-                let row = ci * per + r;
-                let x = &inp[row * c..(row + 1) * c];
-                let ms = x.iter().map(|&v| v * v).sum::<T>() * inv_c;
-                let s = T::ONE / (ms + eps).sqrt();
-                for (i, y) in o[r * c..(r + 1) * c].iter_mut().enumerate() {
-                    *y = x[i] * s * weight[i];
-                }
-                rs[r] = s;
+    out.par_chunks_mut(per * c).zip(rstd.par_chunks_mut(per)).enumerate().for_each(|(ci, (o, rs))| {
+        for r in 0..rs.len() {
+            let row = ci * per + r;
+            let x = &inp[row * c..(row + 1) * c];
+            let ms = x.iter().map(|&v| v * v).sum::<T>() * inv_c;
+            let s = T::ONE / (ms + eps).sqrt();
+            for (i, y) in o[r * c..(r + 1) * c].iter_mut().enumerate() {
+                *y = x[i] * s * weight[i];
             }
-        });
+            rs[r] = s;
+        }
+    });
 }
 
 /// RMSNorm backward (accumulates). With `n̂ = x·rstd`, `g = dy ⊙ w`:

@@ -29,11 +29,7 @@ pub fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]
     let t = s.t.clamp(1, i32::MAX as u64) as i32;
     let bc1 = 1.0 - s.beta1.powi(t);
     let bc2 = 1.0 - s.beta2.powi(t);
-    let (l2, decay) = if s.decoupled {
-        (0.0, s.weight_decay)
-    } else {
-        (s.weight_decay, 0.0)
-    };
+    let (l2, decay) = if s.decoupled { (0.0, s.weight_decay) } else { (s.weight_decay, 0.0) };
     const CHUNK: usize = 1 << 14;
     param
         .par_chunks_mut(CHUNK)
@@ -65,18 +61,12 @@ pub fn sgd_update(
     for i in 0..param.len() {
         let g = grad[i] + weight_decay * param[i];
         buf[i] = momentum * buf[i] + g;
-        let step = if nesterov {
-            g + momentum * buf[i]
-        } else {
-            buf[i]
-        };
+        let step = if nesterov { g + momentum * buf[i] } else { buf[i] };
         param[i] -= lr * step;
     }
 }
 
 /// Σ g² over a buffer, in f64 (the global gradient norm's building block).
 pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
-    x.par_chunks(1 << 14)
-        .map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>())
-        .sum()
+    x.par_chunks(1 << 14).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()).sum()
 }

@@ -18,13 +18,7 @@ pub enum ReduceOp {
 ///
 /// Sums accumulate in `T` pairwise over blocks of rows (each inner position sums its column
 /// in order, which keeps results deterministic regardless of thread count).
-pub fn reduce_axis<T: Float>(
-    x: &[T],
-    outer: usize,
-    n: usize,
-    inner: usize,
-    op: ReduceOp,
-) -> Vec<T> {
+pub fn reduce_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, op: ReduceOp) -> Vec<T> {
     assert_eq!(x.len(), outer * n * inner);
     let init = match op {
         ReduceOp::Sum => T::ZERO,
@@ -71,9 +65,7 @@ pub fn reduce_axis<T: Float>(
             body(o, dst);
         }
     } else {
-        out.par_chunks_mut(inner.max(1))
-            .enumerate()
-            .for_each(|(o, dst)| body(o, dst));
+        out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(o, dst)| body(o, dst));
     }
     out
 }

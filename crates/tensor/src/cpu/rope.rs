@@ -33,8 +33,8 @@ pub fn rope_tables<T: Float>(pos0: usize, t: usize, d: usize, base: f64) -> (Vec
 }
 
 /// Rotates each row of length `d` of `inp` into `out`; row `r` sits at table row `pos_of(r)`.
-/// `sign = 1` rotates forward (`=` into out); `sign = −1` applies the inverse and accumulates
-/// (`+=`), which is the backward pass.
+/// Forward (`backward = false`) rotates and writes (`=`); backward applies the inverse
+/// rotation and accumulates (`+=`).
 fn rope_apply<T: Float>(
     out: &mut [T],
     inp: &[T],
@@ -48,10 +48,7 @@ fn rope_apply<T: Float>(
     let half = d / 2;
     for (r, (o, x)) in out.chunks_mut(d).zip(inp.chunks(d)).enumerate() {
         let p = pos_of(r);
-        let (c, s) = (
-            &cos[p * half..(p + 1) * half],
-            &sin[p * half..(p + 1) * half],
-        );
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
         for i in 0..half {
             let (i1, i2) = match layout {
                 RopeLayout::HalfSplit => (i, i + half),

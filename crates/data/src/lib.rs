@@ -1,0 +1,15 @@
+//! # yuanli-data — data sets, independent of the tensor engine
+//!
+//! Tabular basics for the first lessons: a numeric CSV loader ([`Table`]), feature scaling
+//! fitted on the training rows only ([`MinMaxScaler`], [`StandardScaler`]), and seeded
+//! train/validation/test splits and k-fold cross-validation ([`split`], [`k_fold`]). Rows come
+//! out as plain `Vec<f64>`; turning them into tensors is the caller's business, so this crate
+//! can be tested in milliseconds.
+
+mod csv;
+mod scale;
+mod split;
+
+pub use csv::{Error, Table};
+pub use scale::{MinMaxScaler, StandardScaler};
+pub use split::{k_fold, shuffled_indices, split, Split};
