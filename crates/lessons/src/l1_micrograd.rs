@@ -27,11 +27,7 @@ pub fn moons(n: usize, noise: f64, rng: &mut Rng) -> (Vec<[f64; 2]>, Vec<f64>) {
 
 /// Runs lesson 1.
 pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
-    let say = |s: String| {
-        if !opts.quiet {
-            println!("{s}");
-        }
-    };
+    let say = |s: String| crate::say(opts, &s);
     say("Lesson 1 — micrograd: a scalar autodiff engine, then a neural network on top of it\n".into());
 
     // ANCHOR: expression

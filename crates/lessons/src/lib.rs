@@ -6,8 +6,11 @@
 //! these files, so what a reader sees is what runs.
 
 pub mod l1_micrograd;
+pub mod l2_digits;
+pub mod l3_char_lm;
 pub mod l4_tokenizer;
 pub mod micrograd;
+pub mod plot;
 
 /// Options every lesson accepts.
 #[derive(Clone, Debug)]
@@ -20,6 +23,15 @@ pub struct LessonOpts {
     pub seed: u64,
     /// Print less (the `--json` mode keeps stdout for the final object).
     pub quiet: bool,
+}
+
+/// Prints one line of a lesson's story unless `opts.quiet`. A closed pipe (`yuanli lesson 3 |
+/// head`) is not an error: the line is dropped and the lesson finishes.
+pub fn say(opts: &LessonOpts, line: &str) {
+    use std::io::Write;
+    if !opts.quiet {
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
 }
 
 /// A lesson in the list.
@@ -40,6 +52,12 @@ pub fn all() -> Vec<Lesson> {
             title: "micrograd from scratch: a scalar autodiff, a neuron, an MLP",
             run: l1_micrograd::run,
         },
+        Lesson {
+            number: 2,
+            title: "an MLP classifier on real data: digits, cross-validation, bias and variance",
+            run: l2_digits::run,
+        },
+        Lesson { number: 3, title: "bigram and MLP language models on Shakespeare characters", run: l3_char_lm::run },
         Lesson { number: 4, title: "the tokenizer: byte-level BPE from scratch", run: l4_tokenizer::run },
     ]
 }

@@ -20,11 +20,11 @@ use crate::error::{Result, TokenizerError};
 use std::sync::OnceLock;
 
 /// GPT-2's pre-tokenization regex (also r50k/p50k's, and Hugging Face's `ByteLevel`).
-pub const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// GPT-4's (cl100k_base) pre-tokenization regex.
-pub const GPT4_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+pub const GPT4_PATTERN: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 /// Which pre-tokenization a tokenizer uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +73,9 @@ impl Pattern {
         }
     }
 
-    /// Whether a chunk can never run from a `\n` into a following non-whitespace character, so
-    /// that text may be cut there (to count or encode pieces in parallel) without changing
-    /// the chunks. True for the built-in regexes; unknown (false) for user regexes.
+    /// Whether text may be cut after a `\n` between two non-whitespace characters (to count or
+    /// encode pieces in parallel) without changing the chunks; see [`cut_at_lines`]. True for
+    /// the built-in regexes; unknown (false) for user regexes.
     pub fn splits_after_newline(&self) -> bool {
         matches!(self, Pattern::Gpt2 | Pattern::Gpt4)
     }
@@ -133,25 +133,16 @@ impl Splitter {
 
 /// Compiles a regex with `fancy-regex`, turning its error into ours.
 pub fn compile(src: &str) -> Result<fancy_regex::Regex> {
-    fancy_regex::Regex::new(src).map_err(|e| TokenizerError::Pattern {
-        pattern: src.to_string(),
-        problem: e.to_string(),
-    })
+    fancy_regex::Regex::new(src)
+        .map_err(|e| TokenizerError::Pattern { pattern: src.to_string(), problem: e.to_string() })
 }
 
 /// Splits with a regex: each match is a chunk. Text between matches (a regex that does not
 /// match everything) becomes a chunk of its own, so no byte is ever dropped.
-pub fn split_regex<'a>(
-    re: &fancy_regex::Regex,
-    text: &'a str,
-    mut f: impl FnMut(&'a str),
-) -> Result<()> {
+pub fn split_regex<'a>(re: &fancy_regex::Regex, text: &'a str, mut f: impl FnMut(&'a str)) -> Result<()> {
     let mut last = 0;
     for m in re.find_iter(text) {
-        let m = m.map_err(|e| TokenizerError::Pattern {
-            pattern: re.as_str().to_string(),
-            problem: e.to_string(),
-        })?;
+        let m = m.map_err(|e| TokenizerError::Pattern { pattern: re.as_str().to_string(), problem: e.to_string() })?;
         if m.start() > last {
             f(&text[last..m.start()]);
         }
@@ -198,11 +189,9 @@ fn unicode_ranges(class: &str) -> Vec<(u32, u32)> {
     // These three fixed classes always parse; an empty table would only make every
     // character "Other", which the equality test against the regex would catch.
     match regex_syntax::parse(class).map(|h| h.kind().clone()) {
-        Ok(HirKind::Class(HirClass::Unicode(c))) => c
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
+        Ok(HirKind::Class(HirClass::Unicode(c))) => {
+            c.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -217,12 +206,7 @@ fn tables() -> &'static ClassTables {
         for (b, slot) in ascii.iter_mut().enumerate() {
             *slot = classify_slow(b as u32, &letter, &number, &space);
         }
-        ClassTables {
-            letter,
-            number,
-            space,
-            ascii,
-        }
+        ClassTables { letter, number, space, ascii }
     })
 }
 
@@ -260,10 +244,7 @@ fn class_at(t: &ClassTables, s: &str, i: usize) -> (Class, usize) {
         return (t.ascii[b as usize], 1);
     }
     let c = s[i..].chars().next().unwrap_or('\u{FFFD}');
-    (
-        classify_slow(c as u32, &t.letter, &t.number, &t.space),
-        c.len_utf8(),
-    )
+    (classify_slow(c as u32, &t.letter, &t.number, &t.space), c.len_utf8())
 }
 
 /// End of the run of characters of class `class` starting at byte `i`.
@@ -337,8 +318,10 @@ pub fn split_gpt2<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
 }
 
 /// Cuts `text` into about `n` pieces at places where no chunk of a pattern with
-/// [`Pattern::splits_after_newline`] crosses: right after a `\n` that is followed by a
-/// non-whitespace character. Used to pre-tokenize one large text on many threads.
+/// [`Pattern::splits_after_newline`] crosses: right after a `\n` that has a non-whitespace
+/// character on both sides. (Not after a run of whitespace such as `\n\n`: at the end of a
+/// piece `\s+(?!\S)` would take the whole run, while inside the text it leaves the last
+/// `\n` to stand alone.) Used to pre-tokenize one large text on many threads.
 pub fn cut_at_lines(text: &str, n: usize) -> Vec<&str> {
     let n = n.max(1);
     let target = text.len() / n + 1;
@@ -347,9 +330,12 @@ pub fn cut_at_lines(text: &str, n: usize) -> Vec<&str> {
     let mut start = 0;
     while start < text.len() {
         let mut cut = (start + target).min(text.len());
-        // advance to just after a '\n' followed by a non-whitespace character
+        // advance to just after a '\n' with a non-whitespace character on either side
         while cut < text.len() {
-            if bytes[cut - 1] == b'\n' && !text[cut..].starts_with(char::is_whitespace) {
+            if bytes[cut - 1] == b'\n'
+                && !text[cut..].starts_with(char::is_whitespace)
+                && text[..cut - 1].chars().next_back().is_some_and(|c| !c.is_whitespace())
+            {
                 break;
             }
             cut += 1;

@@ -87,16 +87,11 @@ impl Tokenizer {
 
     /// The layout yuanli's trainer produces: ids 0..=255 are the bytes 0..=255, and merge `i`
     /// (a pair of earlier ids) creates id `256 + i`. Specials take the ids given with them.
-    pub fn from_merges(
-        merges: &[(u32, u32)],
-        pattern: Pattern,
-        specials: &[(String, u32)],
-    ) -> Result<Tokenizer> {
+    pub fn from_merges(merges: &[(u32, u32)], pattern: Pattern, specials: &[(String, u32)]) -> Result<Tokenizer> {
         let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
         for (i, &(a, b)) in merges.iter().enumerate() {
             let new_id = 256 + i;
-            let (Some(left), Some(right)) = (tokens.get(a as usize), tokens.get(b as usize))
-            else {
+            let (Some(left), Some(right)) = (tokens.get(a as usize), tokens.get(b as usize)) else {
                 return Err(TokenizerError::Invalid(format!(
                     "merge {i} ({a}, {b}) uses an id that is not defined before it (< {new_id})"
                 )));
@@ -136,10 +131,7 @@ impl Tokenizer {
                 )));
             };
             // The first (lowest-rank) rule for a pair wins, as in Hugging Face.
-            table.entry(pair_key(a, b)).or_insert(Merge {
-                rank: rank as u32,
-                id,
-            });
+            table.entry(pair_key(a, b)).or_insert(Merge { rank: rank as u32, id });
         }
         t.merges = table;
         t.merge_list = Some(merges);
@@ -148,11 +140,7 @@ impl Tokenizer {
 
     /// tiktoken's semantics: `ranks[r]` is the bytes of the token with rank (and id) `r`; any
     /// two adjacent tokens whose concatenation is a token may merge, lowest rank first.
-    pub fn from_ranks(
-        ranks: Vec<Vec<u8>>,
-        pattern: Pattern,
-        specials: &[(String, u32)],
-    ) -> Result<Tokenizer> {
+    pub fn from_ranks(ranks: Vec<Vec<u8>>, pattern: Pattern, specials: &[(String, u32)]) -> Result<Tokenizer> {
         let mut t = Tokenizer::assemble(ranks.into_iter().map(Some).collect(), pattern, specials)?;
         // Every way of cutting a token into two tokens is a merge rule to it.
         let mut table = FxHashMap::default();
@@ -161,14 +149,8 @@ impl Tokenizer {
                 continue;
             }
             for cut in 1..bytes.len() {
-                if let (Some(&a), Some(&b)) = (
-                    t.encoder.get(&bytes[..cut]),
-                    t.encoder.get(&bytes[cut..]),
-                ) {
-                    let m = Merge {
-                        rank: id as u32,
-                        id: id as u32,
-                    };
+                if let (Some(&a), Some(&b)) = (t.encoder.get(&bytes[..cut]), t.encoder.get(&bytes[cut..])) {
+                    let m = Merge { rank: id as u32, id: id as u32 };
                     table.insert(pair_key(a, b), m);
                 }
             }
@@ -179,11 +161,7 @@ impl Tokenizer {
     }
 
     /// Checks the vocabulary and specials and builds everything except the merge table.
-    fn assemble(
-        vocab: Vec<Option<Vec<u8>>>,
-        pattern: Pattern,
-        specials: &[(String, u32)],
-    ) -> Result<Tokenizer> {
+    fn assemble(vocab: Vec<Option<Vec<u8>>>, pattern: Pattern, specials: &[(String, u32)]) -> Result<Tokenizer> {
         let splitter = Splitter::new(pattern)?;
         let max_special = specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0);
         let n = vocab.len().max(max_special);
@@ -201,9 +179,7 @@ impl Tokenizer {
                 )));
             }
             if special[*id as usize] {
-                return Err(TokenizerError::Invalid(format!(
-                    "two special tokens have id {id}"
-                )));
+                return Err(TokenizerError::Invalid(format!("two special tokens have id {id}")));
             }
             *slot = Some(name.as_bytes().to_vec());
             special[*id as usize] = true;
@@ -334,9 +310,10 @@ impl Tokenizer {
         let n_ordinary = self.special.iter().filter(|s| !**s).count();
         self.byte_ids.iter().enumerate().all(|(b, &id)| id as usize == b)
             && n_ordinary == 256 + list.len()
-            && list.iter().enumerate().all(|(i, &(a, b))| {
-                self.merges.get(&pair_key(a, b)).map(|m| m.id as usize) == Some(256 + i)
-            })
+            && list
+                .iter()
+                .enumerate()
+                .all(|(i, &(a, b))| self.merges.get(&pair_key(a, b)).map(|m| m.id as usize) == Some(256 + i))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -362,10 +339,7 @@ impl Tokenizer {
         while let Some((start, k)) = finder.next(text, pos) {
             let (name, id) = &self.specials[k];
             if mode == SpecialMode::Reject {
-                return Err(TokenizerError::SpecialNotAllowed {
-                    token: name.clone(),
-                    offset: start,
-                });
+                return Err(TokenizerError::SpecialNotAllowed { token: name.clone(), offset: start });
             }
             enc.encode_text(&text[pos..start], &mut out)?;
             out.push(*id);
@@ -389,10 +363,7 @@ impl Tokenizer {
             return self.encode_ordinary(text);
         }
         let pieces = cut_at_lines(text, threads * 4);
-        let parts: Vec<Vec<u32>> = pieces
-            .par_iter()
-            .map(|p| self.encode_ordinary(p))
-            .collect::<Result<_>>()?;
+        let parts: Vec<Vec<u32>> = pieces.par_iter().map(|p| self.encode_ordinary(p)).collect::<Result<_>>()?;
         Ok(parts.concat())
     }
 
@@ -465,12 +436,7 @@ impl Tokenizer {
         for &id in ids {
             match self.tokens.get(id as usize) {
                 Some(b) => out.extend_from_slice(b),
-                None => {
-                    return Err(TokenizerError::UnknownId {
-                        id,
-                        vocab_size: self.tokens.len(),
-                    })
-                }
+                None => return Err(TokenizerError::UnknownId { id, vocab_size: self.tokens.len() }),
             }
         }
         Ok(out)
@@ -479,9 +445,7 @@ impl Tokenizer {
     /// Decodes ids to text; bytes that are not valid UTF-8 are an error.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let bytes = self.decode_bytes(ids)?;
-        String::from_utf8(bytes).map_err(|e| TokenizerError::InvalidUtf8 {
-            offset: e.utf8_error().valid_up_to(),
-        })
+        String::from_utf8(bytes).map_err(|e| TokenizerError::InvalidUtf8 { offset: e.utf8_error().valid_up_to() })
     }
 
     /// Decodes ids to text, replacing invalid UTF-8 with U+FFFD.
@@ -493,10 +457,7 @@ impl Tokenizer {
     /// A decoder for generation: feed it one id at a time, get back text only when whole
     /// UTF-8 characters are complete.
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
-        StreamDecoder {
-            tokenizer: self,
-            pending: Vec::new(),
-        }
+        StreamDecoder { tokenizer: self, pending: Vec::new() }
     }
 }
 
@@ -510,10 +471,7 @@ struct SpecialFinder<'s> {
 
 impl<'s> SpecialFinder<'s> {
     fn new(specials: &'s [(String, u32)]) -> Self {
-        SpecialFinder {
-            specials,
-            next_at: vec![None; specials.len()],
-        }
+        SpecialFinder { specials, next_at: vec![None; specials.len()] }
     }
 
     /// The first special at or after byte `from`: (its start, its index). Specials are sorted
@@ -524,9 +482,7 @@ impl<'s> SpecialFinder<'s> {
             let at = match self.next_at[k] {
                 Some(at) if at >= from => at,
                 _ => {
-                    let found = text[from..]
-                        .find(name.as_str())
-                        .map_or(usize::MAX, |i| from + i);
+                    let found = text[from..].find(name.as_str()).map_or(usize::MAX, |i| from + i);
                     self.next_at[k] = Some(found);
                     found
                 }
@@ -565,18 +521,12 @@ struct ChunkEncoder<'t, 'a> {
 
 impl<'t, 'a> ChunkEncoder<'t, 'a> {
     fn new(tok: &'t Tokenizer) -> Self {
-        ChunkEncoder {
-            tok,
-            work: Work::default(),
-            cache: FxHashMap::default(),
-            store: Vec::new(),
-        }
+        ChunkEncoder { tok, work: Work::default(), cache: FxHashMap::default(), store: Vec::new() }
     }
 
     fn encode_text(&mut self, text: &'a str, out: &mut Vec<u32>) -> Result<()> {
         let tok = self.tok;
-        tok.splitter
-            .for_each_chunk(text, |chunk| self.encode_chunk(chunk.as_bytes(), out))
+        tok.splitter.for_each_chunk(text, |chunk| self.encode_chunk(chunk.as_bytes(), out))
     }
 
     #[inline]
@@ -600,8 +550,7 @@ impl<'t, 'a> ChunkEncoder<'t, 'a> {
         tok.bpe(chunk, &mut self.work, out);
         let start = self.store.len() as u32;
         self.store.extend_from_slice(&out[before..]);
-        self.cache
-            .insert(chunk, (start, (out.len() - before) as u32));
+        self.cache.insert(chunk, (start, (out.len() - before) as u32));
     }
 }
 
@@ -621,10 +570,7 @@ impl StreamDecoder<'_> {
         let bytes = self
             .tokenizer
             .token_bytes(id)
-            .ok_or(TokenizerError::UnknownId {
-                id,
-                vocab_size: self.tokenizer.vocab_size(),
-            })?;
+            .ok_or(TokenizerError::UnknownId { id, vocab_size: self.tokenizer.vocab_size() })?;
         self.pending.extend_from_slice(bytes);
         let mut text = String::new();
         loop {

@@ -86,20 +86,13 @@ pub fn count_chunks(texts: &[&str], splitter: &Splitter) -> Result<Vec<ChunkCoun
             a = big;
             Ok(a)
         })?;
-    let mut out: Vec<ChunkCount> = counts
-        .into_iter()
-        .map(|(k, v)| (k.as_bytes().to_vec(), v))
-        .collect();
+    let mut out: Vec<ChunkCount> = counts.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect();
     out.sort_unstable();
     Ok(out)
 }
 
 /// Trains a tokenizer on `texts`; `progress` is called after every merge.
-pub fn train(
-    texts: &[&str],
-    opts: &TrainOptions,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Tokenizer> {
+pub fn train(texts: &[&str], opts: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Result<Tokenizer> {
     let needed = 256 + opts.specials.len();
     if opts.vocab_size < needed {
         return Err(TokenizerError::Invalid(format!(
@@ -112,12 +105,8 @@ pub fn train(
     let chunks = count_chunks(texts, &splitter)?;
     let merges = train_merges(&chunks, opts.vocab_size - needed, progress);
     let first_special = 256 + merges.len() as u32;
-    let specials: Vec<(String, u32)> = opts
-        .specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.clone(), first_special + i as u32))
-        .collect();
+    let specials: Vec<(String, u32)> =
+        opts.specials.iter().enumerate().map(|(i, s)| (s.clone(), first_special + i as u32)).collect();
     Tokenizer::from_merges(&merges, opts.pattern.clone(), &specials)
 }
 
@@ -133,15 +122,9 @@ fn unkey(k: u64) -> (u32, u32) {
 
 /// The fast merge loop (steps 2–4) over counted chunks: up to `n_merges` merges, fewer if
 /// the chunks run out of pairs. Merge `i` creates token `256 + i`.
-pub fn train_merges(
-    chunks: &[ChunkCount],
-    n_merges: usize,
-    progress: &mut dyn FnMut(Progress),
-) -> Vec<(u32, u32)> {
-    let mut words: Vec<Vec<u32>> = chunks
-        .iter()
-        .map(|(bytes, _)| bytes.iter().map(|&b| u32::from(b)).collect())
-        .collect();
+pub fn train_merges(chunks: &[ChunkCount], n_merges: usize, progress: &mut dyn FnMut(Progress)) -> Vec<(u32, u32)> {
+    let mut words: Vec<Vec<u32>> =
+        chunks.iter().map(|(bytes, _)| bytes.iter().map(|&b| u32::from(b)).collect()).collect();
     let freq: Vec<i64> = chunks.iter().map(|c| c.1 as i64).collect();
 
     // step 3 once: pair → count, and pair → chunks that contain it
@@ -154,8 +137,7 @@ pub fn train_merges(
             where_.entry(k).or_default().push(w as u32);
         }
     }
-    let mut heap: BinaryHeap<(i64, Reverse<u64>)> =
-        count.iter().map(|(&k, &c)| (c, Reverse(k))).collect();
+    let mut heap: BinaryHeap<(i64, Reverse<u64>)> = count.iter().map(|(&k, &c)| (c, Reverse(k))).collect();
 
     let mut merges = Vec::with_capacity(n_merges);
     let mut touched: Vec<u64> = Vec::new();
@@ -221,10 +203,7 @@ pub fn train_merges(
                 }
             }
         }
-        progress(Progress {
-            done: merges.len(),
-            total: n_merges,
-        });
+        progress(Progress { done: merges.len(), total: n_merges });
     }
     merges
 }
@@ -232,10 +211,8 @@ pub fn train_merges(
 /// The textbook merge loop: count all pairs, merge the most frequent, repeat. Slow (it
 /// recounts everything after every merge) and kept as the reference for [`train_merges`].
 pub fn train_merges_reference(chunks: &[ChunkCount], n_merges: usize) -> Vec<(u32, u32)> {
-    let mut words: Vec<(Vec<u32>, u64)> = chunks
-        .iter()
-        .map(|(bytes, f)| (bytes.iter().map(|&b| u32::from(b)).collect(), *f))
-        .collect();
+    let mut words: Vec<(Vec<u32>, u64)> =
+        chunks.iter().map(|(bytes, f)| (bytes.iter().map(|&b| u32::from(b)).collect(), *f)).collect();
     let mut merges = Vec::new();
     for i in 0..n_merges {
         // count every adjacent pair, weighted by chunk frequency
@@ -246,10 +223,7 @@ pub fn train_merges_reference(chunks: &[ChunkCount], n_merges: usize) -> Vec<(u3
             }
         }
         // the most frequent pair; on a tie, the smallest pair
-        let Some((&pair, _)) = stats
-            .iter()
-            .max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0)))
-        else {
+        let Some((&pair, _)) = stats.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))) else {
             break;
         };
         let new = 256 + i as u32;

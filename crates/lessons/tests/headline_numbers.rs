@@ -1,0 +1,34 @@
+//! Each lesson reaches the numbers its chapter promises (the acceptance criteria).
+
+use std::path::PathBuf;
+use yuanli_lessons::LessonOpts;
+
+fn opts() -> LessonOpts {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    LessonOpts {
+        data_dir: root.join("data"),
+        out_dir: std::env::temp_dir().join("yuanli-lesson-tests"),
+        seed: 1337,
+        quiet: true,
+    }
+}
+
+#[test]
+fn lesson2_mlp_reaches_97_percent_test_accuracy_on_digits() {
+    let o = opts();
+    std::fs::create_dir_all(&o.out_dir).unwrap();
+    let out = yuanli_lessons::l2_digits::run(&o).unwrap();
+    let acc = out["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.97, "test accuracy {acc}");
+    assert!(std::path::Path::new(out["plot"].as_str().unwrap()).exists(), "the bias–variance plot is written");
+}
+
+#[test]
+fn lesson3_mlp_beats_the_bigram_by_0_3_nats_and_both_bigrams_agree() {
+    let out = yuanli_lessons::l3_char_lm::run(&opts()).unwrap();
+    let (counts, mlp) = (out["bigram_counts_val_loss"].as_f64().unwrap(), out["mlp_val_loss"].as_f64().unwrap());
+    assert!(counts - mlp >= 0.3, "bigram {counts} vs MLP {mlp}");
+    let (ct, lt) =
+        (out["bigram_counts_train_loss"].as_f64().unwrap(), out["bigram_learned_train_loss"].as_f64().unwrap());
+    assert!((lt - ct).abs() < 0.01, "gradient descent should find the counted optimum: {lt} vs {ct}");
+}
