@@ -1,5 +1,4 @@
 //! The gradient checker must catch a wrong backward formula.
-#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in checks
 
 use yuanli_autograd::gradcheck::{gradcheck, GradcheckOpts};
 use yuanli_autograd::{Backward, Var};

@@ -1,6 +1,5 @@
 //! Every fused op: gradient-checked in f64, and equal to its composite twin (built from
 //! primitives) in f32, forward and backward.
-#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in checks
 
 mod common;
 use common::{check, fused_matches_composite, randn};

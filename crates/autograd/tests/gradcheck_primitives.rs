@@ -1,6 +1,5 @@
 //! Every primitive op against central finite differences, over random shapes, broadcasting
 //! and non-contiguous views.
-#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better in checks
 
 mod common;
 use common::{check, positive, randn};

@@ -4,7 +4,7 @@
 //! `tokenizer.json`, or a `.tiktoken` ranks file (then `--pattern` names its regex, GPT-2's by
 //! default, and `<|endoftext|>` gets the id after the last rank, as in GPT-2).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{Read, Write};

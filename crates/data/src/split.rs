@@ -26,7 +26,7 @@ pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
     let mut s = seed;
     for i in (1..n).rev() {
-        let j = ((splitmix64(&mut s) >> 32) * (i as u64 + 1) >> 32) as usize;
+        let j = (((splitmix64(&mut s) >> 32) * (i as u64 + 1)) >> 32) as usize;
         idx.swap(i, j);
     }
     idx
