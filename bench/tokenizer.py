@@ -100,7 +100,8 @@ print(f"  single thread, one text        {y1:11.1f}   {mb / tk_single:13.1f}   {
 for b in ours["encode_batch"]:
     t = b["threads"]
     theirs = mb / tk_batch[t]
-    print(f"  batch of {len(files)} files, {t} thread(s) {b['mb_per_s']:9.1f}   {theirs:13.1f}   {b['mb_per_s'] / theirs:5.2f}")
+    label = f"batch of {len(files)} files, {t} thread(s)"
+    print(f"  {label:<30} {b['mb_per_s']:11.1f}   {theirs:13.1f}   {b['mb_per_s'] / theirs:5.2f}")
 print()
 ys = ours["train"]["secs"]
 print(f"train {args.vocab} tokens, {args.threads} threads   yuanli s      HF tokenizers s   ratio")

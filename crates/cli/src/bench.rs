@@ -22,6 +22,19 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         secs: f64,
     },
+    /// GPT training step speed (forward, backward, AdamW) on random tokens.
+    Train {
+        /// Model and batch preset: baby (4×128, block 64, batch 12, char vocab), char-6x384
+        /// (6×384, block 256, batch 8), gpt2-124m (12×768, block 64, batch 4, vocab 50257).
+        #[arg(long, default_value = "baby")]
+        preset: String,
+        /// Timed steps (after two warm-up steps).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fused causal attention forward and forward+backward (B, H, T, D) in milliseconds.
     Attention {
         /// Print one JSON array instead of a table.
@@ -97,9 +110,72 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     Ok((v[0], v[1], v[2]))
 }
 
+/// Peak resident memory of this process in MB (Linux `VmHWM`), if known.
+pub(crate) fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench_train(preset: &str, steps: usize, threads: usize) -> Result<serde_json::Value> {
+    use yuanli_models::{Gpt, GptConfig};
+    let (vocab, block, batch) = match preset {
+        "baby" => (65, 64, 12),
+        "char-6x384" => (65, 256, 8),
+        "gpt2-124m" => (50257, 64, 4),
+        other => anyhow::bail!("unknown preset {other:?}; choose baby, char-6x384 or gpt2-124m"),
+    };
+    let mut config = GptConfig::preset(preset, vocab).expect("preset names checked above");
+    config.block_size = block;
+    let mut store = yuanli_nn::ParamStore::new();
+    let mut rng = Rng::new(0);
+    let model = Gpt::new(config.clone(), &mut store, &mut rng)?;
+    let mut opt = yuanli_train::Adam::adamw(0.9, 0.95, 1e-8, 0.1);
+    let ids: Vec<u32> = (0..batch * (block + 1)).map(|_| rng.below(vocab) as u32).collect();
+    let x = Tensor::new(
+        ids.iter().enumerate().filter(|(i, _)| i % (block + 1) != block).map(|(_, &v)| v).collect::<Vec<_>>(),
+        &[batch, block],
+    );
+    let y = Tensor::new(
+        ids.iter().enumerate().filter(|(i, _)| i % (block + 1) != 0).map(|(_, &v)| v).collect::<Vec<_>>(),
+        &[batch, block],
+    );
+    let mut step = || {
+        store.zero_grad();
+        let loss = model.loss(&x, &y, true, &mut rng);
+        loss.backward();
+        store.clip_grad_norm(1.0);
+        opt.step(&store, 3e-4);
+    };
+    step();
+    step();
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        step();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let tokens = (batch * block) as f64;
+    Ok(serde_json::json!({
+        "preset": preset, "threads": threads, "batch": batch, "block": block, "params": store.num_params(),
+        "step_ms": step_s * 1e3, "tokens_per_sec": tokens / step_s, "peak_rss_mb": peak_rss_mb(),
+    }))
+}
+
 pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
+        BenchCommand::Train { preset, steps, json } => {
+            let r = bench_train(&preset, steps, threads)?;
+            if json {
+                writeln!(out, "{r}")?;
+            } else {
+                writeln!(out, "GPT training ({preset}, {threads} thread(s)): {:.1} ms/step, {:.0} tokens/s, {} parameters, peak RSS {:.0} MB", r["step_ms"].as_f64().unwrap_or(0.0), r["tokens_per_sec"].as_f64().unwrap_or(0.0), r["params"], r["peak_rss_mb"].as_f64().unwrap_or(0.0))?;
+            }
+        }
         BenchCommand::Matmul { json, shapes, secs } => {
             let shapes = if shapes.is_empty() {
                 MATMUL_SHAPES.to_vec()

@@ -41,6 +41,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
+    yuanli_tensor::cpu::tune_allocator();
     let threads = yuanli_tensor::init_threads(cli.threads);
     match cli.command {
         Command::Bench(cmd) => yuanli_tensor::run_in_pool(|| bench::run(cmd, threads)),

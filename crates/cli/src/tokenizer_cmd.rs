@@ -160,7 +160,11 @@ pub(crate) fn run(cmd: TokenizerCommand) -> Result<()> {
             let text = read_input(&input)?;
             let ids: Vec<u32> =
                 serde_json::from_str(&text).with_context(|| format!("{input}: expected a JSON array of token ids"))?;
-            let decoded = if lossy { tok.decode_lossy(&ids)? } else { tok.decode(&ids)? };
+            let decoded = if lossy {
+                tok.decode_lossy(&ids)?
+            } else {
+                tok.decode(&ids).map_err(|e| anyhow::anyhow!("{e} (--lossy replaces invalid bytes with U+FFFD)"))?
+            };
             let mut out = std::io::stdout().lock();
             out.write_all(decoded.as_bytes())?;
             Ok(())

@@ -5,12 +5,14 @@ use crate::LessonOpts;
 use serde_json::json;
 use yuanli_tensor::Rng;
 
+// ANCHOR: example
 /// The expression the lesson draws: `L = tanh(a·b + c) · d + eᵃ / b`.
 pub fn example_expression(a: f64, b: f64, c: f64, d: f64) -> (Value, [Value; 4]) {
     let (va, vb, vc, vd) = (Value::new(a, "a"), Value::new(b, "b"), Value::new(c, "c"), Value::new(d, "d"));
     let l = va.mul(&vb).add(&vc).tanh().mul(&vd).add(&va.exp().div(&vb));
     (l, [va, vb, vc, vd])
 }
+// ANCHOR_END: example
 
 /// Two interleaved half-moons with noise: points `(x, y)` and labels ±1.
 pub fn moons(n: usize, noise: f64, rng: &mut Rng) -> (Vec<[f64; 2]>, Vec<f64>) {
@@ -86,6 +88,7 @@ mod tests {
     use yuanli_autograd::Var;
     use yuanli_tensor::Tensor;
 
+    // ANCHOR: check
     #[test]
     fn scalar_gradients_equal_the_tensor_engines() {
         let (a0, b0, c0, d0) = (0.5, -1.5, 0.8, 2.0);
@@ -102,6 +105,7 @@ mod tests {
             assert!((scalar.grad() - g).abs() < 1e-12, "{} vs {g}", scalar.grad());
         }
     }
+    // ANCHOR_END: check
 
     #[test]
     fn the_scalar_mlp_learns_the_moons() {

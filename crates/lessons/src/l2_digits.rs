@@ -139,10 +139,12 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
         parts.test.len()
     ));
 
+    // ANCHOR: confusion
     let mut confusion = [[0usize; 10]; 10];
     for (&r, &p) in parts.test.iter().zip(&pred) {
         confusion[labels[r] as usize][p as usize] += 1;
     }
+    // ANCHOR_END: confusion
     say("confusion matrix (rows: true digit, columns: predicted)".into());
     say(format!("      {}", (0..10).map(|d| format!("{d:>4}")).collect::<String>()));
     for (t, row) in confusion.iter().enumerate() {
@@ -150,6 +152,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     }
 
     // Bias and variance: train/validation loss against model size on one split.
+    // ANCHOR: bias_variance
     let (tr, va) = &folds[0];
     let data_bv = Digits::scaled(&raw, &labels, tr);
     let sizes = [1usize, 2, 4, 8, 16, 32, 64, 128, 256];
@@ -159,6 +162,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
         train_curve.push((hidden as f64, evaluate(&m, &data_bv, tr).0));
         val_curve.push((hidden as f64, evaluate(&m, &data_bv, va).0));
     }
+    // ANCHOR_END: bias_variance
     let png = opts.out_dir.join("lesson2_bias_variance.png");
     line_plot(
         &png,
@@ -171,7 +175,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
         ],
         true,
     )?;
-    say(format!("\nbias–variance: small nets underfit (both losses high); large ones fit the training rows almost perfectly while validation loss stops improving. Plot: {}", png.display()));
+    say(format!("\nbias–variance: small nets underfit (both losses high); large ones drive the training loss to almost zero while the validation loss improves far more slowly, so the gap between them (variance) widens. Plot: {}", png.display()));
     for ((h, t), (_, v)) in train_curve.iter().zip(&val_curve) {
         say(format!("  hidden {h:>4}: train {t:.4}  validation {v:.4}"));
     }

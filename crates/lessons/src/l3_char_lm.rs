@@ -157,6 +157,7 @@ fn eval_nll(model: &dyn NextChar, ids: &[u32]) -> f64 {
     total / all.len() as f64
 }
 
+// ANCHOR: sample
 /// Samples `len` characters after `seed_ids` from softmax(logits).
 fn sample(model: &dyn NextChar, seed_ids: &[u32], len: usize, rng: &mut Rng) -> Vec<u32> {
     let _g = no_grad();
@@ -181,6 +182,7 @@ fn draw(p: &[f32], rng: &mut Rng) -> u32 {
     }
     (p.len() - 1) as u32
 }
+// ANCHOR_END: sample
 
 /// Runs lesson 3.
 pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
@@ -206,10 +208,12 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
 
     // 2. The same model by gradient descent.
     let mut store = ParamStore::new();
+    // ANCHOR: learned
     let bigram = LearnedBigram { table: Embedding::new(&mut store, "bigram", v, v, Init::Zeros, &mut rng)? };
     train(&bigram, &store, &corpus.train, 800, 4096, 0.5, &mut rng);
     let learned_train = eval_nll(&bigram, &corpus.train);
     let learned_val = eval_nll(&bigram, &corpus.val);
+    // ANCHOR_END: learned
     say(format!(
         "bigram by gradient descent:  train loss {learned_train:.4} ({:+.4} from the counted optimum: the same model, found two ways), validation loss {learned_val:.4}",
         learned_train - counts_train
@@ -217,6 +221,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
 
     // 3. A wider context through embeddings and a hidden layer.
     let mut store = ParamStore::new();
+    // ANCHOR: mlp_config
     let (context, d, hidden) = (8, 24, 320);
     let mlp = MlpLm {
         context,
@@ -233,6 +238,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
         out: Linear::new(&mut store, "out", hidden, v, true, Init::Normal { std: 0.01 }, &mut rng)?,
     };
     train(&mlp, &store, &corpus.train, 6000, 256, 3e-3, &mut rng);
+    // ANCHOR_END: mlp_config
     let mlp_val = eval_nll(&mlp, &corpus.val);
     say(format!("MLP, {context} characters of context: validation loss {mlp_val:.4} ({:.3} nats/char better than the bigram; {} parameters)\n", counts_val - mlp_val, store.num_params()));
 

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 // ANCHOR: value
+// ANCHOR: node
 /// How a value was made, with what its backward rule needs.
 #[derive(Clone, Debug)]
 enum Op {
@@ -34,6 +35,7 @@ struct Node {
 /// A scalar in the computation graph (cheap to clone: an `Rc`).
 #[derive(Clone)]
 pub struct Value(Rc<Node>);
+// ANCHOR_END: node
 
 impl Value {
     fn make(data: f64, op: Op, children: Vec<Value>) -> Value {
@@ -55,6 +57,7 @@ impl Value {
         *self.0.grad.borrow()
     }
 
+    // ANCHOR: ops
     /// `a + b`
     pub fn add(&self, o: &Value) -> Value {
         Value::make(self.data() + o.data(), Op::Add, vec![self.clone(), o.clone()])
@@ -94,7 +97,9 @@ impl Value {
     pub fn div(&self, o: &Value) -> Value {
         self.mul(&o.pow(-1.0))
     }
+    // ANCHOR_END: ops
 
+    // ANCHOR: backward_step
     /// The local chain rule: push this node's gradient to its children (`+=`).
     fn backward_step(&self) {
         let g = self.grad();
@@ -116,7 +121,9 @@ impl Value {
             Op::Exp => push(0, self.data()), // (eᵃ)' = eᵃ
         }
     }
+    // ANCHOR_END: backward_step
 
+    // ANCHOR: topo
     /// Nodes in topological order (children before parents), by an iterative DFS.
     fn topo(&self) -> Vec<Value> {
         let mut order = Vec::new();
@@ -146,6 +153,7 @@ impl Value {
             v.backward_step();
         }
     }
+    // ANCHOR_END: topo
     // ANCHOR_END: value
 
     /// The graph as indented text: one line per node with its op, value and gradient.

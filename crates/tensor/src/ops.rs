@@ -66,8 +66,6 @@ impl Tensor {
         log => |x| x.ln();
         /// √x
         sqrt => |x| x.sqrt();
-        /// tanh x
-        tanh => |x| x.tanh();
         /// σ(x) = 1/(1 + e⁻ˣ)
         sigmoid => |x| cpu::sigmoid(x);
         /// max(x, 0)
@@ -92,11 +90,47 @@ impl Tensor {
         cos => |x| x.cos();
     }
 
+    /// tanh x (f32 through the vectorised kernel).
+    pub fn tanh(&self) -> Tensor {
+        if self.dtype() == DType::F32 {
+            let mut out = vec![0.0f32; self.numel()];
+            self.with_slice(|x: &[f32]| par_rows2(&mut out, x, cpu::simd::tanh));
+            return Tensor::new(out, self.shape());
+        }
+        float_dispatch!(self.dtype(), "tanh", T => {
+            Tensor::new(self.with_slice(|s: &[T]| cpu::map(s, |x: T| x.tanh())), self.shape())
+        })
+    }
+
     /// GELU (tanh approximation or exact).
     pub fn gelu(&self, kind: GeluKind) -> Tensor {
+        if self.dtype() == DType::F32 && kind == GeluKind::Tanh {
+            let mut out = vec![0.0f32; self.numel()];
+            self.with_slice(|x: &[f32]| par_rows2(&mut out, x, cpu::simd::gelu_tanh_forward));
+            return Tensor::new(out, self.shape());
+        }
         float_dispatch!(self.dtype(), "gelu", T => {
             Tensor::new(self.with_slice(|s: &[T]| cpu::map(s, |x| cpu::gelu(x, kind))), self.shape())
         })
+    }
+
+    /// GELU backward: `dx = dout ⊙ gelu'(self)` in one pass.
+    #[track_caller]
+    pub fn gelu_backward(&self, dout: &Tensor, kind: GeluKind) -> Tensor {
+        assert_eq!(self.shape(), dout.shape(), "gelu_backward: x {:?} vs dout {:?}", self.shape(), dout.shape());
+        if self.dtype() == DType::F32 && kind == GeluKind::Tanh {
+            let mut dx = vec![0.0f32; self.numel()];
+            self.with_slice(|x: &[f32]| {
+                dout.with_slice(|g: &[f32]| {
+                    let per = cpu::PAR_MIN_ELEMS;
+                    dx.par_chunks_mut(per)
+                        .zip(g.par_chunks(per).zip(x.par_chunks(per)))
+                        .for_each(|(d, (g, x))| cpu::simd::gelu_tanh_backward(d, g, x));
+                })
+            });
+            return Tensor::new(dx, self.shape());
+        }
+        dout.mul(&self.gelu_grad(kind))
     }
 
     /// dGELU/dx at each element.
@@ -801,6 +835,15 @@ impl Tensor {
             (Tensor::new(v, &shape), Tensor::new(i, &shape))
         })
     }
+}
+
+/// Runs `f(out_chunk, x_chunk)` over matching chunks of two equal-length slices, in parallel.
+fn par_rows2(out: &mut [f32], x: &[f32], f: fn(&mut [f32], &[f32])) {
+    let per = cpu::PAR_MIN_ELEMS;
+    if out.len() <= per {
+        return f(out, x);
+    }
+    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| f(o, x));
 }
 
 macro_rules! impl_operator {

@@ -24,11 +24,11 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|error| TokenizerError::Io { path: path.to_path_buf(), error })
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, text).map_err(|error| TokenizerError::Io { path: path.to_path_buf(), error })
 }
 
 fn bad(origin: &str, problem: impl Into<String>) -> TokenizerError {
@@ -212,14 +212,11 @@ pub fn save_tiktoken(t: &Tokenizer, path: &Path) -> Result<()> {
 // Hugging Face tokenizer.json
 // ---------------------------------------------------------------------------------------------
 
-/// The Hugging Face `tokenizer.json` document for a tokenizer with a merge list.
+/// The Hugging Face `tokenizer.json` document for a tokenizer (a tiktoken tokenizer's merges
+/// are recovered from its ranks, see [`Tokenizer::recover_merges`]).
 pub fn to_hf_json(t: &Tokenizer) -> Result<Value> {
-    let merges = t.merge_list().ok_or_else(|| {
-        TokenizerError::Invalid(
-            "this tokenizer has ranks, not a merge list (a tiktoken file); tokenizer.json \
-             needs merges"
-                .into(),
-        )
+    let merges = t.recover_merges().ok_or_else(|| {
+        TokenizerError::Invalid("no merge list reproduces this tokenizer's ranks; it cannot be a tokenizer.json".into())
     })?;
     let name = |id: u32| byte_level::encode_bytes(t.token_bytes(id).unwrap_or_default());
     let mut vocab = Map::new();

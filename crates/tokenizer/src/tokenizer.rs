@@ -163,6 +163,14 @@ impl Tokenizer {
     /// Checks the vocabulary and specials and builds everything except the merge table.
     fn assemble(vocab: Vec<Option<Vec<u8>>>, pattern: Pattern, specials: &[(String, u32)]) -> Result<Tokenizer> {
         let splitter = Splitter::new(pattern)?;
+        // ids are dense, so no id can exceed the number of tokens (this also guards the
+        // allocation below against a huge id in a file)
+        let limit = vocab.len() + specials.len();
+        if let Some((name, id)) = specials.iter().find(|s| s.1 as usize >= limit) {
+            return Err(TokenizerError::Invalid(format!(
+                "special token {name:?} has id {id}, beyond the {limit} ids this vocabulary can have                  (ids must run from 0 without gaps)"
+            )));
+        }
         let max_special = specials.iter().map(|s| s.1 as usize + 1).max().unwrap_or(0);
         let n = vocab.len().max(max_special);
         let mut tokens: Vec<Option<Vec<u8>>> = vocab;
@@ -296,6 +304,34 @@ impl Tokenizer {
         self.merge_list.as_deref()
     }
 
+    /// A merge list equivalent to this tokenizer's rules: the stored list if there is one;
+    /// for a tiktoken (ranks) tokenizer, the merges recovered from the ranks: token `t` is
+    /// the merge of the two tokens that encoding its bytes with only the ranks below `t`'s
+    /// ends with. `None` if some token does not end as exactly two (then no merge list can
+    /// reproduce the ranks). This is what lets GPT-2's `.tiktoken` file be saved as a
+    /// `tokenizer.json`.
+    pub fn recover_merges(&self) -> Option<Vec<(u32, u32)>> {
+        if let Some(list) = &self.merge_list {
+            return Some(list.clone());
+        }
+        // in a ranks tokenizer the rank of a token is its id, so ids are in rank order
+        let ids: Vec<u32> = (0..self.tokens.len() as u32)
+            .filter(|&id| !self.is_special(id) && self.tokens[id as usize].len() >= 2)
+            .collect();
+        let mut work = Work::default();
+        let mut parts = Vec::new();
+        let mut list = Vec::with_capacity(ids.len());
+        for id in ids {
+            parts.clear();
+            self.bpe(&self.tokens[id as usize], id, &mut work, &mut parts);
+            match parts[..] {
+                [a, b] => list.push((a, b)),
+                _ => return None,
+            }
+        }
+        Some(list)
+    }
+
     /// Whether step 2 of encoding (whole-chunk lookup) is on.
     pub fn ignore_merges(&self) -> bool {
         self.ignore_merges
@@ -367,9 +403,12 @@ impl Tokenizer {
         Ok(parts.concat())
     }
 
-    /// Applies the merge rules to one chunk that is not a token itself (step 3 above).
-    fn bpe(&self, chunk: &[u8], work: &mut Work, out: &mut Vec<u32>) {
+    // ANCHOR: bpe
+    /// Applies the merge rules to one chunk that is not a token itself (step 3 above), using
+    /// only rules of rank below `below` (`u32::MAX`: all of them).
+    fn bpe(&self, chunk: &[u8], below: u32, work: &mut Work, out: &mut Vec<u32>) {
         const NONE: u32 = u32::MAX;
+        let rule = |a: u32, b: u32| self.merges.get(&pair_key(a, b)).copied().filter(|m| m.rank < below);
         let n = chunk.len();
         let syms = &mut work.syms;
         let heap = &mut work.heap;
@@ -383,7 +422,7 @@ impl Tokenizer {
             });
         }
         for i in 0..n.saturating_sub(1) {
-            if let Some(m) = self.merges.get(&pair_key(syms[i].id, syms[i + 1].id)) {
+            if let Some(m) = rule(syms[i].id, syms[i + 1].id) {
                 heap.push(Reverse(pair_key(m.rank, i as u32)));
             }
         }
@@ -395,7 +434,7 @@ impl Tokenizer {
                 continue; // this symbol was merged away, or has nothing on its right now
             }
             let right = s.next as usize;
-            let Some(m) = self.merges.get(&pair_key(s.id, syms[right].id)).copied() else {
+            let Some(m) = rule(s.id, syms[right].id) else {
                 continue;
             };
             if m.rank != rank {
@@ -408,13 +447,13 @@ impl Tokenizer {
             syms[right].id = NONE;
             if after != NONE {
                 syms[after as usize].prev = pos as u32;
-                if let Some(m2) = self.merges.get(&pair_key(m.id, syms[after as usize].id)) {
+                if let Some(m2) = rule(m.id, syms[after as usize].id) {
                     heap.push(Reverse(pair_key(m2.rank, pos as u32)));
                 }
             }
             if s.prev != NONE {
                 let p = s.prev as usize;
-                if let Some(m2) = self.merges.get(&pair_key(syms[p].id, m.id)) {
+                if let Some(m2) = rule(syms[p].id, m.id) {
                     heap.push(Reverse(pair_key(m2.rank, p as u32)));
                 }
             }
@@ -425,6 +464,8 @@ impl Tokenizer {
             i = syms[i as usize].next;
         }
     }
+
+    // ANCHOR_END: bpe
 
     // -----------------------------------------------------------------------------------------
     // Decoding
@@ -547,7 +588,7 @@ impl<'t, 'a> ChunkEncoder<'t, 'a> {
             return;
         }
         let before = out.len();
-        tok.bpe(chunk, &mut self.work, out);
+        tok.bpe(chunk, u32::MAX, &mut self.work, out);
         let start = self.store.len() as u32;
         self.store.extend_from_slice(&out[before..]);
         self.cache.insert(chunk, (start, (out.len() - before) as u32));

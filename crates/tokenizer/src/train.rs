@@ -3,7 +3,7 @@
 //! The algorithm, in words:
 //!
 //! 1. **Pre-tokenize** every text with the pattern and **count each distinct chunk once**
-//!    with its frequency (Shakespeare's 5 MB become about 70 000 distinct chunks). This runs
+//!    with its frequency (Shakespeare's 5 MB: 1.36 million chunks, 36 351 distinct). This runs
 //!    on all threads.
 //! 2. Every chunk starts as its bytes: token ids 0..=255.
 //! 3. **Count adjacent pairs** over all chunks, each weighted by its chunk's frequency.
@@ -208,6 +208,7 @@ pub fn train_merges(chunks: &[ChunkCount], n_merges: usize, progress: &mut dyn F
     merges
 }
 
+// ANCHOR: reference
 /// The textbook merge loop: count all pairs, merge the most frequent, repeat. Slow (it
 /// recounts everything after every merge) and kept as the reference for [`train_merges`].
 pub fn train_merges_reference(chunks: &[ChunkCount], n_merges: usize) -> Vec<(u32, u32)> {
@@ -234,6 +235,8 @@ pub fn train_merges_reference(chunks: &[ChunkCount], n_merges: usize) -> Vec<(u3
     }
     merges
 }
+
+// ANCHOR_END: reference
 
 /// Replaces every occurrence of `pair` in `ids` by `new`, left to right.
 pub fn merge_pair(ids: &[u32], pair: (u32, u32), new: u32) -> Vec<u32> {

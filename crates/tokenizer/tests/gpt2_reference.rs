@@ -148,3 +148,26 @@ fn hand_written_splitter_equals_regex_on_corpora() {
         assert!(got == want);
     }
 }
+
+/// GPT-2's ranks become a merge list, saved as `tokenizer.json`; read back, it gives
+/// tiktoken's ids too.
+#[test]
+fn gpt2_saved_as_tokenizer_json_gives_the_same_ids() {
+    let (Some(reference), Some(tok)) = (reference(), gpt2()) else {
+        return;
+    };
+    let merges = tok.recover_merges().expect("GPT-2's ranks are a merge list");
+    assert_eq!(merges.len(), 50_000);
+    let path = std::env::temp_dir().join(format!("yuanli-gpt2-{}-tokenizer.json", std::process::id()));
+    yuanli_tokenizer::formats::save_hf(&tok, &path).expect("saves");
+    let back = yuanli_tokenizer::formats::load(&path, None).expect("loads");
+    assert_eq!(back.vocab_size(), 50257);
+    for case in reference["torture"].as_array().expect("torture cases") {
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(back.encode(text, SpecialMode::Allow).expect("encodes"), ids(&case["allowed"]));
+    }
+    if let Some(text) = tang_text() {
+        check_summary("tang via tokenizer.json", &back, &text, &reference["tang"]);
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{data, shakespeare_files, tang_text};
+use common::{data, prefix, shakespeare_files, tang_text};
 use yuanli_tokenizer::formats::{self, load};
 use yuanli_tokenizer::train::{self, count_chunks, train_merges, train_merges_reference};
 use yuanli_tokenizer::{Pattern, SpecialMode, Splitter, Tokenizer, TokenizerError, TrainOptions};
@@ -16,7 +16,7 @@ fn corpus_sample() -> String {
         text += &std::fs::read_to_string(p).expect("readable");
     }
     if let Some(t) = tang_text() {
-        text += &t[..t.len().min(200_000)];
+        text += prefix(&t, 200_000);
     }
     text += SMALL;
     text
@@ -113,7 +113,7 @@ fn yuanli_and_hf_files_round_trip() {
     for pattern in [Pattern::Gpt2, Pattern::Gpt4, Pattern::None] {
         let opts = TrainOptions { vocab_size: 350, pattern: pattern.clone(), specials: vec!["<|endoftext|>".into()] };
         let tok = train::train(&[&text], &opts, &mut |_| {}).expect("trains");
-        let want = tok.encode(&text[..20_000.min(text.len())], SpecialMode::Allow).expect("encodes");
+        let want = tok.encode(prefix(&text, 20_000), SpecialMode::Allow).expect("encodes");
         for name in ["tok.json", "tokenizer.json"] {
             let path = tmp(&format!("{}-{name}", pattern.name()));
             if name == "tok.json" {
@@ -124,7 +124,7 @@ fn yuanli_and_hf_files_round_trip() {
             let back = load(&path, None).expect("loads");
             assert_eq!(back.pattern(), tok.pattern());
             assert_eq!(back.vocab_size(), tok.vocab_size());
-            let got = back.encode(&text[..20_000.min(text.len())], SpecialMode::Allow).expect("encodes");
+            let got = back.encode(prefix(&text, 20_000), SpecialMode::Allow).expect("encodes");
             assert_eq!(got, want, "{name} with {pattern:?}");
         }
     }

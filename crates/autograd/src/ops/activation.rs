@@ -13,7 +13,7 @@ impl Backward for Gelu {
         "gelu"
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
-        vec![n[0].then(|| g.mul(&self.x.gelu_grad(self.kind)))]
+        vec![n[0].then(|| self.x.gelu_backward(&g.contiguous(), self.kind))]
     }
 }
 

@@ -126,6 +126,52 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// tanh x for one f32 (Cephes' tanhf scheme): an odd polynomial for |x| < 0.625, and
+/// `1 − 2/(e^{2|x|} + 1)` with the fast exp above it; within a few ulp, branch-free.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let z = x * x;
+    let poly =
+        ((((-5.704_988_7e-3f32 * z + 0.02063909) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 0.3333328) * z * x
+            + x;
+    let e = exp_f32(2.0 * a.min(40.0));
+    let big = 1.0 - 2.0 / (e + 1.0);
+    let big = if x < 0.0 { -big } else { big };
+    if a < 0.625 {
+        poly
+    } else {
+        big
+    }
+}
+
+const GELU_K: f32 = 0.797_884_6; // √(2/π)
+const GELU_C: f32 = 0.044_715;
+
+#[inline(always)]
+fn gelu_tanh_forward_impl(out: &mut [f32], x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        let t = tanh_f32(GELU_K * (v + GELU_C * v * v * v));
+        *o = 0.5 * v * (1.0 + t);
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_backward_impl(dx: &mut [f32], dout: &[f32], x: &[f32]) {
+    for ((d, &g), &v) in dx.iter_mut().zip(dout).zip(x) {
+        let t = tanh_f32(GELU_K * (v + GELU_C * v * v * v));
+        let dt = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+        *d += g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * dt);
+    }
+}
+
+#[inline(always)]
+fn tanh_impl(out: &mut [f32], x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = tanh_f32(v);
+    }
+}
+
 #[inline(always)]
 fn exp_sub_inplace_impl(x: &mut [f32], shift: f32) {
     for v in x.iter_mut() {
@@ -210,6 +256,18 @@ fn scale_impl(x: &mut [f32], s: f32) {
 }
 
 dispatch! {
+    /// `out = gelu_tanh(x)` (`=`).
+    gelu_tanh_forward, gelu_tanh_forward_at => gelu_tanh_forward_impl(out: &mut [f32], x: &[f32])
+}
+dispatch! {
+    /// `dx += dout ⊙ gelu_tanh'(x)`.
+    gelu_tanh_backward, gelu_tanh_backward_at => gelu_tanh_backward_impl(dx: &mut [f32], dout: &[f32], x: &[f32])
+}
+dispatch! {
+    /// `out = tanh(x)` (`=`).
+    tanh, tanh_at => tanh_impl(out: &mut [f32], x: &[f32])
+}
+dispatch! {
     /// `x ← exp(x − shift)` elementwise.
     exp_sub_inplace, exp_sub_inplace_at => exp_sub_inplace_impl(x: &mut [f32], shift: f32)
 }
@@ -257,6 +315,39 @@ mod tests {
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_f32(-200.0), 0.0);
         assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn fast_tanh_and_gelu_match_f64() {
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let want = (x as f64).tanh();
+            let got = tanh_f32(x) as f64;
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON as f64 * want.abs() + 1e-9,
+                "tanh({x}) = {got}, want {want}"
+            );
+            x += 0.00731;
+        }
+        let xs: Vec<f32> = (0..257).map(|i| i as f32 * 0.05 - 6.4).collect();
+        for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
+            if !level_supported(level) {
+                continue;
+            }
+            let mut y = vec![0.0; xs.len()];
+            gelu_tanh_forward_at(level, &mut y, &xs);
+            let mut dx = vec![0.0; xs.len()];
+            gelu_tanh_backward_at(level, &mut dx, &vec![1.0; xs.len()], &xs);
+            for i in 0..xs.len() {
+                let v = xs[i] as f64;
+                let t = (0.797_884_560_802_865_4 * (v + 0.044715 * v * v * v)).tanh();
+                let want = 0.5 * v * (1.0 + t);
+                let dwant = 0.5 * (1.0 + t)
+                    + 0.5 * v * (1.0 - t * t) * 0.797_884_560_802_865_4 * (1.0 + 3.0 * 0.044715 * v * v);
+                assert!((y[i] as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "{level:?} gelu({v})");
+                assert!((dx[i] as f64 - dwant).abs() < 1e-6 * (1.0 + dwant.abs()), "{level:?} gelu'({v})");
+            }
+        }
     }
 
     #[test]

@@ -62,3 +62,12 @@ pub(crate) fn fnv1a64(ids: &[u32]) -> String {
     }
     format!("{h:016x}")
 }
+
+/// The longest prefix of `s` of at most `n` bytes that ends on a character boundary.
+pub(crate) fn prefix(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

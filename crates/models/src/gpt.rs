@@ -1,0 +1,264 @@
+//! GPT-2: a decoder-only Transformer trained by next-token prediction.
+//!
+//! References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT `model.py` for the layout and
+//! parameter names. Notable features:
+//! - learned absolute position embeddings, pre-LayerNorm blocks, GELU (tanh) MLP of width 4C;
+//! - causal self-attention on the fused FlashAttention-style op (no (T, T) matrix is kept);
+//! - the LM head is tied to the token embedding (`logits = x · wteᵀ`);
+//! - the vocabulary is padded to a multiple of 64 inside the model (`Vp`); targets stay `< V`;
+//! - GPT-2 initialisation: N(0, 0.02²), residual projections scaled by `1/√(2·n_layer)`.
+//!
+//! Shapes: `B` batch, `T` time, `C = n_embd`, `H = n_head`, `hs = C/H`, `Vp` padded vocab.
+
+use serde::{Deserialize, Serialize};
+use yuanli_autograd::{AttentionOpts, GeluKind, Var};
+use yuanli_nn::{join, Embedding, Init, LayerNorm, Linear, Module, ParamStore};
+use yuanli_tensor::{DType, Rng, Tensor};
+
+/// Why a configuration cannot describe a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field is out of range.
+    #[error("invalid GPT config: {0}")]
+    Invalid(String),
+    /// Registering parameters failed.
+    #[error(transparent)]
+    Params(#[from] yuanli_nn::Error),
+}
+
+/// Hyper-parameters of a GPT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// Vocabulary size V (the tokenizer's; padded to `Vp` internally).
+    pub vocab_size: usize,
+    /// Maximum context length T.
+    pub block_size: usize,
+    /// Number of Transformer blocks L.
+    pub n_layer: usize,
+    /// Attention heads H.
+    pub n_head: usize,
+    /// Embedding width C (a multiple of H).
+    pub n_embd: usize,
+    /// Dropout probability in training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Biases in Linear and LayerNorm layers (GPT-2 has them).
+    #[serde(default = "default_true")]
+    pub bias: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl GptConfig {
+    /// A named preset: `baby` (4/4/128, block 64, char vocab), `char-6x384` (6/6/384, block
+    /// 256), `gpt2-124m` (12/12/768, block 1024, V 50257).
+    pub fn preset(name: &str, vocab_size: usize) -> Option<GptConfig> {
+        let (n_layer, n_head, n_embd, block_size) = match name {
+            "baby" => (4, 4, 128, 64),
+            "char-6x384" => (6, 6, 384, 256),
+            "gpt2-124m" => (12, 12, 768, 1024),
+            _ => return None,
+        };
+        Some(GptConfig { vocab_size, block_size, n_layer, n_head, n_embd, dropout: 0.0, bias: true })
+    }
+
+    /// Checks the fields, naming the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.vocab_size == 0 || self.block_size == 0 || self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 {
+            return bad(format!("vocab_size, block_size, n_layer, n_head and n_embd must be positive: {self:?}"));
+        }
+        if self.n_embd % self.n_head != 0 {
+            return bad(format!("n_embd = {} is not divisible by n_head = {}", self.n_embd, self.n_head));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// `Vp`: the vocabulary padded up to a multiple of 64.
+    pub fn padded_vocab(&self) -> usize {
+        self.vocab_size.next_multiple_of(64)
+    }
+
+    /// Parameters in the model (the tied head counted once).
+    pub fn num_params(&self) -> usize {
+        let (c, l, b) = (self.n_embd, self.n_layer, usize::from(self.bias));
+        let per_block = 2 * (c + b * c) // two LayerNorms
+            + (3 * c * c + b * 3 * c) + (c * c + b * c) // attention
+            + (4 * c * c + b * 4 * c) + (4 * c * c + b * c); // MLP
+        self.padded_vocab() * c + self.block_size * c + l * per_block + (c + b * c)
+    }
+
+    /// Training FLOPs per token (PaLM appendix B): `6N + 12·L·C·T`, with N the non-embedding
+    /// parameters plus the LM head, and the attention term for a full context `T`.
+    pub fn flops_per_token(&self) -> f64 {
+        let n = (self.num_params() - self.block_size * self.n_embd) as f64;
+        6.0 * n + 12.0 * (self.n_layer * self.n_embd * self.block_size) as f64
+    }
+}
+
+/// Causal multi-head self-attention.
+struct CausalSelfAttention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+}
+
+impl CausalSelfAttention {
+    fn forward(&self, x: &Var) -> Var {
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let (h, hs) = (self.n_head, c / self.n_head);
+        let qkv = self.c_attn.forward(x); // (B, T, 3C)
+                                          // Views only: slice the last axis, split it into heads, move heads before time.
+        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, T, hs)
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() }); // (B, H, T, hs)
+        let y = y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c]); // (B, T, C)
+        self.c_proj.forward(&y)
+    }
+}
+
+/// One pre-LayerNorm Transformer block.
+struct Block {
+    ln_1: LayerNorm,
+    attn: CausalSelfAttention,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+/// A GPT-2 model.
+pub struct Gpt {
+    /// The configuration it was built from.
+    pub config: GptConfig,
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt {
+    /// Builds the model, registering every parameter in `store` with GPT-2 initialisation.
+    pub fn new(config: GptConfig, store: &mut ParamStore, rng: &mut Rng) -> Result<Gpt, ConfigError> {
+        config.validate()?;
+        let c = config.n_embd;
+        let std = Init::Normal { std: 0.02 };
+        let proj_std = Init::Normal { std: 0.02 / (2.0 * config.n_layer as f64).sqrt() };
+        let eps = 1e-5;
+        let wte = Embedding::new(store, "wte", config.padded_vocab(), c, std, rng)?;
+        let wpe = Embedding::new(store, "wpe", config.block_size, c, std, rng)?;
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("h.{i}");
+            blocks.push(Block {
+                ln_1: LayerNorm::new(store, &join(&p, "ln_1"), c, config.bias, eps)?,
+                attn: CausalSelfAttention {
+                    c_attn: Linear::new(store, &join(&p, "attn.c_attn"), c, 3 * c, config.bias, std, rng)?,
+                    c_proj: Linear::new(store, &join(&p, "attn.c_proj"), c, c, config.bias, proj_std, rng)?,
+                    n_head: config.n_head,
+                },
+                ln_2: LayerNorm::new(store, &join(&p, "ln_2"), c, config.bias, eps)?,
+                c_fc: Linear::new(store, &join(&p, "mlp.c_fc"), c, 4 * c, config.bias, std, rng)?,
+                c_proj: Linear::new(store, &join(&p, "mlp.c_proj"), 4 * c, c, config.bias, proj_std, rng)?,
+            });
+        }
+        let ln_f = LayerNorm::new(store, "ln_f", c, config.bias, eps)?;
+        Ok(Gpt { config, wte, wpe, blocks, ln_f })
+    }
+
+    /// Logits `(B, T, Vp)` for token ids `(B, T)` (u32, `T ≤ block_size`). Dropout is active
+    /// only when `train`.
+    #[track_caller]
+    pub fn forward(&self, idx: &Tensor, train: bool, rng: &mut Rng) -> Var {
+        let (b, t) = (idx.dim(0), idx.dim(1));
+        assert!(
+            t <= self.config.block_size,
+            "gpt: sequence of {t} tokens exceeds block_size {}",
+            self.config.block_size
+        );
+        let p = self.config.dropout;
+        let pos = Tensor::arange(t, DType::U32);
+        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)).dropout(p, train, rng); // (B, T, C)
+        for blk in &self.blocks {
+            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)).dropout(p, train, rng));
+            let h = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh); // (B, T, 4C)
+            x = x.add(&blk.c_proj.forward(&h).dropout(p, train, rng));
+        }
+        let x = self.ln_f.forward(&x);
+        let _ = b;
+        x.matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
+    }
+
+    /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`.
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool, rng: &mut Rng) -> Var {
+        self.forward(idx, train, rng).cross_entropy(targets, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_count_and_validation() {
+        let cfg = GptConfig::preset("gpt2-124m", 50257).unwrap();
+        let mut store = ParamStore::new();
+        let _m = Gpt::new(cfg.clone(), &mut store, &mut Rng::new(0)).unwrap();
+        assert_eq!(store.num_params(), cfg.num_params());
+        // GPT-2 small: 124,475,904 parameters with the vocabulary padded to 50,304.
+        assert_eq!(cfg.num_params(), 124_475_904);
+        let bad = GptConfig { n_head: 5, ..cfg };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "invalid GPT config: n_embd = 768 is not divisible by n_head = 5"
+        );
+    }
+
+    #[test]
+    fn a_tiny_gpt_overfits_one_batch() {
+        let cfg =
+            GptConfig { vocab_size: 11, block_size: 8, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(1);
+        let m = Gpt::new(cfg, &mut store, &mut rng).unwrap();
+        let idx = Tensor::new((0..16u32).map(|i| i % 11).collect::<Vec<_>>(), &[2, 8]);
+        let tgt = Tensor::new((1..17u32).map(|i| i % 11).collect::<Vec<_>>(), &[2, 8]);
+        let mut opt = yuanli_nn_test_adam(&store);
+        let mut last = f64::INFINITY;
+        for _ in 0..150 {
+            store.zero_grad();
+            let l = m.loss(&idx, &tgt, true, &mut rng);
+            last = l.value().item();
+            l.backward();
+            opt(&store);
+        }
+        assert!(last < 0.05, "loss after overfitting one batch: {last}");
+    }
+
+    /// A minimal Adam for the test (the real optimizers live in yuanli-train, above us).
+    fn yuanli_nn_test_adam(store: &ParamStore) -> impl FnMut(&ParamStore) {
+        let n = store.num_params();
+        let (mut m, mut v, mut t) = (vec![0f32; n], vec![0f32; n], 0u64);
+        move |s: &ParamStore| {
+            t += 1;
+            let step = yuanli_tensor::cpu::AdamStep {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                decoupled: true,
+                t,
+            };
+            s.grad_arena().with_slice(|g: &[f32]| {
+                s.value_arena()
+                    .with_slice_mut(|p: &mut [f32]| yuanli_tensor::cpu::adam_update(p, g, &mut m, &mut v, step))
+            });
+        }
+    }
+}
