@@ -2,6 +2,7 @@
 //! calls into the library crates; nothing else in the workspace knows about clap or anyhow.
 
 mod bench;
+mod gpt_cmd;
 mod lesson_cmd;
 mod tokenizer_cmd;
 
@@ -30,6 +31,14 @@ enum Command {
     /// Measure the engine's kernels (GFLOP/s, milliseconds); compare with bench/run_engine.sh.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Turn text files into token shards for training (`--tokenizer char`).
+    Prepare(gpt_cmd::PrepareArgs),
+    /// Pretrain a GPT from a TOML config (Ctrl-C saves a checkpoint; --resume continues).
+    Train(gpt_cmd::TrainArgs),
+    /// Generate text from a trained checkpoint.
+    Sample(gpt_cmd::SampleArgs),
+    /// Prepare the bundled Shakespeare, train a small GPT for a few minutes, and sample.
+    Quickstart(gpt_cmd::QuickstartArgs),
     /// Run a lesson of the book (`yuanli lesson list` shows them).
     Lesson(lesson_cmd::LessonArgs),
     /// Train, inspect and use byte-level BPE tokenizers.
@@ -45,6 +54,10 @@ fn run(cli: Cli) -> Result<()> {
     let threads = yuanli_tensor::init_threads(cli.threads);
     match cli.command {
         Command::Bench(cmd) => yuanli_tensor::run_in_pool(|| bench::run(cmd, threads)),
+        Command::Prepare(args) => gpt_cmd::prepare(&args),
+        Command::Train(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::train_cmd(&args)),
+        Command::Sample(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::sample(&args)),
+        Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),
         Command::Lesson(args) => yuanli_tensor::run_in_pool(|| lesson_cmd::run(args)),
         Command::Tokenizer(cmd) => tokenizer_cmd::run(cmd),
     }

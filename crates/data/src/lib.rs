@@ -8,8 +8,10 @@
 
 mod csv;
 mod scale;
+mod shards;
 mod split;
 
 pub use csv::{Error, Table};
 pub use scale::{MinMaxScaler, StandardScaler};
+pub use shards::{char_vocab, write_shards, Shard, ShardError, ShardMeta};
 pub use split::{k_fold, shuffled_indices, split, Split};

@@ -21,6 +21,11 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// SplitMix64 step, shared with the shard loader.
+pub(crate) fn splitmix64_pub(state: &mut u64) -> u64 {
+    splitmix64(state)
+}
+
 /// `0..n` in a random order fixed by `seed` (Fisher–Yates).
 pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();

@@ -2,7 +2,6 @@
 //! split, scaling fitted on training rows, cross-validation for a hyper-parameter, a final
 //! test, a confusion matrix, and a bias–variance picture.
 
-use crate::plot::{line_plot, Series};
 use crate::LessonOpts;
 use anyhow::Context;
 use serde_json::json;
@@ -10,6 +9,7 @@ use yuanli_autograd::{no_grad, Var};
 use yuanli_data::{k_fold, split, StandardScaler, Table};
 use yuanli_nn::{Activation, Mlp, Module, ParamStore};
 use yuanli_tensor::{Rng, Tensor};
+use yuanli_train::plot::{line_plot, Series};
 use yuanli_train::{Adam, LrSchedule};
 
 /// Training settings shared by every fit in the lesson.

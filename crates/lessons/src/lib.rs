@@ -10,7 +10,6 @@ pub mod l2_digits;
 pub mod l3_char_lm;
 pub mod l4_tokenizer;
 pub mod micrograd;
-pub mod plot;
 
 /// Options every lesson accepts.
 #[derive(Clone, Debug)]

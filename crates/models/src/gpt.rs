@@ -110,6 +110,27 @@ struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
+    /// `cache`: the keys and values of earlier positions `(B, H, T₀, hs)`; extended in place.
+    fn forward_cached(&self, x: &Var, cache: Option<&mut LayerCache>) -> Var {
+        let Some(cache) = cache else { return self.forward(x) };
+        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let (h, hs) = (self.n_head, c / self.n_head);
+        let qkv = self.c_attn.forward(x); // (B, t, 3C)
+        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, t, hs)
+        let (q, k_new, v_new) = (heads(0), heads(1), heads(2));
+        let (k, v) = match cache.kv.take() {
+            None => (k_new.value().contiguous(), v_new.value().contiguous()),
+            Some((k0, v0)) => {
+                (Tensor::concat(&[k0, k_new.value().clone()], 2), Tensor::concat(&[v0, v_new.value().clone()], 2))
+            }
+        };
+        cache.kv = Some((k.clone(), v.clone())); // (B, H, T₀ + t, hs)
+        let (k, v) = (Var::constant(k), Var::constant(v));
+        // Queries are the last t positions: causal alignment to the end of the keys.
+        let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() });
+        self.c_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c]))
+    }
+
     fn forward(&self, x: &Var) -> Var {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, hs) = (self.n_head, c / self.n_head);
@@ -120,6 +141,32 @@ impl CausalSelfAttention {
         let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() }); // (B, H, T, hs)
         let y = y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c]); // (B, T, C)
         self.c_proj.forward(&y)
+    }
+}
+
+/// Keys and values of one layer for the positions seen so far.
+#[derive(Clone, Default)]
+struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// The KV cache of a generation: per layer, the keys and values of every position processed so
+/// far, so each new token costs one position of work instead of a whole forward pass.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -194,6 +241,33 @@ impl Gpt {
         x.matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
     }
 
+    /// Logits `(B, t, Vp)` for `t` new tokens that follow the `cache.len()` positions already in
+    /// `cache` (inference only: call under `no_grad`). Errors are contract violations: the
+    /// caller keeps `cache.len() + t ≤ block_size`.
+    #[track_caller]
+    pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
+        let t = idx.dim(1);
+        let pos0 = cache.len;
+        assert!(
+            pos0 + t <= self.config.block_size,
+            "gpt: {} cached + {t} new tokens exceed block_size {}",
+            pos0,
+            self.config.block_size
+        );
+        if cache.layers.is_empty() {
+            cache.layers = vec![LayerCache::default(); self.blocks.len()];
+        }
+        let pos = Tensor::new((pos0 as u32..(pos0 + t) as u32).collect::<Vec<_>>(), &[t]);
+        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)); // (B, t, C)
+        for (blk, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), Some(lc)));
+            let h = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh);
+            x = x.add(&blk.c_proj.forward(&h));
+        }
+        cache.len += t;
+        self.ln_f.forward(&x).matmul(&self.wte.weight.t())
+    }
+
     /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool, rng: &mut Rng) -> Var {
         self.forward(idx, train, rng).cross_entropy(targets, None)
@@ -217,6 +291,34 @@ mod tests {
             bad.validate().unwrap_err().to_string(),
             "invalid GPT config: n_embd = 768 is not divisible by n_head = 5"
         );
+    }
+
+    #[test]
+    fn kv_cache_decode_matches_full_forward_at_every_step() {
+        let cfg =
+            GptConfig { vocab_size: 13, block_size: 16, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(3);
+        let m = Gpt::new(cfg, &mut store, &mut rng).unwrap();
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
+        let _g = yuanli_autograd::no_grad();
+        let mut cache = KvCache::default();
+        // A 4-token prefill, then one token at a time.
+        let pre = m.forward_cached(&Tensor::new(ids[..4].to_vec(), &[1, 4]), &mut cache).value().clone();
+        let full = m.forward(&Tensor::new(ids[..4].to_vec(), &[1, 4]), false, &mut rng).value().clone();
+        assert_close(&pre, &full);
+        for n in 5..=ids.len() {
+            let step = m.forward_cached(&Tensor::new(vec![ids[n - 1]], &[1, 1]), &mut cache).value().clone();
+            let full = m.forward(&Tensor::new(ids[..n].to_vec(), &[1, n]), false, &mut rng).value().narrow(1, n - 1, 1);
+            assert_close(&step, &full);
+        }
+        assert_eq!(cache.len(), ids.len());
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "cached vs full logits differ by {worst}");
     }
 
     #[test]

@@ -5,5 +5,7 @@
 //! checkpoints and the Hugging Face mapping stay legible.
 
 pub mod gpt;
+pub mod sample;
 
-pub use gpt::{Gpt, GptConfig};
+pub use gpt::{Gpt, GptConfig, KvCache};
+pub use sample::{generate, pick, SamplingParams};

@@ -152,6 +152,8 @@ pub fn read_tiktoken_ranks(path: &Path) -> Result<Vec<Vec<u8>>> {
 /// Parses the text of a `.tiktoken` file (`origin` names it in errors).
 pub fn parse_tiktoken_ranks(text: &str, origin: &str) -> Result<Vec<Vec<u8>>> {
     let mut ranks: Vec<Option<Vec<u8>>> = Vec::new();
+    // ranks run from 0 without gaps, so none can reach the number of lines
+    let n_lines = text.lines().count();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -165,8 +167,8 @@ pub fn parse_tiktoken_ranks(text: &str, origin: &str) -> Result<Vec<Vec<u8>>> {
             .decode(b64)
             .map_err(|e| bad(origin, format!("line {lineno}: bad base64 {b64:?}: {e}")))?;
         let rank: usize = rank.parse().map_err(|_| bad(origin, format!("line {lineno}: bad rank {rank:?}")))?;
-        if rank > 10_000_000 {
-            return Err(bad(origin, format!("line {lineno}: rank {rank} is implausibly large")));
+        if rank >= n_lines {
+            return Err(bad(origin, format!("line {lineno}: rank {rank}, but the file has only {n_lines} lines")));
         }
         if rank >= ranks.len() {
             ranks.resize(rank + 1, None);
@@ -355,7 +357,7 @@ pub fn from_hf_json(v: &Value, origin: &str) -> Result<Tokenizer> {
         let id = id
             .as_u64()
             .and_then(|x| u32::try_from(x).ok())
-            .filter(|&x| x < 10_000_000)
+            .filter(|&x| (x as usize) < vocab_obj.len() + specials.len())
             .ok_or_else(|| bad(origin, format!("vocab entry {name:?} has no valid id")))?;
         by_name.insert(name.as_str(), id);
         if specials.iter().any(|s| s.1 == id) {

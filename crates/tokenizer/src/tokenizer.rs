@@ -235,6 +235,27 @@ impl Tokenizer {
         })
     }
 
+    /// Registers more special tokens, each with an explicit id that must be the next free id
+    /// (so `<|im_start|>` = 50257 and `<|im_end|>` = 50258 on top of GPT-2, say).
+    pub fn add_specials(&mut self, specials: &[(String, u32)]) -> Result<()> {
+        for (name, id) in specials {
+            let next = self.tokens.len() as u32;
+            if *id != next {
+                return Err(TokenizerError::Invalid(format!(
+                    "special token {name:?} asks for id {id}, but the next free id is {next}"
+                )));
+            }
+            if name.is_empty() || self.special_id(name).is_some() {
+                return Err(TokenizerError::Invalid(format!("special token {name:?} is empty or already registered")));
+            }
+            self.tokens.push(name.as_bytes().to_vec());
+            self.special.push(true);
+            self.specials.push((name.clone(), *id));
+        }
+        self.specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        Ok(())
+    }
+
     /// Turns step 2 of encoding (a chunk that is a token is that token) on or off. On by
     /// default (tiktoken always does it); Hugging Face files say which in `ignore_merges`.
     pub fn set_ignore_merges(&mut self, on: bool) {
@@ -365,11 +386,16 @@ impl Tokenizer {
 
     /// Encodes text; `mode` says what to do with special-token strings in it.
     pub fn encode(&self, text: &str, mode: SpecialMode) -> Result<Vec<u32>> {
-        if mode == SpecialMode::AsText || self.specials.is_empty() {
-            return self.encode_ordinary(text);
-        }
+        self.encode_with(&mut ChunkEncoder::new(self), text, mode)
+    }
+
+    /// [`Tokenizer::encode`] with a given chunk encoder (and so its cache).
+    fn encode_with<'a>(&self, enc: &mut ChunkEncoder<'_, 'a>, text: &'a str, mode: SpecialMode) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let mut enc = ChunkEncoder::new(self);
+        if mode == SpecialMode::AsText || self.specials.is_empty() {
+            enc.encode_text(text, &mut out)?;
+            return Ok(out);
+        }
         let mut finder = SpecialFinder::new(&self.specials);
         let mut pos = 0;
         while let Some((start, k)) = finder.next(text, pos) {
@@ -385,9 +411,10 @@ impl Tokenizer {
         Ok(out)
     }
 
-    /// Encodes many texts on the current rayon pool, one text per task.
+    /// Encodes many texts on the current rayon pool. Each worker keeps one chunk cache for
+    /// all the texts it encodes, so words seen in one text are not merged again in the next.
     pub fn encode_batch(&self, texts: &[&str], mode: SpecialMode) -> Result<Vec<Vec<u32>>> {
-        texts.par_iter().map(|t| self.encode(t, mode)).collect()
+        texts.par_iter().map_init(|| ChunkEncoder::new(self), |enc, t| self.encode_with(enc, t, mode)).collect()
     }
 
     /// Encodes one large text on the current rayon pool by cutting it at line starts where

@@ -171,3 +171,18 @@ fn gpt2_saved_as_tokenizer_json_gives_the_same_ids() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn batch_encoding_equals_one_by_one() {
+    let Some(tok) = gpt2() else { return };
+    let mut texts: Vec<String> = shakespeare_files().iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect();
+    texts.extend(tang_text());
+    texts.push("a <|endoftext|> b".into());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+    let batch = pool.install(|| tok.encode_batch(&refs, SpecialMode::Allow)).expect("encodes");
+    for (text, ids) in refs.iter().zip(&batch) {
+        assert!(*ids == tok.encode(text, SpecialMode::Allow).expect("encodes"));
+    }
+    assert!(pool.install(|| tok.encode_batch(&refs, SpecialMode::Reject)).is_err());
+}

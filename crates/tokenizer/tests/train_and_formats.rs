@@ -187,3 +187,18 @@ fn user_regex_and_no_split() {
     let words = Splitter::new(Pattern::Regex(r"\w+(?=\s)|.".into())).expect("lookahead works");
     assert_eq!(words.chunks("ab cd").expect("splits"), ["ab", " ", "c", "d"]);
 }
+
+#[test]
+fn specials_can_be_added_with_explicit_ids() {
+    let Ok(mut tok) = formats::load_tiktoken_gpt2_style(&data("gpt2.tiktoken"), Pattern::Gpt2) else {
+        eprintln!("SKIP: data/gpt2.tiktoken is missing");
+        return;
+    };
+    assert!(tok.add_specials(&[("<|im_start|>".into(), 50_300)]).is_err());
+    tok.add_specials(&[("<|im_start|>".into(), 50_257), ("<|im_end|>".into(), 50_258)]).expect("adds");
+    let text = "<|im_start|>user\nHi<|im_end|><|endoftext|>";
+    let ids = tok.encode(text, SpecialMode::Allow).expect("encodes");
+    assert_eq!(ids, [50_257, 7220, 198, 17250, 50_258, 50_256]);
+    assert_eq!(tok.decode(&ids).expect("decodes"), text);
+    assert!(tok.add_specials(&[("<|im_end|>".into(), 50_259)]).is_err());
+}

@@ -6,6 +6,8 @@
 //! embeddings); runs of neighbouring parameters with the same settings are updated in one call.
 
 pub mod optim;
+pub mod plot;
+pub mod pretrain;
 pub mod schedule;
 
 pub use optim::{Adam, ParamGroup, Sgd};

@@ -3,6 +3,11 @@
 use plotters::prelude::*;
 use std::path::Path;
 
+/// A plot could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlotError(pub String);
+
 /// One named curve.
 pub struct Series<'a> {
     /// Legend label.
@@ -19,17 +24,17 @@ pub fn line_plot(
     y_label: &str,
     series: &[Series<'_>],
     log2_x: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), PlotError> {
     let tx = |x: f64| if log2_x { x.log2() } else { x };
     let all = || series.iter().flat_map(|s| s.points.iter());
     let (x0, x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(tx(p.0)), b.max(tx(p.0))));
     let (y0, y1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if !x0.is_finite() || !y0.is_finite() {
-        anyhow::bail!("plot {}: no finite points to draw", path.display());
+        return Err(PlotError(format!("plot {}: no finite points to draw", path.display())));
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let err = |e: &dyn std::fmt::Display| PlotError(format!("drawing {}: {e}", path.display()));
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))

@@ -1,0 +1,334 @@
+//! `yuanli prepare | train | sample | quickstart`: GPT pretraining from the command line.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use yuanli_data::{char_vocab, write_shards, Shard};
+use yuanli_models::{GptConfig, SamplingParams};
+use yuanli_tensor::{Rng, Tensor};
+use yuanli_train::plot::{line_plot, Series};
+use yuanli_train::pretrain::{train, Event, TrainConfig, Trainee};
+
+/// `yuanli prepare`
+#[derive(Args, Debug)]
+pub(crate) struct PrepareArgs {
+    /// `char` for a character-level vocabulary built from the input.
+    #[arg(long, default_value = "char")]
+    tokenizer: String,
+    /// Text files to read, concatenated in order.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Output directory for train.bin, val.bin and meta.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of the tokens (at the end) kept for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+}
+
+pub(crate) fn prepare(args: &PrepareArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&args.val_fraction) {
+        bail!("--val-fraction {} must be in [0, 1)", args.val_fraction);
+    }
+    let mut text = String::new();
+    for p in &args.input {
+        text.push_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    if args.tokenizer != "char" {
+        bail!("--tokenizer {}: only `char` is wired into `prepare` so far (BPE tokenizer files come with the tokenizer work)", args.tokenizer);
+    }
+    let chars = char_vocab(&text);
+    let index: std::collections::HashMap<char, u32> = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    let ids: Vec<u32> = text.chars().map(|c| index[&c]).collect();
+    let meta = write_shards(&args.out, &ids, chars.len(), "char", chars, args.val_fraction)?;
+    println!(
+        "prepared {}: {} train + {} val tokens, vocabulary {} ({}), in {}",
+        args.input.len(),
+        meta.train_tokens,
+        meta.val_tokens,
+        meta.vocab_size,
+        meta.dtype,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `yuanli train`
+#[derive(Args, Debug)]
+pub(crate) struct TrainArgs {
+    /// Training configuration (TOML); see configs/ for examples.
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from a checkpoint directory (exactly where it stopped).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+/// Measures this machine's f32 matmul peak (GFLOP/s) on a 1024³ product, for MFU.
+fn matmul_peak_gflops() -> f64 {
+    let mut rng = Rng::new(0);
+    let a = Tensor::randn(&[1024, 1024], 0.0, 1.0, yuanli_tensor::DType::F32, &mut rng);
+    let t = crate::bench::time_median(0.3, 3, || {
+        std::hint::black_box(a.matmul(&a));
+    });
+    2.0 * 1024f64.powi(3) / t / 1e9
+}
+
+fn load_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let mut cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+    if cfg.model.vocab_size == 0 {
+        cfg.model.vocab_size = Shard::meta(&cfg.data_dir)?.vocab_size;
+    }
+    Ok(cfg)
+}
+
+/// Prints a line above the progress bar, or plainly when the bar is hidden (not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// Runs training with a progress bar; returns the final state's step count.
+pub(crate) fn run_training(cfg: &TrainConfig, resume: Option<&Path>, quiet_header: bool) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while saving would kill the process; the checkpoint is atomic anyway.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
+    }
+    let peak = matmul_peak_gflops();
+    let flops_per_token = cfg.model.flops_per_token();
+    if !quiet_header {
+        println!(
+            "GPT {}×{} (heads {}, context {}), {:.2} M parameters, {:.1} MFLOP/token; matmul peak {peak:.0} GFLOP/s",
+            cfg.model.n_layer,
+            cfg.model.n_embd,
+            cfg.model.n_head,
+            cfg.model.block_size,
+            cfg.model.num_params() as f64 / 1e6,
+            flops_per_token / 1e6
+        );
+    }
+    let bar = ProgressBar::new(cfg.max_iters as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut train_pts, mut val_pts) = (Vec::new(), Vec::new());
+    let plot_path = cfg.out_dir.join("loss.png");
+    let mut on_event = |e: &Event| match e {
+        Event::Step { step, loss, lr, grad_norm, tokens_per_sec } => {
+            let mfu = 100.0 * tokens_per_sec * flops_per_token / (peak * 1e9);
+            bar.set_position(*step as u64);
+            bar.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.2} {tokens_per_sec:.0} tok/s MFU {mfu:.1}%"
+            ));
+        }
+        Event::Eval { step, train_loss, val_loss } => {
+            say(&bar, format!("step {step:>6}: train loss {train_loss:.4}, val loss {val_loss:.4}"));
+            train_pts.push((*step as f64, *train_loss));
+            val_pts.push((*step as f64, *val_loss));
+            let series = [
+                Series { label: "train", points: train_pts.clone() },
+                Series { label: "validation", points: val_pts.clone() },
+            ];
+            if let Err(err) =
+                line_plot(&plot_path, "GPT pretraining", "step", "cross-entropy (nats/token)", &series, false)
+            {
+                say(&bar, format!("warning: {err}"));
+            }
+        }
+        Event::Checkpoint { dir, step } => say(&bar, format!("checkpoint at step {step} → {}", dir.display())),
+    };
+    let result = train(cfg, resume, &stop, &mut on_event);
+    bar.finish_and_clear();
+    let state = result?;
+    if stop.load(Ordering::Relaxed) {
+        println!(
+            "interrupted at step {}: checkpoint saved in {}; continue with --resume {}",
+            state.step,
+            cfg.out_dir.join("checkpoint").display(),
+            cfg.out_dir.join("checkpoint").display()
+        );
+    } else {
+        println!(
+            "done: {} steps; checkpoint {}, loss curve {}",
+            state.step,
+            cfg.out_dir.join("checkpoint").display(),
+            plot_path.display()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn train_cmd(args: &TrainArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    run_training(&cfg, args.resume.as_deref(), false)
+}
+
+/// `yuanli sample`
+#[derive(Args, Debug)]
+pub(crate) struct SampleArgs {
+    /// Checkpoint directory (from `yuanli train`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Keep only the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Print one JSON object `{"token_ids": [...], "text": "..."}` instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Generates from a loaded model; calls `emit` with each new token's text.
+pub(crate) fn generate(
+    t: &Trainee,
+    chars: &[char],
+    prompt: &str,
+    args: &SampleArgs,
+    emit: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
+    let index: std::collections::HashMap<char, u32> = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    let mut ids = Vec::new();
+    for c in prompt.chars() {
+        match index.get(&c) {
+            Some(&id) => ids.push(id),
+            None => bail!("prompt character {c:?} is not in the model's vocabulary"),
+        }
+    }
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let block = t.model.config.block_size;
+    if ids.len() > block {
+        bail!("the prompt has {} tokens but the model's context is {block}", ids.len());
+    }
+    let params = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
+    Ok(yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| {
+        emit(&chars[id as usize].to_string())
+    }))
+}
+
+pub(crate) fn sample(args: &SampleArgs) -> Result<()> {
+    let (t, cfg) = Trainee::load(&args.checkpoint)?;
+    let meta = Shard::meta(&cfg.data_dir)
+        .with_context(|| format!("the checkpoint's vocabulary lives with its data ({})", cfg.data_dir.display()))?;
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    let ids = if args.json {
+        generate(&t, &meta.chars, &args.prompt, args, &mut |_| {})?
+    } else {
+        print!("{}", args.prompt);
+        generate(&t, &meta.chars, &args.prompt, args, &mut |s| {
+            let _ = write!(stdout, "{s}");
+            let _ = stdout.flush();
+        })?
+    };
+    if args.json {
+        let text: String = ids.iter().map(|&i| meta.chars[i as usize]).collect();
+        println!("{}", serde_json::json!({"token_ids": ids, "text": text}));
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+/// `yuanli quickstart`
+#[derive(Args, Debug)]
+pub(crate) struct QuickstartArgs {
+    /// Which bundled corpus: shakespeare.
+    #[arg(long, default_value = "shakespeare")]
+    corpus: String,
+    /// Optimizer steps (the default takes a few minutes on 2 cores).
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Output directory.
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+}
+
+pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
+    if args.corpus != "shakespeare" {
+        bail!(
+            "--corpus {}: only `shakespeare` is bundled so far (the Tang poems come with the tokenizer work)",
+            args.corpus
+        );
+    }
+    let dir = Path::new("data/shakespeare");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{} not found: run quickstart from the repository root", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    inputs.sort();
+    let data = args.out.join("data");
+    prepare(&PrepareArgs { tokenizer: "char".into(), input: inputs, out: data.clone(), val_fraction: 0.1 })?;
+    let vocab = Shard::meta(&data)?.vocab_size;
+    let cfg = TrainConfig {
+        model: GptConfig {
+            vocab_size: vocab,
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            dropout: 0.0,
+            bias: true,
+        },
+        data_dir: data,
+        out_dir: args.out.clone(),
+        batch_size: 12,
+        total_batch_tokens: 0,
+        max_iters: args.steps,
+        learning_rate: 1e-3,
+        min_lr: 1e-4,
+        warmup_iters: 100.min(args.steps / 10),
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        grad_clip: 1.0,
+        eval_interval: (args.steps / 10).max(1),
+        eval_iters: 20,
+        checkpoint_interval: 0,
+        seed: 1337,
+    };
+    let sample_args = SampleArgs {
+        checkpoint: args.out.join("checkpoint"),
+        prompt: "\n".into(),
+        max_new_tokens: 300,
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 7,
+        json: false,
+    };
+    let untrained = Trainee::new(&cfg.model, cfg.seed)?;
+    let chars = Shard::meta(&cfg.data_dir)?.chars;
+    let before: String =
+        generate(&untrained, &chars, "\n", &sample_args, &mut |_| {})?.iter().map(|&i| chars[i as usize]).collect();
+    println!("--- before training (random weights) ---\n{before}\n");
+    run_training(&cfg, None, false)?;
+    println!("\n--- after training ---");
+    sample(&sample_args)
+}
