@@ -15,7 +15,8 @@ use yuanli_train::pretrain::{train, Event, TrainConfig, Trainee};
 /// `yuanli prepare`
 #[derive(Args, Debug)]
 pub(crate) struct PrepareArgs {
-    /// `char` for a character-level vocabulary built from the input.
+    /// `char` for a character-level vocabulary built from the input, or a tokenizer file
+    /// (yuanli JSON, Hugging Face tokenizer.json, or .tiktoken with the GPT-2 pattern).
     #[arg(long, default_value = "char")]
     tokenizer: String,
     /// Text files to read, concatenated in order.
@@ -37,13 +38,26 @@ pub(crate) fn prepare(args: &PrepareArgs) -> Result<()> {
     for p in &args.input {
         text.push_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
     }
-    if args.tokenizer != "char" {
-        bail!("--tokenizer {}: only `char` is wired into `prepare` so far (BPE tokenizer files come with the tokenizer work)", args.tokenizer);
-    }
-    let chars = char_vocab(&text);
-    let index: std::collections::HashMap<char, u32> = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
-    let ids: Vec<u32> = text.chars().map(|c| index[&c]).collect();
-    let meta = write_shards(&args.out, &ids, chars.len(), "char", chars, args.val_fraction)?;
+    let meta = if args.tokenizer == "char" {
+        let chars = char_vocab(&text);
+        let index: std::collections::HashMap<char, u32> =
+            chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        let ids: Vec<u32> = text.chars().map(|c| index[&c]).collect();
+        write_shards(&args.out, &ids, chars.len(), "char", chars, args.val_fraction)?
+    } else {
+        // A BPE tokenizer file: copy it next to the shards so the data directory is
+        // self-contained (sampling decodes with it).
+        let src = Path::new(&args.tokenizer);
+        let tok = yuanli_tokenizer::formats::load(src, None)
+            .with_context(|| format!("loading tokenizer {}", src.display()))?;
+        let ids = tok.encode_ordinary_parallel(&text).with_context(|| format!("encoding with {}", src.display()))?;
+        let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("json");
+        let name = format!("tokenizer.{ext}");
+        std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+        std::fs::copy(src, args.out.join(&name))
+            .with_context(|| format!("copying {} into {}", src.display(), args.out.display()))?;
+        write_shards(&args.out, &ids, tok.vocab_size(), &name, vec![], args.val_fraction)?
+    };
     println!(
         "prepared {}: {} train + {} val tokens, vocabulary {} ({}), in {}",
         args.input.len(),
@@ -202,22 +216,63 @@ pub(crate) struct SampleArgs {
     json: bool,
 }
 
-/// Generates from a loaded model; calls `emit` with each new token's text.
+/// How a checkpoint's data turns text into ids and back.
+pub(crate) enum Vocab {
+    /// A character-level vocabulary (id → char).
+    Chars(Vec<char>),
+    /// A byte-level BPE tokenizer.
+    Bpe(yuanli_tokenizer::Tokenizer),
+}
+
+impl Vocab {
+    /// The vocabulary of a prepared data directory.
+    pub(crate) fn of_data(dir: &Path) -> Result<Vocab> {
+        let meta = Shard::meta(dir)
+            .with_context(|| format!("the checkpoint's vocabulary lives with its data ({})", dir.display()))?;
+        if meta.tokenizer == "char" {
+            return Ok(Vocab::Chars(meta.chars));
+        }
+        let path = dir.join(&meta.tokenizer);
+        Ok(Vocab::Bpe(
+            yuanli_tokenizer::formats::load(&path, None).with_context(|| format!("loading {}", path.display()))?,
+        ))
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Vocab::Chars(chars) => {
+                let index: std::collections::HashMap<char, u32> =
+                    chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+                text.chars()
+                    .map(|c| {
+                        index
+                            .get(&c)
+                            .copied()
+                            .ok_or_else(|| anyhow::anyhow!("prompt character {c:?} is not in the model's vocabulary"))
+                    })
+                    .collect()
+            }
+            Vocab::Bpe(t) => Ok(t.encode_ordinary(text)?),
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Vocab::Chars(chars) => Ok(ids.iter().map(|&i| chars[i as usize]).collect()),
+            Vocab::Bpe(t) => Ok(t.decode_lossy(ids)?),
+        }
+    }
+}
+
+/// Generates from a loaded model; calls `emit` with text as soon as it forms whole characters.
 pub(crate) fn generate(
     t: &Trainee,
-    chars: &[char],
+    vocab: &Vocab,
     prompt: &str,
     args: &SampleArgs,
     emit: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
-    let index: std::collections::HashMap<char, u32> = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
-    let mut ids = Vec::new();
-    for c in prompt.chars() {
-        match index.get(&c) {
-            Some(&id) => ids.push(id),
-            None => bail!("prompt character {c:?} is not in the model's vocabulary"),
-        }
-    }
+    let ids = vocab.encode(prompt)?;
     if ids.is_empty() {
         bail!("the prompt is empty");
     }
@@ -226,30 +281,39 @@ pub(crate) fn generate(
         bail!("the prompt has {} tokens but the model's context is {block}", ids.len());
     }
     let params = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
-    Ok(yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| {
-        emit(&chars[id as usize].to_string())
-    }))
+    let mut stream = match vocab {
+        Vocab::Bpe(t) => Some(t.stream_decoder()),
+        Vocab::Chars(_) => None,
+    };
+    let out = yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| match (
+        &mut stream,
+        vocab,
+    ) {
+        (Some(s), _) => {
+            if let Ok(text) = s.push(id) {
+                emit(&text);
+            }
+        }
+        (None, Vocab::Chars(chars)) => emit(&chars[id as usize].to_string()),
+        (None, Vocab::Bpe(_)) => {}
+    });
+    Ok(out)
 }
 
 pub(crate) fn sample(args: &SampleArgs) -> Result<()> {
     let (t, cfg) = Trainee::load(&args.checkpoint)?;
-    let meta = Shard::meta(&cfg.data_dir)
-        .with_context(|| format!("the checkpoint's vocabulary lives with its data ({})", cfg.data_dir.display()))?;
+    let vocab = Vocab::of_data(&cfg.data_dir)?;
     use std::io::Write;
     let mut stdout = std::io::stdout();
-    let ids = if args.json {
-        generate(&t, &meta.chars, &args.prompt, args, &mut |_| {})?
+    if args.json {
+        let ids = generate(&t, &vocab, &args.prompt, args, &mut |_| {})?;
+        println!("{}", serde_json::json!({"token_ids": ids, "text": vocab.decode(&ids)?}));
     } else {
         print!("{}", args.prompt);
-        generate(&t, &meta.chars, &args.prompt, args, &mut |s| {
+        generate(&t, &vocab, &args.prompt, args, &mut |s| {
             let _ = write!(stdout, "{s}");
             let _ = stdout.flush();
-        })?
-    };
-    if args.json {
-        let text: String = ids.iter().map(|&i| meta.chars[i as usize]).collect();
-        println!("{}", serde_json::json!({"token_ids": ids, "text": text}));
-    } else {
+        })?;
         println!();
     }
     Ok(())
@@ -324,9 +388,8 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
         json: false,
     };
     let untrained = Trainee::new(&cfg.model, cfg.seed)?;
-    let chars = Shard::meta(&cfg.data_dir)?.chars;
-    let before: String =
-        generate(&untrained, &chars, "\n", &sample_args, &mut |_| {})?.iter().map(|&i| chars[i as usize]).collect();
+    let vocab = Vocab::of_data(&cfg.data_dir)?;
+    let before = vocab.decode(&generate(&untrained, &vocab, "\n", &sample_args, &mut |_| {})?)?;
     println!("--- before training (random weights) ---\n{before}\n");
     run_training(&cfg, None, false)?;
     println!("\n--- after training ---");

@@ -192,7 +192,7 @@ impl Shard {
         let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
         for _ in 0..b {
             let r = crate::split::splitmix64_pub(&mut state);
-            let start = ((r >> 11) as u128 * (self.len - t) as u128 >> 53) as usize;
+            let start = (((r >> 11) as u128 * (self.len - t) as u128) >> 53) as usize;
             for j in 0..t {
                 x.push(self.get(start + j));
                 y.push(self.get(start + j + 1));

@@ -122,11 +122,7 @@ fn show_merge_loop(word: &str, steps: usize) -> Vec<String> {
 
 /// Runs lesson 4.
 pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
-    let say = |s: &str| {
-        if !opts.quiet {
-            println!("{s}");
-        }
-    };
+    let say = |s: &str| crate::say(opts, s);
     say("Lesson 4 — the tokenizer: byte-level BPE from scratch\n");
 
     // 1. The merge loop on one word.

@@ -110,8 +110,8 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
     let n = out.len();
     let band = if threads > 1 { n.div_ceil(threads).max(256) } else { n.max(1) };
     if bm.cs == 1 {
-        // Rows of B are contiguous: split K so that each task streams one contiguous block
-        // of rows (the hardware prefetcher's favourite pattern), then add the partial sums.
+        // Rows of B are contiguous: split K so that each task streams one contiguous block of
+        // rows (the hardware prefetcher's favourite pattern), then add the partial sums.
         let accumulate_rows = |o: &mut [T], p0: usize, p1: usize| {
             let row = |p: usize| &b[bm.off + p * bm.rs..bm.off + p * bm.rs + n];
             let mut p = p0;
@@ -124,12 +124,9 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
             }
         };
         out.fill(T::ZERO);
-        let tasks = if threads > 1 && k * n >= 1 << 16 { threads } else { 1 };
-        if tasks == 1 {
-            accumulate_rows(out, 0, k);
-        } else {
-            let per = k.div_ceil(tasks).next_multiple_of(4);
-            let partials: Vec<Vec<T>> = (0..tasks)
+        if threads > 1 && k * n >= 1 << 16 {
+            let per = k.div_ceil(threads).next_multiple_of(4);
+            let partials: Vec<Vec<T>> = (0..threads)
                 .into_par_iter()
                 .map(|t| {
                     let mut o = vec![T::ZERO; n];
@@ -140,6 +137,8 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
             for p in partials {
                 T::axpy(out, T::ONE, &p);
             }
+        } else {
+            accumulate_rows(out, 0, k);
         }
     } else {
         let body = |(ci, o): (usize, &mut [T])| {

@@ -243,8 +243,39 @@ fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
 fn axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) {
     let n = y.len();
     let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
-    for i in 0..n {
-        y[i] = a[3].mul_add(x3[i], a[2].mul_add(x2[i], a[1].mul_add(x1[i], a[0].mul_add(x0[i], y[i]))));
+    // Blocks of 64 floats (one 256-byte stretch per row) with a software prefetch of the
+    // rows' next stretch: four streams from L3/DRAM stay ahead of the FMAs.
+    const BLK: usize = 64;
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = (i0 + BLK).min(n);
+        prefetch(x0, i0 + 2 * BLK);
+        prefetch(x1, i0 + 2 * BLK);
+        prefetch(x2, i0 + 2 * BLK);
+        prefetch(x3, i0 + 2 * BLK);
+        for i in i0..i1 {
+            y[i] = a[3].mul_add(x3[i], a[2].mul_add(x2[i], a[1].mul_add(x1[i], a[0].mul_add(x0[i], y[i]))));
+        }
+        i0 = i1;
+    }
+}
+
+/// Hints the CPU to fetch the cache lines around `x[i..i + 64]` (nothing if out of range).
+#[inline(always)]
+fn prefetch(x: &[f32], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < x.len() {
+        for off in [0, 16, 32, 48] {
+            if i + off < x.len() {
+                // SAFETY: a prefetch never faults, and the address is inside `x` anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(
+                        x.as_ptr().add(i + off) as *const i8,
+                        std::arch::x86_64::_MM_HINT_T0,
+                    )
+                };
+            }
+        }
     }
 }
 
@@ -353,7 +384,7 @@ mod tests {
     #[test]
     fn every_supported_level_matches_the_scalar_reference() {
         // Lengths that are not multiples of 16 (the vector width) exercise the remainders.
-        for len in [0usize, 1, 7, 16, 33, 103] {
+        for len in [0usize, 1, 7, 16, 33, 103, 1000] {
             let x: Vec<f32> = (0..len).map(|i| ((i * 37) % 23) as f32 * 0.3 - 3.0).collect();
             let y: Vec<f32> = (0..len).map(|i| ((i * 11) % 7) as f32 * 0.5 - 1.0).collect();
             let want_dot: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
