@@ -221,7 +221,7 @@ pub(crate) enum Vocab {
     /// A character-level vocabulary (id → char).
     Chars(Vec<char>),
     /// A byte-level BPE tokenizer.
-    Bpe(yuanli_tokenizer::Tokenizer),
+    Bpe(Box<yuanli_tokenizer::Tokenizer>),
 }
 
 impl Vocab {
