@@ -233,9 +233,9 @@ impl Vocab {
             return Ok(Vocab::Chars(meta.chars));
         }
         let path = dir.join(&meta.tokenizer);
-        Ok(Vocab::Bpe(
+        Ok(Vocab::Bpe(Box::new(
             yuanli_tokenizer::formats::load(&path, None).with_context(|| format!("loading {}", path.display()))?,
-        ))
+        )))
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
