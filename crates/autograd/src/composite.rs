@@ -6,7 +6,7 @@
 
 use crate::ops::{AttentionOpts, RopeOpts};
 use crate::var::Var;
-use yuanli_tensor::{DType, GeluKind, RopeLayout, Tensor};
+use yuanli_tensor::{GeluKind, RopeLayout, Tensor};
 
 fn last_axis_max_const(x: &Var) -> Var {
     // The max shift does not change softmax; treating it as a constant is exact.
@@ -176,9 +176,4 @@ pub fn attention(q: &Var, k: &Var, v: &Var, o: &AttentionOpts) -> Var {
         s = Var::where_cond(&cond, &s, &neg);
     }
     softmax(&s).matmul(&v)
-}
-
-/// `x` as f64 for checks (a helper for tests and lessons).
-pub fn to_f64(x: &Tensor) -> Tensor {
-    x.to_dtype(DType::F64)
 }

@@ -236,9 +236,7 @@ impl Gpt {
             let h = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh); // (B, T, 4C)
             x = x.add(&blk.c_proj.forward(&h).dropout(p, train, rng));
         }
-        let x = self.ln_f.forward(&x);
-        let _ = b;
-        x.matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
+        self.ln_f.forward(&x).matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
     }
 
     /// Logits `(B, t, Vp)` for `t` new tokens that follow the `cache.len()` positions already in
