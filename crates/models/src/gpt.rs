@@ -222,7 +222,7 @@ impl Gpt {
     /// only when `train`.
     #[track_caller]
     pub fn forward(&self, idx: &Tensor, train: bool, rng: &mut Rng) -> Var {
-        let (b, t) = (idx.dim(0), idx.dim(1));
+        let t = idx.dim(1);
         assert!(
             t <= self.config.block_size,
             "gpt: sequence of {t} tokens exceeds block_size {}",
