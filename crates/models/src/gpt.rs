@@ -266,9 +266,14 @@ impl Gpt {
         self.ln_f.forward(&x).matmul(&self.wte.weight.t())
     }
 
-    /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`.
+    /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`. Only the `V`
+    /// real vocabulary columns take part in the softmax: the padding exists for speed, and
+    /// must hold no probability mass.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor, train: bool, rng: &mut Rng) -> Var {
-        self.forward(idx, train, rng).cross_entropy(targets, None)
+        let logits = self.forward(idx, train, rng);
+        let v = self.config.vocab_size;
+        let logits = if v == self.config.padded_vocab() { logits } else { logits.narrow(-1, 0, v) };
+        logits.cross_entropy(targets, None)
     }
 }
 

@@ -5,6 +5,7 @@
 //! checkpoints and the Hugging Face mapping stay legible.
 
 pub mod gpt;
+pub mod hf;
 pub mod sample;
 
 pub use gpt::{Gpt, GptConfig, KvCache};

@@ -62,6 +62,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// Named f32 tensors: `(name, shape, values)`.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Writes named f32 tensors as a safetensors file (atomically).
+pub fn write_tensors(path: &Path, tensors: &NamedTensors) -> Result<(), CheckpointError> {
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let mut views = Vec::with_capacity(tensors.len());
+    for ((name, shape, _), data) in tensors.iter().zip(&bytes) {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).map_err(|e| {
+            CheckpointError::Format { path: path.to_path_buf(), message: format!("tensor {name}: {e}") }
+        })?;
+        views.push((name.clone(), view));
+    }
+    let out = safetensors::tensor::serialize(views, None)
+        .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &out)
+}
+
+/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are converted; other
+/// dtypes are an error naming the tensor).
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut out = HashMap::new();
+    for (name, t) in st.tensors() {
+        let d = t.data();
+        let values: Vec<f32> = match t.dtype() {
+            safetensors::Dtype::F32 => {
+                d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            safetensors::Dtype::F16 => {
+                d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::BF16 => {
+                d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::I32 => {
+                d.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
+            }
+            other => {
+                return Err(CheckpointError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name} has dtype {other:?}; expected F32, F16, BF16 or I32"),
+                })
+            }
+        };
+        out.insert(name, (t.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
 impl ParamStore {
     /// Serialises every parameter (f32, little-endian) as safetensors bytes.
     pub fn to_safetensors(&self) -> Vec<u8> {
