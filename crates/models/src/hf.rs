@@ -8,8 +8,7 @@
 
 use crate::gpt::GptConfig;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use yuanli_nn::checkpoint::NamedTensors;
+use yuanli_nn::checkpoint::{NamedTensors, TensorMap};
 use yuanli_nn::ParamStore;
 
 /// Why a Hugging Face checkpoint cannot be read.

@@ -65,6 +65,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 /// Named f32 tensors: `(name, shape, values)`.
 pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
+/// Tensors read from a file, by name: `(shape, values)`.
+pub type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Writes named f32 tensors as a safetensors file (atomically).
 pub fn write_tensors(path: &Path, tensors: &NamedTensors) -> Result<(), CheckpointError> {
     let bytes: Vec<Vec<u8>> =
@@ -83,7 +86,7 @@ pub fn write_tensors(path: &Path, tensors: &NamedTensors) -> Result<(), Checkpoi
 
 /// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are converted; other
 /// dtypes are an error naming the tensor).
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, CheckpointError> {
+pub fn read_tensors(path: &Path) -> Result<TensorMap, CheckpointError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), message: e.to_string() })?;
