@@ -126,12 +126,7 @@ pub fn config_from_hf(v: &Value, origin: &str) -> Result<GptConfig, HfError> {
 
 /// Copies Hugging Face tensors into a store built for `cfg` (transposing the `Conv1D`
 /// weights, zero-padding `wte` to `Vp`); every missing or mis-shaped tensor is reported.
-pub fn load_hf(
-    store: &ParamStore,
-    cfg: &GptConfig,
-    tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>,
-    origin: &str,
-) -> Result<(), HfError> {
+pub fn load_hf(store: &ParamStore, cfg: &GptConfig, tensors: &TensorMap, origin: &str) -> Result<(), HfError> {
     let mut problems = Vec::new();
     let mut loads = Vec::new();
     for (ours, hf, t) in name_map(cfg) {
