@@ -395,3 +395,97 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
     println!("\n--- after training ---");
     sample(&sample_args)
 }
+
+/// `yuanli export`
+#[derive(Args, Debug)]
+pub(crate) struct ExportArgs {
+    /// Checkpoint directory (from `yuanli train`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Target layout; `hf` writes Hugging Face GPT-2 (`model.safetensors`, `config.json`).
+    #[arg(long, default_value = "hf")]
+    format: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn export(args: &ExportArgs) -> Result<()> {
+    if args.format != "hf" {
+        bail!("--format {}: only `hf` is supported", args.format);
+    }
+    let (t, cfg) = Trainee::load(&args.checkpoint)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    yuanli_nn::checkpoint::write_tensors(
+        &args.out.join("model.safetensors"),
+        &yuanli_models::hf::to_hf(&t.store, &cfg.model),
+    )?;
+    let config = serde_json::to_string_pretty(&yuanli_models::hf::hf_config(&cfg.model))?;
+    yuanli_nn::checkpoint::write_atomic(&args.out.join("config.json"), config.as_bytes())?;
+    println!("exported {} as a Hugging Face GPT2LMHeadModel to {}", args.checkpoint.display(), args.out.display());
+    Ok(())
+}
+
+/// `yuanli import`
+#[derive(Args, Debug)]
+pub(crate) struct ImportArgs {
+    /// Source layout; `hf` reads a Hugging Face GPT-2 directory.
+    #[arg(long, default_value = "hf")]
+    format: String,
+    /// The directory to read (`model.safetensors` and `config.json`).
+    dir: PathBuf,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Prepared data directory whose vocabulary the model uses (recorded for `sample`).
+    #[arg(long, default_value = "")]
+    data_dir: PathBuf,
+}
+
+pub(crate) fn import(args: &ImportArgs) -> Result<()> {
+    if args.format != "hf" {
+        bail!("--format {}: only `hf` is supported", args.format);
+    }
+    let cfg_path = args.dir.join("config.json");
+    let cfg_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+    let model = yuanli_models::hf::config_from_hf(&cfg_json, &cfg_path.display().to_string())?;
+    let t = Trainee::new(&model, 0)?;
+    let w_path = args.dir.join("model.safetensors");
+    let weights = yuanli_nn::checkpoint::read_tensors(&w_path)?;
+    yuanli_models::hf::load_hf(&t.store, &model, &weights, &w_path.display().to_string())?;
+    let cfg = TrainConfig {
+        model,
+        data_dir: args.data_dir.clone(),
+        out_dir: args.out.clone(),
+        batch_size: 1,
+        total_batch_tokens: 0,
+        max_iters: 1,
+        learning_rate: 3e-4,
+        min_lr: 3e-5,
+        warmup_iters: 0,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        grad_clip: 1.0,
+        eval_interval: 1,
+        eval_iters: 1,
+        checkpoint_interval: 0,
+        seed: 0,
+    };
+    let state = yuanli_train::pretrain::TrainState {
+        step: 0,
+        batch_index: 0,
+        adam_t: 0,
+        rng_state: Rng::new(0).state(),
+        best_val_loss: None,
+    };
+    let mut opt = yuanli_train::Adam::adamw(0.9, 0.95, 1e-8, 0.1);
+    opt.m = vec![0.0; t.store.num_params()];
+    opt.v = vec![0.0; t.store.num_params()];
+    yuanli_train::pretrain::save_checkpoint(&args.out, &t, &cfg, &state, &opt)?;
+    println!("imported {} into the yuanli checkpoint {}", args.dir.display(), args.out.display());
+    Ok(())
+}

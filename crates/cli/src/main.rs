@@ -37,6 +37,10 @@ enum Command {
     Train(gpt_cmd::TrainArgs),
     /// Generate text from a trained checkpoint.
     Sample(gpt_cmd::SampleArgs),
+    /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
+    Export(gpt_cmd::ExportArgs),
+    /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
+    Import(gpt_cmd::ImportArgs),
     /// Prepare the bundled Shakespeare, train a small GPT for a few minutes, and sample.
     Quickstart(gpt_cmd::QuickstartArgs),
     /// Run a lesson of the book (`yuanli lesson list` shows them).
@@ -57,6 +61,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => gpt_cmd::prepare(&args),
         Command::Train(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::train_cmd(&args)),
         Command::Sample(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::sample(&args)),
+        Command::Export(args) => gpt_cmd::export(&args),
+        Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),
         Command::Lesson(args) => yuanli_tensor::run_in_pool(|| lesson_cmd::run(args)),
         Command::Tokenizer(cmd) => tokenizer_cmd::run(cmd),
