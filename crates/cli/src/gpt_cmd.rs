@@ -322,7 +322,7 @@ pub(crate) fn sample(args: &SampleArgs) -> Result<()> {
 /// `yuanli quickstart`
 #[derive(Args, Debug)]
 pub(crate) struct QuickstartArgs {
-    /// Which bundled corpus: shakespeare.
+    /// Which bundled corpus: shakespeare (English, 1 MB) or tang (7,418 Tang poems, character-level).
     #[arg(long, default_value = "shakespeare")]
     corpus: String,
     /// Optimizer steps (the default takes a few minutes on 2 cores).
@@ -333,20 +333,46 @@ pub(crate) struct QuickstartArgs {
     out: PathBuf,
 }
 
-pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
-    if args.corpus != "shakespeare" {
-        bail!(
-            "--corpus {}: only `shakespeare` is bundled so far (the Tang poems come with the tokenizer work)",
-            args.corpus
-        );
+/// The Tang poems (`data/tang_poems.jsonl`) as plain text: title, author, then the lines.
+fn tang_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{} not found: run quickstart from the repository root", path.display()))?;
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let poem: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let field = |k: &str| poem.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        out.push_str(&format!("{}\n{}\n", field("title"), field("author")));
+        for l in poem.get("lines").and_then(|v| v.as_array()).into_iter().flatten() {
+            out.push_str(l.as_str().unwrap_or(""));
+            out.push('\n');
+        }
+        out.push('\n');
     }
-    let dir = Path::new("data/shakespeare");
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{} not found: run quickstart from the repository root", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
-    inputs.sort();
+    Ok(out)
+}
+
+pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
+    let inputs: Vec<PathBuf> = match args.corpus.as_str() {
+        "shakespeare" => {
+            let dir = Path::new("data/shakespeare");
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("{} not found: run quickstart from the repository root", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            v.sort();
+            v
+        }
+        "tang" => {
+            std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            let txt = args.out.join("tang_poems.txt");
+            std::fs::write(&txt, tang_text(Path::new("data/tang_poems.jsonl"))?)
+                .with_context(|| format!("writing {}", txt.display()))?;
+            vec![txt]
+        }
+        other => bail!("--corpus {other}: choose shakespeare or tang"),
+    };
     let data = args.out.join("data");
     prepare(&PrepareArgs { tokenizer: "char".into(), input: inputs, out: data.clone(), val_fraction: 0.1 })?;
     let vocab = Shard::meta(&data)?.vocab_size;
