@@ -1,14 +1,13 @@
 """Side-by-side GPT training speed: yuanli vs PyTorch eager, same model, batch, threads.
 
-The PyTorch model below is a plain GPT-2 (nanoGPT layout: pre-LayerNorm, fused QKV, GELU-tanh
-MLP, tied head, padded vocab, F.scaled_dot_product_attention) written for this benchmark.
+The PyTorch model is bench/torch_gpt.py (nanoGPT layout: pre-LayerNorm, fused QKV, GELU-tanh
+MLP, tied head, padded vocab, F.scaled_dot_product_attention).
 One step = forward, backward, global-norm clipping at 1.0, AdamW. Median step time after
 two warm-up steps; ratio = yuanli tokens/s / torch tokens/s (≥ 1 means yuanli is faster).
 Usage: bench/.venv/bin/python bench/train.py [--threads 2] [--steps 10]
 """
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -24,47 +23,14 @@ PRESETS = {
 
 def torch_bench(name, steps, threads):
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+    from torch_gpt import adamw, make_gpt
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     p = PRESETS[name]
     C, H, L, T, B, V = p["n_embd"], p["n_head"], p["n_layer"], p["block"], p["batch"], p["vocab"]
-    Vp = (V + 63) // 64 * 64
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x):
-            b, t, c = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (z.view(b, t, H, c // H).transpose(1, 2) for z in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, c))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(Vp, C), nn.Embedding(T, C)
-            self.h = nn.ModuleList([Block() for _ in range(L)])
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for blk in self.h:
-                x = blk(x)
-            logits = self.ln_f(x) @ self.wte.weight.t()
-            return F.cross_entropy(logits.view(-1, Vp), targets.reshape(-1))
-
-    model = GPT()
-    decay = [q for n, q in model.named_parameters() if q.dim() >= 2 and "wte" not in n and "wpe" not in n]
-    other = [q for n, q in model.named_parameters() if not (q.dim() >= 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+    model = make_gpt(C, H, L, T, V)
+    opt = adamw(model, 3e-4, (0.9, 0.95), 0.1)
     data = torch.randint(0, V, (B, T + 1))
     x, y = data[:, :-1], data[:, 1:]
 
