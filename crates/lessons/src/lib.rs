@@ -9,6 +9,8 @@ pub mod l1_micrograd;
 pub mod l2_digits;
 pub mod l3_char_lm;
 pub mod l4_tokenizer;
+pub mod l5_attention;
+pub mod l6_pretraining;
 pub mod micrograd;
 
 /// Options every lesson accepts.
@@ -58,5 +60,15 @@ pub fn all() -> Vec<Lesson> {
         },
         Lesson { number: 3, title: "bigram and MLP language models on Shakespeare characters", run: l3_char_lm::run },
         Lesson { number: 4, title: "the tokenizer: byte-level BPE from scratch", run: l4_tokenizer::run },
+        Lesson {
+            number: 5,
+            title: "attention and the Transformer block: inside a trained head",
+            run: l5_attention::run,
+        },
+        Lesson {
+            number: 6,
+            title: "pretraining a GPT: objective, schedule, loss curve, MFU",
+            run: l6_pretraining::run,
+        },
     ]
 }

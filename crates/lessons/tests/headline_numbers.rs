@@ -32,3 +32,13 @@ fn lesson3_mlp_beats_the_bigram_by_0_3_nats_and_both_bigrams_agree() {
         (out["bigram_counts_train_loss"].as_f64().unwrap(), out["bigram_learned_train_loss"].as_f64().unwrap());
     assert!((lt - ct).abs() < 0.01, "gradient descent should find the counted optimum: {lt} vs {ct}");
 }
+
+#[test]
+fn lesson5_fused_attention_equals_the_textbook_formula_and_draws_the_heads() {
+    let o = opts();
+    std::fs::create_dir_all(&o.out_dir).unwrap();
+    let out = yuanli_lessons::l5_attention::run(&o).unwrap();
+    assert!(out["fused_vs_textbook_max_diff"].as_f64().unwrap() < 1e-5, "{out}");
+    assert!(out["val_loss"].as_f64().unwrap() < 2.8, "a trained model beats the ~4.3 of uniform guessing: {out}");
+    assert!(std::path::Path::new(out["plot"].as_str().unwrap()).exists());
+}

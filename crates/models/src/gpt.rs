@@ -239,6 +239,40 @@ impl Gpt {
         self.ln_f.forward(&x).matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
     }
 
+    /// The attention probabilities of every head of block `layer` for `idx (B, T)`:
+    /// `softmax(QKᵀ/√hs + causal mask)` as a `(B, H, T, T)` tensor. The fused kernel never
+    /// stores this matrix; this is the explicit composite path, for looking at what a head does.
+    #[track_caller]
+    pub fn attention_probs(&self, idx: &Tensor, layer: usize) -> Tensor {
+        assert!(layer < self.blocks.len(), "attention_probs: layer {layer} of {}", self.blocks.len());
+        let _g = yuanli_autograd::no_grad();
+        let (b, t) = (idx.dim(0), idx.dim(1));
+        let pos = Tensor::arange(t, DType::U32);
+        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos));
+        for (i, blk) in self.blocks.iter().enumerate() {
+            if i == layer {
+                let a = &blk.attn;
+                let c = self.config.n_embd;
+                let (h, hs) = (a.n_head, c / a.n_head);
+                let qkv = a.c_attn.forward(&blk.ln_1.forward(&x));
+                let heads = |j: usize| qkv.narrow(-1, j * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]);
+                let (q, k) = (heads(0), heads(1));
+                let s = q.matmul(&k.t()).scale(1.0 / (hs as f64).sqrt()); // (B, H, T, T)
+                let allowed: Vec<f64> = (0..t * t).map(|ij| if ij % t <= ij / t { 1.0 } else { 0.0 }).collect();
+                let masked = Tensor::where_cond(
+                    &Tensor::new(allowed, &[t, t]),
+                    s.value(),
+                    &Tensor::full(f64::NEG_INFINITY, &[], s.value().dtype()),
+                );
+                return masked.softmax();
+            }
+            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)));
+            let hdn = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh);
+            x = x.add(&blk.c_proj.forward(&hdn));
+        }
+        unreachable!("layer index checked above")
+    }
+
     /// Logits `(B, t, Vp)` for `t` new tokens that follow the `cache.len()` positions already in
     /// `cache` (inference only: call under `no_grad`). Errors are contract violations: the
     /// caller keeps `cache.len() + t ≤ block_size`.

@@ -59,3 +59,43 @@ pub fn line_plot(
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Draws `panels` (each a row-major `rows × cols` matrix of values in [0, 1] with a title) side
+/// by side as heat maps, with `labels` along both axes (one per row/column), into a PNG.
+pub fn heatmaps(
+    path: &Path,
+    title: &str,
+    panels: &[(String, Vec<f64>)],
+    n: usize,
+    labels: &[String],
+) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError(format!("drawing {}: {e}", path.display()));
+    let cell = 10u32;
+    let panel_px = cell * n as u32 + 60;
+    let width = panel_px * panels.len().max(1) as u32 + 20;
+    let root = BitMapBackend::new(path, (width, panel_px + 70)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.draw(&Text::new(title.to_string(), (10, 8), ("sans-serif", 20))).map_err(|e| err(&e))?;
+    for (p, (name, m)) in panels.iter().enumerate() {
+        let x0 = 20 + p as i32 * panel_px as i32 + 40;
+        let y0 = 60;
+        root.draw(&Text::new(name.clone(), (x0, y0 - 22), ("sans-serif", 16))).map_err(|e| err(&e))?;
+        for i in 0..n {
+            for j in 0..n {
+                let v = m[i * n + j].clamp(0.0, 1.0);
+                let shade = (255.0 * (1.0 - v.sqrt())) as u8;
+                let color = RGBColor(shade, shade, 255);
+                let (x, y) = (x0 + (j as u32 * cell) as i32, y0 + (i as u32 * cell) as i32);
+                root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], color.filled()))
+                    .map_err(|e| err(&e))?;
+            }
+            if p == 0 {
+                let label = labels.get(i).cloned().unwrap_or_default();
+                root.draw(&Text::new(label, (x0 - 14, y0 + (i as u32 * cell) as i32), ("monospace", 10)))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
