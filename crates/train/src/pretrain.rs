@@ -491,6 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn divergence_stops_with_the_step_and_keeps_the_last_checkpoint() {
+        let root = std::env::temp_dir().join(format!("yuanli-nan-{}", std::process::id()));
+        let ids: Vec<u32> = (0..600u32).map(|i| (i * 7 + i / 5) % 12).collect();
+        yuanli_data::write_shards(&root.join("data"), &ids, 12, "char", vec![], 0.2).unwrap();
+        let stop = AtomicBool::new(false);
+        // A sane first run leaves a checkpoint at step 3.
+        let cfg = TrainConfig { data_dir: root.join("data"), checkpoint_interval: 0, ..tiny(&root, 3) };
+        train(&cfg, None, &stop, &mut |_| {}).unwrap();
+        let ckpt = cfg.out_dir.join("checkpoint");
+        let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+        // Resume with an absurd learning rate: the loss blows up and training must stop.
+        let wild = TrainConfig { max_iters: 200, learning_rate: 1e30, min_lr: 1e29, grad_clip: 0.0, ..cfg.clone() };
+        let err = train(&wild, Some(&ckpt), &stop, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, TrainError::NonFinite { step, .. } if step > 3), "{err}");
+        assert!(err.to_string().contains("last good checkpoint is untouched"), "{err}");
+        assert_eq!(
+            std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+            before,
+            "the checkpoint was not overwritten"
+        );
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
     fn bad_configs_and_data_give_clear_errors() {
         let root = std::env::temp_dir().join(format!("yuanli-badcfg-{}", std::process::id()));
         let stop = AtomicBool::new(false);
