@@ -16,7 +16,13 @@ use std::process::ExitCode;
 /// models, quantized inference — is implemented transparently in Rust, gradient-checked, and
 /// runnable on a laptop CPU.
 #[derive(Parser, Debug)]
-#[command(name = "yuanli", version, about, long_about = None)]
+#[command(
+    name = "yuanli",
+    version,
+    about,
+    long_about = None,
+    after_help = "Start here:\n  yuanli quickstart            train a small GPT on Shakespeare in ~5 minutes, then sample\n  yuanli lesson list           the runnable lessons of the book (docs/book, English and 中文)\n  yuanli bench matmul          this machine's matmul speed (bench/run_engine.sh compares numpy)\n\nEvery subcommand has its own --help, e.g. `yuanli train --help`."
+)]
 struct Cli {
     /// Compute threads (default: the YUANLI_THREADS environment variable, else all cores).
     #[arg(long, global = true, value_name = "N")]
