@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use yuanli_data::{char_vocab, write_shards, Shard};
-use yuanli_models::{GptConfig, SamplingParams};
+use yuanli_models::SamplingParams;
 use yuanli_tensor::{Rng, Tensor};
 use yuanli_train::plot::{line_plot, Series};
 use yuanli_train::pretrain::{train, Event, TrainConfig, Trainee};
@@ -357,13 +357,8 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
     let inputs: Vec<PathBuf> = match args.corpus.as_str() {
         "shakespeare" => {
             let dir = Path::new("data/shakespeare");
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            yuanli_data::files_with_extension(dir, "txt")
                 .with_context(|| format!("{} not found: run quickstart from the repository root", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            v.sort();
-            v
         }
         "tang" => {
             std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -377,33 +372,7 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
     let data = args.out.join("data");
     prepare(&PrepareArgs { tokenizer: "char".into(), input: inputs, out: data.clone(), val_fraction: 0.1 })?;
     let vocab = Shard::meta(&data)?.vocab_size;
-    let cfg = TrainConfig {
-        model: GptConfig {
-            vocab_size: vocab,
-            block_size: 64,
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            dropout: 0.0,
-            bias: true,
-        },
-        data_dir: data,
-        out_dir: args.out.clone(),
-        batch_size: 12,
-        total_batch_tokens: 0,
-        max_iters: args.steps,
-        learning_rate: 1e-3,
-        min_lr: 1e-4,
-        warmup_iters: 100.min(args.steps / 10),
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.99,
-        grad_clip: 1.0,
-        eval_interval: (args.steps / 10).max(1),
-        eval_iters: 20,
-        checkpoint_interval: 0,
-        seed: 1337,
-    };
+    let cfg = TrainConfig::baby(vocab, data, args.out.clone(), args.steps, 1337);
     let sample_args = SampleArgs {
         checkpoint: args.out.join("checkpoint"),
         prompt: "\n".into(),

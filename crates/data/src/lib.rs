@@ -15,3 +15,14 @@ pub use csv::{Error, Table};
 pub use scale::{MinMaxScaler, StandardScaler};
 pub use shards::{char_vocab, write_shards, Shard, ShardError, ShardMeta};
 pub use split::{k_fold, shuffled_indices, split, Split};
+
+/// The files in `dir` whose extension is `ext`, sorted by name, so that a corpus is always read
+/// in the same order.
+pub fn files_with_extension(dir: &std::path::Path, ext: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    Ok(files)
+}

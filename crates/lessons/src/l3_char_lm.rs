@@ -22,12 +22,8 @@ pub struct Corpus {
 impl Corpus {
     /// Reads every `*.txt` file of `dir` (sorted by name) into one text.
     pub fn load(dir: &std::path::Path) -> anyhow::Result<Corpus> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("lesson 3 needs the Shakespeare texts in {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-            .collect();
-        files.sort();
+        let files = yuanli_data::files_with_extension(dir, "txt")
+            .with_context(|| format!("lesson 3 needs the Shakespeare texts in {}", dir.display()))?;
         let mut text = String::new();
         for f in &files {
             text.push_str(&std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);

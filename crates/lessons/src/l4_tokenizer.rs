@@ -28,12 +28,7 @@ fn find_data(opts: &LessonOpts, rel: &str) -> anyhow::Result<PathBuf> {
 /// The Shakespeare texts, one string per file, sorted by file name.
 fn shakespeare(opts: &LessonOpts) -> anyhow::Result<Vec<String>> {
     let dir = find_data(opts, "shakespeare")?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .collect();
-    files.sort();
+    let files = yuanli_data::files_with_extension(&dir, "txt").with_context(|| format!("reading {}", dir.display()))?;
     if files.len() < 2 {
         bail!("{}: lesson 4 needs at least two Shakespeare .txt files", dir.display());
     }

@@ -5,7 +5,6 @@ use crate::LessonOpts;
 use serde_json::json;
 use std::sync::atomic::AtomicBool;
 use yuanli_data::{char_vocab, write_shards};
-use yuanli_models::GptConfig;
 use yuanli_tensor::{DType, Rng, Tensor};
 use yuanli_train::pretrain::{train, Event, TrainConfig};
 
@@ -14,14 +13,8 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     let say = |s: String| crate::say(opts, &s);
     say("Lesson 6 — pretraining: next-token prediction with warm-up, cosine decay and evaluation\n".into());
     // ANCHOR: prepare
-    let mut files: Vec<_> =
-        std::fs::read_dir(opts.data_dir.join("shakespeare"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    let text: String = files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-        .map(std::fs::read_to_string)
-        .collect::<Result<_, _>>()?;
+    let files = yuanli_data::files_with_extension(&opts.data_dir.join("shakespeare"), "txt")?;
+    let text: String = files.iter().map(std::fs::read_to_string).collect::<Result<_, _>>()?;
     let chars = char_vocab(&text);
     let ids: Vec<u32> = text.chars().map(|c| chars.binary_search(&c).map(|i| i as u32).unwrap_or(0)).collect();
     let data_dir = opts.out_dir.join("lesson6_data");
@@ -29,33 +22,9 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     // ANCHOR_END: prepare
 
     // ANCHOR: config
-    let config = TrainConfig {
-        model: GptConfig {
-            vocab_size: chars.len(),
-            block_size: 64,
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            dropout: 0.0,
-            bias: true,
-        },
-        data_dir,
-        out_dir: opts.out_dir.join("lesson6_run"),
-        batch_size: 12,
-        total_batch_tokens: 0,
-        max_iters: 600,
-        learning_rate: 1e-3,
-        min_lr: 1e-4,
-        warmup_iters: 60,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.99,
-        grad_clip: 1.0,
-        eval_interval: 100,
-        eval_iters: 20,
-        checkpoint_interval: 0,
-        seed: opts.seed,
-    };
+    // The baby recipe, shortened to 600 steps (warm-up 60), evaluated every 100 steps.
+    let baby = TrainConfig::baby(chars.len(), data_dir, opts.out_dir.join("lesson6_run"), 600, opts.seed);
+    let config = TrainConfig { eval_interval: 100, ..baby };
     // ANCHOR_END: config
     let _ = std::fs::remove_dir_all(&config.out_dir); // a fresh run each time
     let schedule = config.schedule();

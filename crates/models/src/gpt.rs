@@ -110,14 +110,33 @@ struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    /// `cache`: the keys and values of earlier positions `(B, H, T₀, hs)`; extended in place.
-    fn forward_cached(&self, x: &Var, cache: Option<&mut LayerCache>) -> Var {
-        let Some(cache) = cache else { return self.forward(x) };
+    /// Queries, keys and values `(B, H, T, hs)` of `x (B, T, C)`: views only — slice the last
+    /// axis of the fused projection, split it into heads, move heads before time.
+    fn qkv(&self, x: &Var) -> (Var, Var, Var) {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, hs) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x); // (B, t, 3C)
-        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, t, hs)
-        let (q, k_new, v_new) = (heads(0), heads(1), heads(2));
+        let qkv = self.c_attn.forward(x); // (B, T, 3C)
+        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, T, hs)
+        (heads(0), heads(1), heads(2))
+    }
+
+    /// Causal attention of the queries over `k`, `v`, heads merged back and projected.
+    fn attend(&self, q: &Var, k: &Var, v: &Var) -> Var {
+        let (b, h, t, hs) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        // With fewer queries than keys (decoding), the queries are the last positions.
+        let y = Var::attention(q, k, v, &AttentionOpts { causal: true, ..Default::default() }); // (B, H, T, hs)
+        self.c_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape(&[b, t, h * hs])) // (B, T, C)
+    }
+
+    fn forward(&self, x: &Var) -> Var {
+        let (q, k, v) = self.qkv(x);
+        self.attend(&q, &k, &v)
+    }
+
+    /// Like `forward` for new positions after those in `cache` (keys and values
+    /// `(B, H, T₀, hs)`), which it extends in place.
+    fn forward_cached(&self, x: &Var, cache: &mut LayerCache) -> Var {
+        let (q, k_new, v_new) = self.qkv(x);
         let (k, v) = match cache.kv.take() {
             None => (k_new.value().contiguous(), v_new.value().contiguous()),
             Some((k0, v0)) => {
@@ -125,22 +144,7 @@ impl CausalSelfAttention {
             }
         };
         cache.kv = Some((k.clone(), v.clone())); // (B, H, T₀ + t, hs)
-        let (k, v) = (Var::constant(k), Var::constant(v));
-        // Queries are the last t positions: causal alignment to the end of the keys.
-        let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() });
-        self.c_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c]))
-    }
-
-    fn forward(&self, x: &Var) -> Var {
-        let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        let (h, hs) = (self.n_head, c / self.n_head);
-        let qkv = self.c_attn.forward(x); // (B, T, 3C)
-                                          // Views only: slice the last axis, split it into heads, move heads before time.
-        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, T, hs)
-        let (q, k, v) = (heads(0), heads(1), heads(2));
-        let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() }); // (B, H, T, hs)
-        let y = y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c]); // (B, T, C)
-        self.c_proj.forward(&y)
+        self.attend(&q, &Var::constant(k), &Var::constant(v))
     }
 }
 
@@ -177,6 +181,13 @@ struct Block {
     ln_2: LayerNorm,
     c_fc: Linear,
     c_proj: Linear,
+}
+
+impl Block {
+    /// The MLP half of the block: `c_proj(gelu(c_fc(ln_2(x))))`, width 4C inside.
+    fn mlp(&self, x: &Var) -> Var {
+        self.c_proj.forward(&self.c_fc.forward(&self.ln_2.forward(x)).gelu(GeluKind::Tanh))
+    }
 }
 
 /// A GPT-2 model.
@@ -233,8 +244,7 @@ impl Gpt {
         let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)).dropout(p, train, rng); // (B, T, C)
         for blk in &self.blocks {
             x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)).dropout(p, train, rng));
-            let h = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh); // (B, T, 4C)
-            x = x.add(&blk.c_proj.forward(&h).dropout(p, train, rng));
+            x = x.add(&blk.mlp(&x).dropout(p, train, rng));
         }
         self.ln_f.forward(&x).matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
     }
@@ -246,17 +256,13 @@ impl Gpt {
     pub fn attention_probs(&self, idx: &Tensor, layer: usize) -> Tensor {
         assert!(layer < self.blocks.len(), "attention_probs: layer {layer} of {}", self.blocks.len());
         let _g = yuanli_autograd::no_grad();
-        let (b, t) = (idx.dim(0), idx.dim(1));
+        let t = idx.dim(1);
         let pos = Tensor::arange(t, DType::U32);
         let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos));
         for (i, blk) in self.blocks.iter().enumerate() {
             if i == layer {
-                let a = &blk.attn;
-                let c = self.config.n_embd;
-                let (h, hs) = (a.n_head, c / a.n_head);
-                let qkv = a.c_attn.forward(&blk.ln_1.forward(&x));
-                let heads = |j: usize| qkv.narrow(-1, j * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]);
-                let (q, k) = (heads(0), heads(1));
+                let (q, k, _) = blk.attn.qkv(&blk.ln_1.forward(&x)); // (B, H, T, hs)
+                let hs = q.shape()[3];
                 let s = q.matmul(&k.t()).scale(1.0 / (hs as f64).sqrt()); // (B, H, T, T)
                 let allowed: Vec<f64> = (0..t * t).map(|ij| if ij % t <= ij / t { 1.0 } else { 0.0 }).collect();
                 let masked = Tensor::where_cond(
@@ -267,8 +273,7 @@ impl Gpt {
                 return masked.softmax();
             }
             x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)));
-            let hdn = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh);
-            x = x.add(&blk.c_proj.forward(&hdn));
+            x = x.add(&blk.mlp(&x));
         }
         unreachable!("layer index checked above")
     }
@@ -292,9 +297,8 @@ impl Gpt {
         let pos = Tensor::new((pos0 as u32..(pos0 + t) as u32).collect::<Vec<_>>(), &[t]);
         let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)); // (B, t, C)
         for (blk, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), Some(lc)));
-            let h = blk.c_fc.forward(&blk.ln_2.forward(&x)).gelu(GeluKind::Tanh);
-            x = x.add(&blk.c_proj.forward(&h));
+            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), lc));
+            x = x.add(&blk.mlp(&x));
         }
         cache.len += t;
         self.ln_f.forward(&x).matmul(&self.wte.weight.t())

@@ -110,6 +110,39 @@ fn default_clip() -> f64 {
 }
 
 impl TrainConfig {
+    /// The "baby" recipe: a 4-layer, 128-wide GPT with a 64-token context, batch 12, AdamW
+    /// (β 0.9/0.99, decay 0.1), learning rate 1e-3 after a warm-up of a tenth of the run (at
+    /// most 100 steps) then cosine to 1e-4, clipping at 1.0, ten evaluations per run.
+    pub fn baby(vocab_size: usize, data_dir: PathBuf, out_dir: PathBuf, steps: usize, seed: u64) -> TrainConfig {
+        TrainConfig {
+            model: GptConfig {
+                vocab_size,
+                block_size: 64,
+                n_layer: 4,
+                n_head: 4,
+                n_embd: 128,
+                dropout: 0.0,
+                bias: true,
+            },
+            data_dir,
+            out_dir,
+            batch_size: 12,
+            total_batch_tokens: 0,
+            max_iters: steps,
+            learning_rate: 1e-3,
+            min_lr: 1e-4,
+            warmup_iters: 100.min(steps / 10),
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            grad_clip: 1.0,
+            eval_interval: (steps / 10).max(1),
+            eval_iters: 20,
+            checkpoint_interval: 0,
+            seed,
+        }
+    }
+
     /// Micro-batches per step.
     pub fn accum_steps(&self) -> usize {
         let per = self.batch_size * self.model.block_size;
