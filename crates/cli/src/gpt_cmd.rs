@@ -238,7 +238,7 @@ impl Vocab {
         )))
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Vocab::Chars(chars) => {
                 let index: std::collections::HashMap<char, u32> =
@@ -256,7 +256,7 @@ impl Vocab {
         }
     }
 
-    fn decode(&self, ids: &[u32]) -> Result<String> {
+    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             Vocab::Chars(chars) => Ok(ids.iter().map(|&i| chars[i as usize]).collect()),
             Vocab::Bpe(t) => Ok(t.decode_lossy(ids)?),
@@ -280,24 +280,25 @@ pub(crate) fn generate(
     if ids.len() > block {
         bail!("the prompt has {} tokens but the model's context is {block}", ids.len());
     }
-    let params = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
+    let params =
+        SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, ..Default::default() };
     let mut stream = match vocab {
         Vocab::Bpe(t) => Some(t.stream_decoder()),
         Vocab::Chars(_) => None,
     };
-    let out = yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| match (
-        &mut stream,
-        vocab,
-    ) {
-        (Some(s), _) => {
-            if let Ok(text) = s.push(id) {
-                emit(&text);
+    let out = yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| {
+        match (&mut stream, vocab) {
+            (Some(s), _) => {
+                if let Ok(text) = s.push(id) {
+                    emit(&text);
+                }
             }
+            (None, Vocab::Chars(chars)) => emit(&chars[id as usize].to_string()),
+            (None, Vocab::Bpe(_)) => {}
         }
-        (None, Vocab::Chars(chars)) => emit(&chars[id as usize].to_string()),
-        (None, Vocab::Bpe(_)) => {}
+        std::ops::ControlFlow::Continue(())
     });
-    Ok(out)
+    Ok(out.tokens)
 }
 
 pub(crate) fn sample(args: &SampleArgs) -> Result<()> {

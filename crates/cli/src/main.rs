@@ -4,6 +4,7 @@
 mod bench;
 mod gpt_cmd;
 mod lesson_cmd;
+mod llm_cmd;
 mod tokenizer_cmd;
 
 use anyhow::Result;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
     version,
     about,
     long_about = None,
-    after_help = "Start here:\n  yuanli quickstart            train a small GPT on Shakespeare in ~5 minutes, then sample\n  yuanli lesson list           the runnable lessons of the book (docs/book, English and 中文)\n  yuanli bench matmul          this machine's matmul speed (bench/run_engine.sh compares numpy)\n\nEvery subcommand has its own --help, e.g. `yuanli train --help`."
+    after_help = "Start here:\n  yuanli quickstart            train a small GPT on Shakespeare in ~5 minutes, then sample\n  yuanli chat --model M.gguf   talk to a real model (tools/fetch_models.sh gets SmolLM2-135M)\n  yuanli lesson list           the runnable lessons of the book (docs/book, English and 中文)\n  yuanli bench matmul          this machine's matmul speed (bench/run_engine.sh compares numpy)\n\nEvery subcommand has its own --help, e.g. `yuanli train --help`."
 )]
 struct Cli {
     /// Compute threads (default: the YUANLI_THREADS environment variable, else all cores).
@@ -43,6 +44,12 @@ enum Command {
     Train(gpt_cmd::TrainArgs),
     /// Generate text from a trained checkpoint.
     Sample(gpt_cmd::SampleArgs),
+    /// Generate with any model: a .gguf file, a Hugging Face directory or a yuanli checkpoint.
+    Generate(llm_cmd::GenerateArgs),
+    /// Talk to a chat model in the terminal (/reset, /system TEXT, Ctrl-D to quit).
+    Chat(llm_cmd::ChatArgs),
+    /// Perplexity of a model on a text file, measured as llama.cpp measures it.
+    Perplexity(llm_cmd::PerplexityArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -67,6 +74,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => gpt_cmd::prepare(&args),
         Command::Train(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::train_cmd(&args)),
         Command::Sample(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::sample(&args)),
+        Command::Generate(args) => yuanli_tensor::run_in_pool(|| llm_cmd::generate_cmd(&args)),
+        Command::Chat(args) => yuanli_tensor::run_in_pool(|| llm_cmd::chat_cmd(&args)),
+        Command::Perplexity(args) => yuanli_tensor::run_in_pool(|| llm_cmd::perplexity_cmd(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),

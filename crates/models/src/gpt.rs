@@ -10,6 +10,7 @@
 //!
 //! Shapes: `B` batch, `T` time, `C = n_embd`, `H = n_head`, `hs = C/H`, `Vp` padded vocab.
 
+use crate::cache::{KvCache, LayerCache};
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, GeluKind, Var};
 use yuanli_nn::{join, Embedding, Init, LayerNorm, Linear, Module, ParamStore};
@@ -133,44 +134,11 @@ impl CausalSelfAttention {
         self.attend(&q, &k, &v)
     }
 
-    /// Like `forward` for new positions after those in `cache` (keys and values
-    /// `(B, H, T₀, hs)`), which it extends in place.
+    /// Like `forward` for new positions after those in `cache`, which it extends in place.
     fn forward_cached(&self, x: &Var, cache: &mut LayerCache) -> Var {
         let (q, k_new, v_new) = self.qkv(x);
-        let (k, v) = match cache.kv.take() {
-            None => (k_new.value().contiguous(), v_new.value().contiguous()),
-            Some((k0, v0)) => {
-                (Tensor::concat(&[k0, k_new.value().clone()], 2), Tensor::concat(&[v0, v_new.value().clone()], 2))
-            }
-        };
-        cache.kv = Some((k.clone(), v.clone())); // (B, H, T₀ + t, hs)
+        let (k, v) = cache.append(k_new.value(), v_new.value()); // (B, H, T₀ + t, hs)
         self.attend(&q, &Var::constant(k), &Var::constant(v))
-    }
-}
-
-/// Keys and values of one layer for the positions seen so far.
-#[derive(Clone, Default)]
-struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
-}
-
-/// The KV cache of a generation: per layer, the keys and values of every position processed so
-/// far, so each new token costs one position of work instead of a whole forward pass.
-#[derive(Clone, Default)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-    len: usize,
-}
-
-impl KvCache {
-    /// Positions cached so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -284,23 +252,21 @@ impl Gpt {
     #[track_caller]
     pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
         let t = idx.dim(1);
-        let pos0 = cache.len;
+        let pos0 = cache.len();
         assert!(
             pos0 + t <= self.config.block_size,
             "gpt: {} cached + {t} new tokens exceed block_size {}",
             pos0,
             self.config.block_size
         );
-        if cache.layers.is_empty() {
-            cache.layers = vec![LayerCache::default(); self.blocks.len()];
-        }
         let pos = Tensor::new((pos0 as u32..(pos0 + t) as u32).collect::<Vec<_>>(), &[t]);
         let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)); // (B, t, C)
-        for (blk, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), lc));
+        let n_layer = self.blocks.len();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), cache.layer(i, n_layer)));
             x = x.add(&blk.mlp(&x));
         }
-        cache.len += t;
+        cache.advance(t);
         self.ln_f.forward(&x).matmul(&self.wte.weight.t())
     }
 

@@ -1,12 +1,23 @@
 //! # yuanli-models — model definitions
 //!
-//! One readable file per architecture: [`gpt`] (GPT-2). Models register their parameters in a
-//! [`ParamStore`](yuanli_nn::ParamStore) under the same dotted names nanoGPT uses, so
-//! checkpoints and the Hugging Face mapping stay legible.
+//! One readable file per architecture: [`gpt`] (GPT-2) and [`llama`] (LLaMA, SmolLM2, Qwen2).
+//! Models register their parameters in a [`ParamStore`](yuanli_nn::ParamStore) under the
+//! dotted names of their reference implementation (nanoGPT, Hugging Face), so checkpoints and
+//! name mappings stay legible. [`load`] reads pretrained LLaMA-family models from GGUF files
+//! and Hugging Face directories; [`sample`] generates from any [`CausalLm`].
 
+mod cache;
+pub mod chat;
+pub mod eval;
 pub mod gpt;
 pub mod hf;
+pub mod llama;
+pub mod load;
 pub mod sample;
 
-pub use gpt::{Gpt, GptConfig, KvCache};
-pub use sample::{generate, pick, SamplingParams};
+pub use cache::KvCache;
+pub use chat::{ChatTemplate, Message};
+pub use gpt::{Gpt, GptConfig};
+pub use llama::{Llama, LlamaConfig};
+pub use load::{load_pretrained, LoadError, Pretrained};
+pub use sample::{generate, pick, CausalLm, SamplingParams};

@@ -1,8 +1,47 @@
-//! Sampling the next token, and generation with the KV cache (token ids in, token ids out).
+//! Sampling the next token, and generation with the KV cache (token ids in, token ids out),
+//! for any model that implements [`CausalLm`].
 
-use crate::gpt::{Gpt, KvCache};
-use yuanli_autograd::no_grad;
+use crate::cache::KvCache;
+use crate::gpt::Gpt;
+use crate::llama::Llama;
+use std::ops::ControlFlow;
+use std::time::Instant;
+use yuanli_autograd::{no_grad, Var};
 use yuanli_tensor::{Rng, Tensor};
+
+/// A causal language model that can extend a KV cache: what generation needs.
+pub trait CausalLm {
+    /// Real vocabulary size (logit columns past it are padding and never sampled).
+    fn vocab_size(&self) -> usize;
+    /// Longest context the model accepts.
+    fn context_len(&self) -> usize;
+    /// Logits `(B, t, ≥V)` for `t` new tokens after those in `cache`, which it extends.
+    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var;
+}
+
+impl CausalLm for Gpt {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn context_len(&self) -> usize {
+        self.config.block_size
+    }
+    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
+        Gpt::forward_cached(self, idx, cache)
+    }
+}
+
+impl CausalLm for Llama {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn context_len(&self) -> usize {
+        self.config.max_seq_len
+    }
+    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
+        Llama::forward_cached(self, idx, cache)
+    }
+}
 
 /// How to turn logits into a token.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -13,11 +52,51 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches `p` (1 = all).
     pub top_p: f64,
+    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
+    pub min_p: f64,
+    /// Repetition penalty (llama.cpp's): a logit `z` of a token among the last
+    /// `repeat_last_n` becomes `z / r` if positive, `z · r` if negative (1 = off).
+    pub repeat_penalty: f64,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_last_n: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64 }
+    }
+}
+
+impl SamplingParams {
+    /// Argmax decoding.
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
 }
 
 /// Picks a token id from the first `vocab` logits.
 pub fn pick(logits: &[f32], vocab: usize, p: SamplingParams, rng: &mut Rng) -> u32 {
-    let logits = &logits[..vocab.min(logits.len())];
+    pick_after(logits, vocab, p, &[], rng)
+}
+
+/// Like [`pick`], with the repetition penalty applied to the tokens of `recent`.
+pub fn pick_after(logits: &[f32], vocab: usize, p: SamplingParams, recent: &[u32], rng: &mut Rng) -> u32 {
+    let mut owned;
+    let mut logits = &logits[..vocab.min(logits.len())];
+    if p.repeat_penalty != 1.0 && !recent.is_empty() {
+        owned = logits.to_vec();
+        let from = recent.len().saturating_sub(p.repeat_last_n);
+        let mut seen = recent[from..].to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        let r = p.repeat_penalty as f32;
+        let n = owned.len();
+        for &t in seen.iter().filter(|&&t| (t as usize) < n) {
+            let z = &mut owned[t as usize];
+            *z = if *z > 0.0 { *z / r } else { *z * r };
+        }
+        logits = &owned;
+    }
     if p.temperature <= 0.0 {
         return logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
             as u32;
@@ -31,19 +110,25 @@ pub fn pick(logits: &[f32], vocab: usize, p: SamplingParams, rng: &mut Rng) -> u
     let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - m) / p.temperature).exp()).collect();
     let z: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= z);
+    let mut keep = probs.len();
     if p.top_p < 1.0 {
         let mut acc = 0.0;
-        let keep = probs.iter().position(|&x| {
-            acc += x;
-            acc >= p.top_p
-        });
-        let keep = keep.map_or(probs.len(), |k| k + 1);
-        probs.truncate(keep);
-        order.truncate(keep);
-        let z: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= z);
+        keep = probs
+            .iter()
+            .position(|&x| {
+                acc += x;
+                acc >= p.top_p
+            })
+            .map_or(keep, |k| k + 1);
     }
-    let u = rng.uniform();
+    if p.min_p > 0.0 {
+        // probs are sorted: the first is the largest
+        keep = keep.min(probs.iter().take_while(|&&x| x >= p.min_p * probs[0]).count().max(1));
+    }
+    probs.truncate(keep);
+    order.truncate(keep);
+    let z: f64 = probs.iter().sum();
+    let u = rng.uniform() * z;
     let mut acc = 0.0;
     for (i, &pi) in probs.iter().enumerate() {
         acc += pi;
@@ -54,26 +139,51 @@ pub fn pick(logits: &[f32], vocab: usize, p: SamplingParams, rng: &mut Rng) -> u
     order[probs.len() - 1] as u32
 }
 
-/// Generates `n` tokens after `prompt` (non-empty, at most `block_size` ids), calling `emit`
-/// with each. The prompt is prefilled in one pass; each new token then costs one cached
-/// position. When the context fills up, the cache is rebuilt from the last half of it.
+/// What a generation produced, and how fast.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    /// The generated token ids (the prompt not included).
+    pub tokens: Vec<u32>,
+    /// Seconds spent on the prompt (prefill), up to the first sampled token.
+    pub prefill_secs: f64,
+    /// Seconds spent on the tokens after the first.
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Prompt tokens processed per second.
+    pub fn prefill_tok_s(&self, prompt_len: usize) -> f64 {
+        prompt_len as f64 / self.prefill_secs.max(1e-9)
+    }
+
+    /// Generated tokens per second after the first.
+    pub fn decode_tok_s(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// Generates up to `n` tokens after `prompt` (non-empty), calling `emit` with each; `emit`
+/// returns `ControlFlow::Break` to stop (an end-of-sequence token, a stop string). The prompt
+/// is prefilled in one pass; each new token then costs one cached position. When the context
+/// fills up, the cache is rebuilt from the last half of it.
 pub fn generate(
-    model: &Gpt,
+    model: &dyn CausalLm,
     prompt: &[u32],
     n: usize,
     params: SamplingParams,
     seed: u64,
-    emit: &mut dyn FnMut(u32),
-) -> Vec<u32> {
+    emit: &mut dyn FnMut(u32) -> ControlFlow<()>,
+) -> Generation {
     let _g = no_grad();
-    let block = model.config.block_size;
-    let vocab = model.config.vocab_size;
+    let block = model.context_len();
+    let vocab = model.vocab_size();
     let mut rng = Rng::new(seed);
     let mut ids = prompt.to_vec();
     let mut cache = KvCache::default();
-    let mut pending: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
+    let mut pending: Vec<u32> = prompt[prompt.len().saturating_sub(block)..].to_vec();
+    let mut out = Generation { tokens: Vec::with_capacity(n), ..Default::default() };
+    let start = Instant::now();
+    for i in 0..n {
         if cache.len() + pending.len() > block {
             cache = KvCache::default();
             pending = ids[ids.len() - block / 2..].to_vec();
@@ -81,12 +191,18 @@ pub fn generate(
         let t = pending.len();
         let logits = model.forward_cached(&Tensor::new(std::mem::take(&mut pending), &[1, t]), &mut cache);
         let last = logits.value().narrow(1, t - 1, 1).to_vec::<f32>();
-        let next = pick(&last, vocab, params, &mut rng);
+        let next = pick_after(&last, vocab, params, &ids, &mut rng);
+        if i == 0 {
+            out.prefill_secs = start.elapsed().as_secs_f64();
+        }
         ids.push(next);
-        out.push(next);
+        out.tokens.push(next);
         pending.push(next);
-        emit(next);
+        if emit(next).is_break() {
+            break;
+        }
     }
+    out.decode_secs = start.elapsed().as_secs_f64() - out.prefill_secs;
     out
 }
 
@@ -102,13 +218,25 @@ mod tests {
             GptConfig { vocab_size: 20, block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
         let mut store = ParamStore::new();
         let m = Gpt::new(cfg, &mut store, &mut Rng::new(1)).unwrap();
-        let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 0.9 };
-        let a = generate(&m, &[1, 2, 3], 20, p, 42, &mut |_| {});
-        assert_eq!(a, generate(&m, &[1, 2, 3], 20, p, 42, &mut |_| {}));
+        let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 0.9, ..Default::default() };
+        let go =
+            |prompt: &[u32], n, p, seed| generate(&m, prompt, n, p, seed, &mut |_| ControlFlow::Continue(())).tokens;
+        let a = go(&[1, 2, 3], 20, p, 42);
+        assert_eq!(a, go(&[1, 2, 3], 20, p, 42));
         assert_eq!(a.len(), 20, "max tokens respected, past the context length");
         assert!(a.iter().all(|&t| t < 20), "never samples a padded-vocabulary id");
-        let greedy = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 };
-        assert_eq!(generate(&m, &[4], 6, greedy, 1, &mut |_| {}), generate(&m, &[4], 6, greedy, 2, &mut |_| {}));
+        let greedy = SamplingParams::greedy();
+        assert_eq!(go(&[4], 6, greedy, 1), go(&[4], 6, greedy, 2));
+        let mut seen = 0;
+        let stopped = generate(&m, &[4], 6, greedy, 1, &mut |_| {
+            seen += 1;
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(stopped.tokens.len(), 3, "emit can stop the generation");
     }
 
     #[test]
@@ -116,7 +244,13 @@ mod tests {
         let logits = [0.1f32, 2.0, -1.0, 1.5];
         let mut rng = Rng::new(0);
         for _ in 0..20 {
-            assert_eq!(pick(&logits, 4, SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 }, &mut rng), 1);
+            assert_eq!(pick(&logits, 4, SamplingParams { top_k: 1, ..Default::default() }, &mut rng), 1);
+            // min-p 0.9 keeps only tokens at least 0.9 times as likely as the best: just id 1
+            assert_eq!(pick(&logits, 4, SamplingParams { min_p: 0.9, ..Default::default() }, &mut rng), 1);
         }
+        // A strong repetition penalty moves greedy off a token seen recently.
+        let p = SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() };
+        assert_eq!(pick_after(&logits, 4, p, &[1], &mut rng), 3);
+        assert_eq!(pick_after(&logits, 4, p, &[2], &mut rng), 1);
     }
 }

@@ -244,6 +244,10 @@ pub fn to_hf_json(t: &Tokenizer) -> Result<Value> {
     let pre_tokenizer = match t.pattern() {
         Pattern::Gpt2 => byte_level(true),
         Pattern::None => byte_level(false),
+        Pattern::Smollm => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            byte_level(true),
+        ]}),
         p => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": p.regex().unwrap_or_default()},
              "behavior": "Isolated", "invert": false},
@@ -290,8 +294,16 @@ fn hf_pattern(pre: &Value, origin: &str) -> Result<Pattern> {
                 .ok_or_else(|| bad(origin, "Sequence pre-tokenizer without \"pretokenizers\""))?;
             let mut pattern = None;
             let mut saw_byte_level = false;
+            let mut digits_first = false;
             for p in parts {
                 match p.get("type").and_then(Value::as_str) {
+                    Some("Digits")
+                        if pattern.is_none()
+                            && !saw_byte_level
+                            && p.get("individual_digits").and_then(Value::as_bool) == Some(true) =>
+                    {
+                        digits_first = true;
+                    }
                     Some("Split") if pattern.is_none() => {
                         let re = p
                             .pointer("/pattern/Regex")
@@ -310,7 +322,7 @@ fn hf_pattern(pre: &Value, origin: &str) -> Result<Pattern> {
                             if pattern.is_some() {
                                 return Err(bad(origin, "two regex splits are not supported"));
                             }
-                            pattern = Some(Pattern::Gpt2);
+                            pattern = Some(if digits_first { Pattern::Smollm } else { Pattern::Gpt2 });
                         }
                     }
                     other => return Err(bad(origin, format!("unsupported pre-tokenizer in Sequence: {other:?}"))),

@@ -33,5 +33,5 @@ pub mod train;
 
 pub use error::{Result, TokenizerError};
 pub use pretokenize::{Pattern, Splitter, GPT2_PATTERN, GPT4_PATTERN};
-pub use tokenizer::{SpecialMode, StreamDecoder, Tokenizer};
+pub use tokenizer::{SpecialMode, StreamDecoder, Tokenizer, NO_TOKEN};
 pub use train::{Progress, TrainOptions};

@@ -8,6 +8,7 @@
 //! | ------ | ----- |
 //! | `gpt2` | `'s\|'t\|'re\|'ve\|'m\|'ll\|'d\| ?\p{L}+\| ?\p{N}+\| ?[^\s\p{L}\p{N}]+\|\s+(?!\S)\|\s+` |
 //! | `gpt4` | cl100k's pattern (case-insensitive contractions, digits in groups of at most three) |
+//! | `smollm` | every digit (`\p{N}`) alone, then GPT-2's regex inside the pieces between (SmolLM2, StarCoder; llama.cpp's `smollm`) |
 //! | `none` | no split: the whole text is one chunk |
 //! | other  | any regex `fancy-regex` accepts (lookaround and possessive quantifiers included) |
 //!
@@ -33,6 +34,11 @@ pub enum Pattern {
     Gpt2,
     /// GPT-4's regex ([`GPT4_PATTERN`]).
     Gpt4,
+    /// Each digit is a chunk of its own; the text between digits is split by GPT-2's regex
+    /// (SmolLM2's and StarCoder's pre-tokenizer: Hugging Face `Digits(individual_digits)` then
+    /// `ByteLevel`; llama.cpp's `smollm`). Lookaheads stop at the digit: `"a  1"` gives `"a"`,
+    /// `"  "`, `"1"`, not `"a"`, `" "`, `" 1"`.
+    Smollm,
     /// No split: each text is one chunk.
     None,
     /// A user regex (`fancy-regex` syntax).
@@ -46,6 +52,7 @@ impl Pattern {
         match s {
             "gpt2" => Pattern::Gpt2,
             "gpt4" | "cl100k" => Pattern::Gpt4,
+            "smollm" => Pattern::Smollm,
             "none" => Pattern::None,
             _ if s == GPT2_PATTERN => Pattern::Gpt2,
             _ if s == GPT4_PATTERN => Pattern::Gpt4,
@@ -58,15 +65,17 @@ impl Pattern {
         match self {
             Pattern::Gpt2 => "gpt2",
             Pattern::Gpt4 => "gpt4",
+            Pattern::Smollm => "smollm",
             Pattern::None => "none",
             Pattern::Regex(r) => r,
         }
     }
 
-    /// The regex source, or `None` for the no-split pattern.
+    /// The regex source, or `None` for the no-split pattern. For `smollm` this is the second
+    /// stage (GPT-2's regex, run between digits).
     pub fn regex(&self) -> Option<&str> {
         match self {
-            Pattern::Gpt2 => Some(GPT2_PATTERN),
+            Pattern::Gpt2 | Pattern::Smollm => Some(GPT2_PATTERN),
             Pattern::Gpt4 => Some(GPT4_PATTERN),
             Pattern::None => None,
             Pattern::Regex(r) => Some(r),
@@ -77,7 +86,7 @@ impl Pattern {
     /// encode pieces in parallel) without changing the chunks; see [`cut_at_lines`]. True for
     /// the built-in regexes; unknown (false) for user regexes.
     pub fn splits_after_newline(&self) -> bool {
-        matches!(self, Pattern::Gpt2 | Pattern::Gpt4)
+        matches!(self, Pattern::Gpt2 | Pattern::Gpt4 | Pattern::Smollm)
     }
 }
 
@@ -92,7 +101,7 @@ impl Splitter {
     /// Compiles a pattern.
     pub fn new(pattern: Pattern) -> Result<Splitter> {
         let regex = match &pattern {
-            Pattern::Gpt2 | Pattern::None => None,
+            Pattern::Gpt2 | Pattern::Smollm | Pattern::None => None,
             p => {
                 let src = p.regex().unwrap_or_default();
                 Some(compile(src)?)
@@ -113,6 +122,10 @@ impl Splitter {
                 split_gpt2(text, f);
                 Ok(())
             }
+            (Pattern::Smollm, _) => {
+                split_digits_then_gpt2(text, f);
+                Ok(())
+            }
             (_, Some(re)) => split_regex(re, text, f),
             _ => {
                 if !text.is_empty() {
@@ -128,6 +141,24 @@ impl Splitter {
         let mut out = Vec::new();
         self.for_each_chunk(text, |c| out.push(c))?;
         Ok(out)
+    }
+}
+
+/// SmolLM2's pre-tokenization: every `\p{N}` character alone; GPT-2's split in between.
+pub fn split_digits_then_gpt2<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_numeric() {
+            if i > start {
+                split_gpt2(&text[start..i], &mut f);
+            }
+            let end = i + c.len_utf8();
+            f(&text[i..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        split_gpt2(&text[start..], &mut f);
     }
 }
 

@@ -57,6 +57,9 @@ fn pair_key(a: u32, b: u32) -> u64 {
     (u64::from(a) << 32) | u64::from(b)
 }
 
+/// Marks a byte that has no token of its own in [`Tokenizer::byte_ids`].
+pub const NO_TOKEN: u32 = u32::MAX;
+
 /// A byte-level BPE tokenizer. Build one by training ([`crate::train`]) or by loading a file
 /// ([`crate::formats`]); cheap to share across threads (`&Tokenizer` is all encoding needs).
 #[derive(Clone, Debug)]
@@ -68,7 +71,7 @@ pub struct Tokenizer {
     special: Vec<bool>,
     /// Ordinary tokens: bytes → id.
     encoder: FxHashMap<Vec<u8>, u32>,
-    /// The token of each single byte.
+    /// The token of each single byte ([`NO_TOKEN`] for a byte the vocabulary lacks).
     byte_ids: [u32; 256],
     /// (left, right) → (rank, merged id).
     merges: FxHashMap<u64, Merge>,
@@ -209,15 +212,13 @@ impl Tokenizer {
             }
             dense.push(bytes);
         }
-        let mut byte_ids = [0u32; 256];
+        // Some real vocabularies lack a few bytes (SmolLM2 has no token for 0x04 or for bytes
+        // that never occur in UTF-8); such bytes cannot be encoded and are dropped, as
+        // llama.cpp drops them.
+        let mut byte_ids = [NO_TOKEN; 256];
         for b in 0..=255u8 {
-            match encoder.get(&[b][..]) {
-                Some(&id) => byte_ids[b as usize] = id,
-                None => {
-                    return Err(TokenizerError::Invalid(format!(
-                        "byte 0x{b:02x} has no token: a byte-level vocabulary needs all 256"
-                    )))
-                }
+            if let Some(&id) = encoder.get(&[b][..]) {
+                byte_ids[b as usize] = id;
             }
         }
         let mut specials: Vec<(String, u32)> = specials.to_vec();
@@ -600,6 +601,13 @@ impl<'t, 'a> ChunkEncoder<'t, 'a> {
     #[inline]
     fn encode_chunk(&mut self, chunk: &'a [u8], out: &mut Vec<u32>) {
         let tok = self.tok;
+        if chunk.iter().any(|&b| tok.byte_ids[b as usize] == NO_TOKEN) {
+            // Bytes the vocabulary lacks are dropped; the runs between them encode as usual.
+            for run in chunk.split(|&b| tok.byte_ids[b as usize] == NO_TOKEN).filter(|r| !r.is_empty()) {
+                self.encode_chunk(run, out);
+            }
+            return;
+        }
         if chunk.len() == 1 {
             out.push(tok.byte_ids[chunk[0] as usize]);
             return;

@@ -1,0 +1,60 @@
+//! Evaluating a language model on text: perplexity.
+
+use crate::cache::KvCache;
+use crate::sample::CausalLm;
+use yuanli_autograd::no_grad;
+use yuanli_tensor::Tensor;
+
+/// The result of a perplexity run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Perplexity {
+    /// `exp(total NLL / tokens scored)`.
+    pub ppl: f64,
+    /// Summed negative log-likelihood in nats.
+    pub nll: f64,
+    /// Tokens scored.
+    pub count: usize,
+    /// Summed NLL of each chunk.
+    pub chunk_nll: Vec<f64>,
+}
+
+/// Perplexity as llama.cpp's `perplexity` tool measures it: `ids` is cut into chunks of `ctx`
+/// tokens, each evaluated from an empty context, and only the predictions made from positions
+/// `ctx/2 .. ctx−1` are scored — so every scored token sees at least `ctx/2` tokens of
+/// context and none is scored twice. At most `max_chunks` chunks (0 = all); `on_chunk` hears
+/// after each one (chunk index, running perplexity).
+pub fn perplexity(
+    model: &dyn CausalLm,
+    ids: &[u32],
+    ctx: usize,
+    max_chunks: usize,
+    on_chunk: &mut dyn FnMut(usize, f64),
+) -> Perplexity {
+    let _g = no_grad();
+    let v = model.vocab_size();
+    let mut n_chunks = ids.len() / ctx.max(1);
+    if max_chunks > 0 {
+        n_chunks = n_chunks.min(max_chunks);
+    }
+    let mut out = Perplexity::default();
+    for c in 0..n_chunks {
+        let chunk = &ids[c * ctx..(c + 1) * ctx];
+        let logits = model.forward_cached(&Tensor::new(chunk.to_vec(), &[1, ctx]), &mut KvCache::default());
+        let logits = logits.value().to_vec::<f32>();
+        let row_len = logits.len() / ctx;
+        let mut nll = 0.0;
+        for j in ctx / 2..ctx - 1 {
+            let row = &logits[j * row_len..j * row_len + v];
+            // −log softmax(row)[next] = logsumexp(row) − row[next], in f64
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
+            nll += lse - row[chunk[j + 1] as usize] as f64;
+            out.count += 1;
+        }
+        out.nll += nll;
+        out.chunk_nll.push(nll);
+        out.ppl = (out.nll / out.count as f64).exp();
+        on_chunk(c, out.ppl);
+    }
+    out
+}

@@ -1,0 +1,378 @@
+//! Loading pretrained LLaMA-family models: a GGUF file (llama.cpp's format) or a Hugging Face
+//! model directory (`config.json`, `model.safetensors` or sharded with
+//! `model.safetensors.index.json`, `tokenizer.json`, `tokenizer_config.json`).
+//!
+//! Either way the result is the same [`Llama`] on the same engine, a [`Tokenizer`] and the
+//! chat template. GGUF weights of any supported type are dequantized to f32 here (the
+//! quantized kernels read them in place; see the quantization lesson).
+
+use crate::chat::ChatTemplate;
+use crate::llama::{Llama, LlamaConfig};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use yuanli_gguf::GgufFile;
+use yuanli_nn::ParamStore;
+use yuanli_tensor::{QuantType, RopeLayout};
+use yuanli_tokenizer::{Pattern, Tokenizer};
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The GGUF file is malformed.
+    #[error(transparent)]
+    Gguf(#[from] yuanli_gguf::GgufError),
+    /// The configuration describes no model we can build.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// Registering parameters failed.
+    #[error(transparent)]
+    Params(#[from] yuanli_nn::Error),
+    /// A file of the model is missing, unreadable or inconsistent.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The tokenizer could not be built.
+    #[error("{origin}: tokenizer: {source}")]
+    Tokenizer {
+        /// Where it came from.
+        origin: String,
+        /// Why.
+        source: yuanli_tokenizer::TokenizerError,
+    },
+}
+
+/// A pretrained model with everything needed to talk to it.
+pub struct Pretrained {
+    /// The network.
+    pub model: Llama,
+    /// Its parameters (f32).
+    pub store: ParamStore,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template, if the model has one.
+    pub chat_template: Option<ChatTemplate>,
+    /// Token that begins a sequence, if any.
+    pub bos: Option<u32>,
+    /// Tokens that end generation.
+    pub eos: Vec<u32>,
+    /// Whether a BOS token is put before every prompt.
+    pub add_bos: bool,
+    /// A one-line description (architecture, name, weight types).
+    pub description: String,
+    /// Tensor storage types in the file and how many tensors of each.
+    pub weight_types: Vec<(String, usize)>,
+}
+
+/// Loads a `.gguf` file or a Hugging Face model directory.
+pub fn load_pretrained(path: &Path) -> Result<Pretrained, LoadError> {
+    if path.is_dir() {
+        load_hf_dir(path)
+    } else if path.exists() {
+        load_gguf(path)
+    } else {
+        Err(LoadError::File { path: path.to_path_buf(), message: "no such file or directory".into() })
+    }
+}
+
+/// The model configuration a GGUF file describes (`{arch}.*` keys, llama.cpp's names).
+pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
+    let arch = f.get_str("general.architecture")?;
+    if !matches!(arch, "llama" | "qwen2" | "mistral") {
+        return Err(LoadError::Config(format!(
+            "{}: architecture {arch:?} is not LLaMA-family (llama, qwen2, mistral are supported)",
+            f.origin()
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let n_head = f.get_usize(&key("attention.head_count"))?;
+    let hidden_size = f.get_usize(&key("embedding_length"))?;
+    let n_kv_head = if f.get(&key("attention.head_count_kv")).is_some() {
+        f.get_usize(&key("attention.head_count_kv"))?
+    } else {
+        n_head
+    };
+    let head_dim = match f.get(&key("attention.key_length")) {
+        Some(_) => f.get_usize(&key("attention.key_length"))?,
+        None => hidden_size / n_head.max(1),
+    };
+    let vocab_size = match f.get(&key("vocab_size")) {
+        Some(_) => f.get_usize(&key("vocab_size"))?,
+        None => f.tensor_info("token_embd.weight")?.shape()[0],
+    };
+    let rope_theta =
+        if f.get(&key("rope.freq_base")).is_some() { f.get_f64(&key("rope.freq_base"))? } else { 10_000.0 };
+    let cfg = LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size: f.get_usize(&key("feed_forward_length"))?,
+        n_layer: f.get_usize(&key("block_count"))?,
+        n_head,
+        n_kv_head,
+        head_dim,
+        rope_theta,
+        // llama.cpp's converter permutes q/k rows so that RoPE rotates adjacent pairs; Qwen2
+        // files keep the Hugging Face order and llama.cpp runs them in "NeoX" (half-split) mode.
+        rope_layout: if arch == "qwen2" { RopeLayout::HalfSplit } else { RopeLayout::Interleaved },
+        rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+        max_seq_len: f.get_usize(&key("context_length"))?,
+        tie_word_embeddings: f.tensor_info("output.weight").is_err(),
+        attention_bias: f.tensor_info("blk.0.attn_q.bias").is_ok(),
+    };
+    cfg.validate().map_err(|e| LoadError::Config(format!("{}: {e}", f.origin())))?;
+    Ok(cfg)
+}
+
+/// llama.cpp's tensor names for each of ours.
+fn gguf_name_map(cfg: &LlamaConfig) -> Vec<(String, String)> {
+    let mut m = vec![("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string())];
+    for i in 0..cfg.n_layer {
+        let (ours, theirs) = (format!("model.layers.{i}."), format!("blk.{i}."));
+        let mut pairs = vec![
+            ("input_layernorm.weight", "attn_norm.weight"),
+            ("self_attn.q_proj.weight", "attn_q.weight"),
+            ("self_attn.k_proj.weight", "attn_k.weight"),
+            ("self_attn.v_proj.weight", "attn_v.weight"),
+            ("self_attn.o_proj.weight", "attn_output.weight"),
+            ("post_attention_layernorm.weight", "ffn_norm.weight"),
+            ("mlp.gate_proj.weight", "ffn_gate.weight"),
+            ("mlp.up_proj.weight", "ffn_up.weight"),
+            ("mlp.down_proj.weight", "ffn_down.weight"),
+        ];
+        if cfg.attention_bias {
+            pairs.extend([
+                ("self_attn.q_proj.bias", "attn_q.bias"),
+                ("self_attn.k_proj.bias", "attn_k.bias"),
+                ("self_attn.v_proj.bias", "attn_v.bias"),
+            ]);
+        }
+        m.extend(pairs.into_iter().map(|(a, b)| (format!("{ours}{a}"), format!("{theirs}{b}"))));
+    }
+    m.push(("model.norm.weight".into(), "output_norm.weight".into()));
+    if !cfg.tie_word_embeddings {
+        m.push(("lm_head.weight".into(), "output.weight".into()));
+    }
+    m
+}
+
+/// Copies `(shape, values)` into the store's parameter `ours`, checking the shape.
+fn put(store: &ParamStore, ours: &str, shape: &[usize], values: &[f32], origin: &str) -> Result<(), LoadError> {
+    let p = store.get(ours).ok_or_else(|| LoadError::Config(format!("no parameter {ours}")))?;
+    if p.shape != shape {
+        return Err(LoadError::File {
+            path: origin.into(),
+            message: format!("tensor for {ours} has shape {shape:?}, the config implies {:?}", p.shape),
+        });
+    }
+    store
+        .value_arena()
+        .with_slice_mut(|dst: &mut [f32]| dst[p.offset..p.offset + values.len()].copy_from_slice(values));
+    Ok(())
+}
+
+/// Loads a GGUF file: config, weights (dequantized to f32), tokenizer and chat template.
+pub fn load_gguf(path: &Path) -> Result<Pretrained, LoadError> {
+    let f = GgufFile::open(path)?;
+    let cfg = llama_config_from_gguf(&f)?;
+    let mut store = ParamStore::new();
+    let model = Llama::new(cfg.clone(), &mut store)?;
+    let mut types: HashMap<QuantType, usize> = HashMap::new();
+    for (ours, theirs) in gguf_name_map(&cfg) {
+        let info = f.tensor_info(&theirs)?;
+        *types.entry(info.ty).or_default() += 1;
+        let (shape, values) = f.tensor_f32(&theirs)?;
+        put(&store, &ours, &shape, &values, f.origin())?;
+    }
+    let tokenizer = tokenizer_from_gguf(&f)?;
+    let opt_id = |k: &str| f.get(k).map(|_| f.get_usize(k).map(|x| x as u32)).transpose();
+    let bos = opt_id("tokenizer.ggml.bos_token_id")?;
+    let mut eos: Vec<u32> = opt_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    eos.extend(opt_id("tokenizer.ggml.eot_token_id")?.filter(|e| !eos.contains(e)));
+    let add_bos = matches!(f.get("tokenizer.ggml.add_bos_token"), Some(yuanli_gguf::Value::Bool(true)));
+    let token_text = |id: Option<u32>| id.map(|i| token_text(&tokenizer, i)).unwrap_or_default();
+    let chat_template = match f.get("tokenizer.chat_template") {
+        Some(v) => Some(ChatTemplate::new(
+            v.as_str().ok_or_else(|| LoadError::Config("tokenizer.chat_template is not a string".into()))?,
+            &token_text(bos),
+            &token_text(eos.first().copied()),
+        )),
+        None => None,
+    };
+    let mut weight_types: Vec<(String, usize)> = types.into_iter().map(|(t, n)| (t.name().to_string(), n)).collect();
+    weight_types.sort();
+    let name = f.get("general.name").and_then(|v| v.as_str()).unwrap_or("unnamed");
+    let description = format!(
+        "{} ({}, GGUF v{}, {}), {:.1} M parameters",
+        name,
+        f.get_str("general.architecture")?,
+        f.version(),
+        weight_types.iter().map(|(t, n)| format!("{n}×{t}")).collect::<Vec<_>>().join(" "),
+        cfg.num_params() as f64 / 1e6
+    );
+    Ok(Pretrained { model, store, tokenizer, chat_template, bos, eos, add_bos, description, weight_types })
+}
+
+/// The text of a token: a special's name, or an ordinary token's bytes (lossy UTF-8).
+fn token_text(t: &Tokenizer, id: u32) -> String {
+    match t.specials().iter().find(|s| s.1 == id) {
+        Some(s) => s.0.clone(),
+        None => String::from_utf8_lossy(t.token_bytes(id).unwrap_or_default()).into_owned(),
+    }
+}
+
+/// The byte-level BPE tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys.
+pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer, LoadError> {
+    let origin = f.origin().to_string();
+    let model = f.get_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(LoadError::Config(format!(
+            "{origin}: tokenizer.ggml.model = {model:?}; only byte-level BPE (\"gpt2\") is supported"
+        )));
+    }
+    let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+    let pattern = match pre {
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => Pattern::Smollm,
+        "gpt-2" | "gpt2" | "default" | "mpt" | "olmo" | "jais" => Pattern::Gpt2,
+        other => {
+            return Err(LoadError::Config(format!(
+                "{origin}: pre-tokenizer tokenizer.ggml.pre = {other:?} is not supported (smollm, gpt-2 are)"
+            )))
+        }
+    };
+    let tokens = f.get_strings("tokenizer.ggml.tokens")?;
+    let merges = f.get_strings("tokenizer.ggml.merges")?;
+    let types = match f.get("tokenizer.ggml.token_type") {
+        Some(_) => f.get_ints("tokenizer.ggml.token_type")?,
+        None => vec![1; tokens.len()],
+    };
+    if types.len() != tokens.len() {
+        return Err(LoadError::Config(format!("{origin}: {} token types for {} tokens", types.len(), tokens.len())));
+    }
+    // Control (3) and user-defined (4) tokens are specials: matched whole in text, never merged.
+    let specials: Vec<(String, u32)> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| ty == 3 || ty == 4)
+        .map(|(id, (tok, _))| (tok.clone(), id as u32))
+        .collect();
+    yuanli_tokenizer::formats::from_byte_level_strings(&tokens, &merges, pattern, &specials)
+        .map_err(|source| LoadError::Tokenizer { origin, source })
+}
+
+fn read_json(path: &Path) -> Result<Json, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LoadError::File { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+    serde_json::from_str(&text)
+        .map_err(|e| LoadError::File { path: path.to_path_buf(), message: format!("not valid JSON: {e}") })
+}
+
+/// The model configuration of a Hugging Face `config.json` (LlamaForCausalLM and kin).
+pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadError> {
+    let bad = |m: String| LoadError::File { path: path.to_path_buf(), message: m };
+    let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or("");
+    if !matches!(model_type, "llama" | "qwen2" | "mistral") {
+        return Err(bad(format!("model_type {model_type:?} is not LLaMA-family (llama, qwen2, mistral)")));
+    }
+    let get = |k: &str| {
+        v.get(k).and_then(Json::as_u64).map(|x| x as usize).ok_or_else(|| bad(format!("missing or non-integer {k:?}")))
+    };
+    let n_head = get("num_attention_heads")?;
+    let hidden_size = get("hidden_size")?;
+    let cfg = LlamaConfig {
+        vocab_size: get("vocab_size")?,
+        hidden_size,
+        intermediate_size: get("intermediate_size")?,
+        n_layer: get("num_hidden_layers")?,
+        n_head,
+        n_kv_head: get("num_key_value_heads").unwrap_or(n_head),
+        head_dim: get("head_dim").unwrap_or(hidden_size / n_head.max(1)),
+        rope_theta: v.get("rope_theta").and_then(Json::as_f64).unwrap_or(10_000.0),
+        rope_layout: RopeLayout::HalfSplit,
+        rms_norm_eps: v.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
+        max_seq_len: get("max_position_embeddings")?,
+        tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+        attention_bias: model_type == "qwen2" || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
+    };
+    if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
+        return Err(bad("rope_scaling is not supported yet".into()));
+    }
+    cfg.validate().map_err(|e| bad(e))?;
+    Ok(cfg)
+}
+
+/// Loads a Hugging Face model directory.
+pub fn load_hf_dir(dir: &Path) -> Result<Pretrained, LoadError> {
+    let cfg_path = dir.join("config.json");
+    let v = read_json(&cfg_path)?;
+    let cfg = llama_config_from_hf(&v, &cfg_path)?;
+    let mut store = ParamStore::new();
+    let model = Llama::new(cfg.clone(), &mut store)?;
+    // Weight files: one, or the shards an index names.
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.exists() {
+        let idx = read_json(&index)?;
+        let map = idx
+            .get("weight_map")
+            .and_then(Json::as_object)
+            .ok_or_else(|| LoadError::File { path: index.clone(), message: "no \"weight_map\" object".into() })?;
+        let mut f: Vec<PathBuf> = map.values().filter_map(Json::as_str).map(|s| dir.join(s)).collect();
+        f.sort();
+        f.dedup();
+        f
+    } else {
+        vec![dir.join("model.safetensors")]
+    };
+    let mut missing: Vec<String> = store.params().iter().map(|p| p.name.clone()).collect();
+    for file in &files {
+        let tensors = yuanli_nn::checkpoint::read_tensors(file)
+            .map_err(|e| LoadError::File { path: file.clone(), message: e.to_string() })?;
+        for (name, (shape, values)) in &tensors {
+            if store.get(name).is_some() {
+                put(&store, name, shape, values, &file.display().to_string())?;
+                missing.retain(|m| m != name);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(LoadError::File {
+            path: dir.to_path_buf(),
+            message: format!("{} weights missing from the safetensors files, e.g. {}", missing.len(), missing[0]),
+        });
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = yuanli_tokenizer::formats::load(&tok_path, None)
+        .map_err(|source| LoadError::Tokenizer { origin: tok_path.display().to_string(), source })?;
+    let tc = dir.join("tokenizer_config.json");
+    let tc = if tc.exists() { read_json(&tc)? } else { Json::Null };
+    let special = |k: &str| {
+        let s = tc.get(k).and_then(|x| x.as_str().or_else(|| x.get("content").and_then(Json::as_str)));
+        s.map(str::to_string)
+    };
+    let (bos_s, eos_s) = (special("bos_token"), special("eos_token"));
+    let bos = bos_s.as_deref().and_then(|s| tokenizer.special_id(s));
+    let eos: Vec<u32> = eos_s.as_deref().and_then(|s| tokenizer.special_id(s)).into_iter().collect();
+    let chat_template = tc
+        .get("chat_template")
+        .and_then(Json::as_str)
+        .map(|t| ChatTemplate::new(t, bos_s.as_deref().unwrap_or_default(), eos_s.as_deref().unwrap_or_default()));
+    let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or_default();
+    let description =
+        format!("{} ({model_type}, safetensors), {:.1} M parameters", dir.display(), cfg.num_params() as f64 / 1e6);
+    Ok(Pretrained {
+        model,
+        store,
+        tokenizer,
+        chat_template,
+        bos,
+        eos,
+        add_bos: tc.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false),
+        description,
+        weight_types: vec![("F32".into(), files.len())],
+    })
+}
