@@ -302,7 +302,7 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
     if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
         return Err(bad("rope_scaling is not supported yet".into()));
     }
-    cfg.validate().map_err(|e| bad(e))?;
+    cfg.validate().map_err(bad)?;
     Ok(cfg)
 }
 

@@ -379,6 +379,17 @@ pub fn cut_at_lines(text: &str, n: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn smollm_splits_every_digit_and_stops_lookaheads_at_it() {
+        let sp = Splitter::new(Pattern::Smollm).unwrap();
+        assert_eq!(sp.chunks("a  1").unwrap(), ["a", "  ", "1"]);
+        assert_eq!(sp.chunks("]\n\n1 Clown").unwrap(), ["]", "\n\n", "1", " Clown"]);
+        assert_eq!(sp.chunks("year 2024!").unwrap(), ["year", " ", "2", "0", "2", "4", "!"]);
+        assert_eq!(sp.chunks("第3章").unwrap(), ["第", "3", "章"]);
+        assert_eq!(Pattern::parse("smollm"), Pattern::Smollm);
+    }
+
     use super::*;
 
     fn both(text: &str) {

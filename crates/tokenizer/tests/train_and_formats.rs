@@ -202,3 +202,17 @@ fn specials_can_be_added_with_explicit_ids() {
     assert_eq!(tok.decode(&ids).expect("decodes"), text);
     assert!(tok.add_specials(&[("<|im_end|>".into(), 50_259)]).is_err());
 }
+
+#[test]
+fn bytes_missing_from_a_vocabulary_are_dropped_like_llama_cpp_does() {
+    use yuanli_tokenizer::{byte_level, formats, Pattern, SpecialMode};
+    // A byte-level vocabulary without byte 0x04 (SmolLM2's lacks it), plus one merge "a b".
+    let mut tokens: Vec<String> = (0..=255u8).filter(|&b| b != 4).map(|b| byte_level::encode_bytes(&[b])).collect();
+    tokens.push("ab".into());
+    let t = formats::from_byte_level_strings(&tokens, &["a b".to_string()], Pattern::Gpt2, &[]).unwrap();
+    assert_eq!(t.byte_ids()[4], yuanli_tokenizer::NO_TOKEN);
+    let ab = t.token_id(b"ab").unwrap();
+    let x = t.token_id(b"x").unwrap();
+    assert_eq!(t.encode("ab\u{4}xab", SpecialMode::Reject).unwrap(), [ab, x, ab]);
+    assert_eq!(t.encode("\u{4}", SpecialMode::Reject).unwrap(), Vec::<u32>::new());
+}
