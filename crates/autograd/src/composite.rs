@@ -108,7 +108,7 @@ pub fn rope(x: &Var, o: RopeOpts) -> Var {
     let shape = x.shape().to_vec();
     let r = shape.len();
     let d = shape[r - 1];
-    assert!(d % 2 == 0, "composite rope: even head size needed, got {d}");
+    assert!(d.is_multiple_of(2), "composite rope: even head size needed, got {d}");
     let sa = if o.seq_axis < 0 { (o.seq_axis + r as isize) as usize } else { o.seq_axis as usize };
     let t = shape[sa];
     let (cos, sin) = yuanli_tensor::cpu::rope_tables::<f64>(o.pos0, t, d, o.base);

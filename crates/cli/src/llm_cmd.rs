@@ -9,7 +9,7 @@ use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use yuanli_models::sample::{generate, Generation};
-use yuanli_models::{load_pretrained, CausalLm, Message, Pretrained, SamplingParams};
+use yuanli_models::{load_pretrained, CausalLm, Message, Pretrained, QuantModel, SamplingParams};
 use yuanli_tokenizer::SpecialMode;
 use yuanli_train::pretrain::Trainee;
 
@@ -17,6 +17,8 @@ use yuanli_train::pretrain::Trainee;
 pub(crate) enum Model {
     /// A pretrained LLaMA-family model (GGUF or Hugging Face).
     Pretrained(Box<Pretrained>),
+    /// A LLaMA-family GGUF on the fast quantized path.
+    Quant(Box<QuantModel>),
     /// A GPT from `yuanli train`, with the vocabulary of its data.
     Trained(Box<Trainee>, Vocab),
 }
@@ -25,6 +27,11 @@ impl Model {
     /// Loads `path`: a `.gguf` file, a Hugging Face directory (`config.json` with a
     /// `model_type`), or a yuanli checkpoint directory.
     pub(crate) fn load(path: &Path) -> Result<Model> {
+        Model::open(path, false)
+    }
+
+    /// [`Model::load`], choosing the exact f32 path for GGUF files when `exact`.
+    pub(crate) fn open(path: &Path, exact: bool) -> Result<Model> {
         let is_hf = path.is_dir()
             && std::fs::read_to_string(path.join("config.json")).is_ok_and(|s| s.contains("\"model_type\""));
         if path.is_dir() && !is_hf {
@@ -34,21 +41,56 @@ impl Model {
             let vocab = Vocab::of_data(&cfg.data_dir)?;
             return Ok(Model::Trained(Box::new(t), vocab));
         }
+        // A GPT-2 GGUF (what `yuanli quantize` makes of a checkpoint) is a trained GPT again.
+        if path.is_file() {
+            let f = yuanli_models::gguf::GgufFile::open(path).with_context(|| format!("loading {}", path.display()))?;
+            if f.get("general.architecture").and_then(|v| v.as_str()) == Some(yuanli_models::load::GPT2_ARCH) {
+                let (model, store) =
+                    yuanli_models::gpt_from_gguf(&f).with_context(|| format!("loading {}", path.display()))?;
+                let vocab = match yuanli_models::gpt_vocab_from_gguf(&f)
+                    .with_context(|| format!("loading the vocabulary of {}", path.display()))?
+                {
+                    yuanli_models::GptVocab::Chars(c) => Vocab::Chars(c),
+                    yuanli_models::GptVocab::Bpe(t) => Vocab::Bpe(t),
+                };
+                return Ok(Model::Trained(Box::new(Trainee { store, model }), vocab));
+            }
+        }
+        Model::load_pretrained(path, exact)
+    }
+
+    /// Loads a pretrained LLaMA-family model: a GGUF file on the fast quantized path, unless
+    /// `exact` (weights dequantized to f32, autograd engine: the path checked against float64
+    /// references), or a Hugging Face directory.
+    pub(crate) fn load_pretrained(path: &Path, exact: bool) -> Result<Model> {
+        if path.is_file() && !exact {
+            let m = QuantModel::open(path, yuanli_tensor::num_threads())
+                .with_context(|| format!("loading {}", path.display()))?;
+            return Ok(Model::Quant(Box::new(m)));
+        }
         let p = load_pretrained(path).with_context(|| format!("loading {}", path.display()))?;
         Ok(Model::Pretrained(Box::new(p)))
     }
 
-    fn lm(&self) -> &dyn CausalLm {
+    pub(crate) fn lm(&self) -> &dyn CausalLm {
         match self {
             Model::Pretrained(p) => &p.model,
+            Model::Quant(q) => &q.model,
             Model::Trained(t, _) => &t.model,
         }
     }
 
     /// Token ids of `text`; specials such as `<|im_start|>` are parsed when `specials`.
-    fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
+    pub(crate) fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
         match self {
             Model::Pretrained(p) => {
+                let mode = if specials { SpecialMode::Allow } else { SpecialMode::AsText };
+                let mut ids: Vec<u32> = p.bos.filter(|_| p.add_bos).into_iter().collect();
+                ids.extend(p.tokenizer.encode(text, mode)?);
+                Ok(ids)
+            }
+            Model::Quant(q) => {
+                let p = &q.chat;
                 let mode = if specials { SpecialMode::Allow } else { SpecialMode::AsText };
                 let mut ids: Vec<u32> = p.bos.filter(|_| p.add_bos).into_iter().collect();
                 ids.extend(p.tokenizer.encode(text, mode)?);
@@ -61,6 +103,7 @@ impl Model {
     fn eos(&self) -> &[u32] {
         match self {
             Model::Pretrained(p) => &p.eos,
+            Model::Quant(q) => &q.chat.eos,
             Model::Trained(..) => &[],
         }
     }
@@ -69,6 +112,10 @@ impl Model {
     fn render_chat(&self, messages: &[Message]) -> Result<String> {
         match self {
             Model::Pretrained(p) => match &p.chat_template {
+                Some(t) => t.render(messages, true).map_err(anyhow::Error::msg),
+                None => bail!("this model has no chat template; leave out --chat"),
+            },
+            Model::Quant(q) => match &q.chat.chat_template {
                 Some(t) => t.render(messages, true).map_err(anyhow::Error::msg),
                 None => bail!("this model has no chat template; leave out --chat"),
             },
@@ -91,6 +138,7 @@ impl<'m> TextStream<'m> {
     fn new(model: &'m Model, stops: &'m [String]) -> Self {
         let decoder = match model {
             Model::Pretrained(p) => Some(p.tokenizer.stream_decoder()),
+            Model::Quant(q) => Some(q.chat.tokenizer.stream_decoder()),
             Model::Trained(_, Vocab::Bpe(t)) => Some(t.stream_decoder()),
             Model::Trained(_, Vocab::Chars(_)) => None,
         };
@@ -237,6 +285,10 @@ pub(crate) struct GenerateArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Run a GGUF model on its weights dequantized to f32 (the path checked token for token
+    /// against float64 transformers and llama.cpp) instead of the fast quantized kernels.
+    #[arg(long)]
+    exact: bool,
     /// Print one JSON object `{"token_ids", "text", "prefill_tok_s", "decode_tok_s"}`
     /// (generated tokens only) instead of streaming.
     #[arg(long)]
@@ -244,7 +296,7 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn generate_cmd(args: &GenerateArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let model = Model::open(&args.model, args.exact)?;
     let (text, specials) = if args.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &args.system {
@@ -292,13 +344,18 @@ pub(crate) struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Run a GGUF model on its weights dequantized to f32 instead of the quantized kernels.
+    #[arg(long)]
+    exact: bool,
 }
 
 pub(crate) fn chat_cmd(args: &ChatArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let model = Model::open(&args.model, args.exact)?;
     model.render_chat(&[Message::new("user", "")])?; // fail now if there is no template
-    if let Model::Pretrained(p) = &model {
-        eprintln!("{}", p.description);
+    match &model {
+        Model::Pretrained(p) => eprintln!("{}", p.description),
+        Model::Quant(q) => eprintln!("{}", q.description),
+        Model::Trained(..) => {}
     }
     eprintln!("Type a message and press Enter. /reset forgets the conversation, /system TEXT sets the system message, Ctrl-D quits.");
     let mut system = args.system.clone();
@@ -361,6 +418,9 @@ pub(crate) struct PerplexityArgs {
     /// Score at most this many chunks (0 = all).
     #[arg(long, default_value_t = 0)]
     chunks: usize,
+    /// Run a GGUF model on its weights dequantized to f32 instead of the quantized kernels.
+    #[arg(long)]
+    exact: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -370,7 +430,7 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     if args.ctx < 4 {
         bail!("--ctx must be at least 4");
     }
-    let model = Model::load(&args.model)?;
+    let model = Model::open(&args.model, args.exact)?;
     if args.ctx > model.lm().context_len() {
         bail!("--ctx {} exceeds the model's context of {}", args.ctx, model.lm().context_len());
     }

@@ -5,6 +5,7 @@ mod bench;
 mod gpt_cmd;
 mod lesson_cmd;
 mod llm_cmd;
+mod quantize_cmd;
 mod tokenizer_cmd;
 
 use anyhow::Result;
@@ -50,6 +51,8 @@ enum Command {
     Chat(llm_cmd::ChatArgs),
     /// Perplexity of a model on a text file, measured as llama.cpp measures it.
     Perplexity(llm_cmd::PerplexityArgs),
+    /// Write a model as GGUF with its matrices in a smaller type (q8_0, q4_0, q4_1, f16, f32).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => yuanli_tensor::run_in_pool(|| llm_cmd::generate_cmd(&args)),
         Command::Chat(args) => yuanli_tensor::run_in_pool(|| llm_cmd::chat_cmd(&args)),
         Command::Perplexity(args) => yuanli_tensor::run_in_pool(|| llm_cmd::perplexity_cmd(&args)),
+        Command::Quantize(args) => yuanli_tensor::run_in_pool(|| quantize_cmd::run(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),

@@ -604,8 +604,18 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (checked to lie inside the file when it was opened).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.bytes[self.tensor_range(info)]
+    }
+
+    /// Where a tensor's bytes lie in [`GgufFile::bytes`].
+    pub fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
         let start = self.data_start + info.offset as usize;
-        &self.bytes[start..start + info.size]
+        start..start + info.size
+    }
+
+    /// The whole file (memory-mapped when opened from disk).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// A tensor dequantized to f32: `(row-major shape, values)`.

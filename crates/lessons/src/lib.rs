@@ -11,6 +11,7 @@ pub mod l3_char_lm;
 pub mod l4_tokenizer;
 pub mod l5_attention;
 pub mod l6_pretraining;
+pub mod l7_llama;
 pub mod micrograd;
 
 /// Options every lesson accepts.
@@ -69,6 +70,11 @@ pub fn all() -> Vec<Lesson> {
             number: 6,
             title: "pretraining a GPT: objective, schedule, loss curve, MFU",
             run: l6_pretraining::run,
+        },
+        Lesson {
+            number: 7,
+            title: "from GPT to LLaMA: RMSNorm, RoPE, SwiGLU, GQA, and a real model",
+            run: l7_llama::run,
         },
     ]
 }

@@ -42,3 +42,20 @@ fn lesson5_fused_attention_equals_the_textbook_formula_and_draws_the_heads() {
     assert!(out["val_loss"].as_f64().unwrap() < 2.8, "a trained model beats the ~4.3 of uniform guessing: {out}");
     assert!(std::path::Path::new(out["plot"].as_str().unwrap()).exists());
 }
+
+#[test]
+fn lesson7_rmsnorm_rope_swiglu_and_gqa_check_out_and_gqa_shrinks_the_cache_threefold() {
+    // The model-free parts only: they take milliseconds; the model is checked in
+    // crates/models/tests/smollm2_reference.rs.
+    let out = yuanli_lessons::l7_llama::mechanisms(&opts());
+    for key in ["rmsnorm_vs_layernorm_zero_mean_max_diff", "rope_relative_max_diff", "swiglu_fused_vs_formula_max_diff"]
+    {
+        assert!(out[key].as_f64().unwrap() < 1e-5, "{key}: {out}");
+    }
+    assert!(out["rmsnorm_vs_layernorm_shifted_max_diff"].as_f64().unwrap() > 0.1, "a mean makes them differ: {out}");
+    assert_eq!(out["rope_layouts_max_diff"].as_f64().unwrap(), 0.0, "the layouts are one rotation, permuted");
+    assert!(out["gqa_vs_repeated_mha_max_diff"].as_f64().unwrap() < 1e-6, "{out}");
+    assert_eq!(out["swiglu_params"], out["gelu_mlp_params"], "F = 8C/3 matches a 4C GELU MLP");
+    assert_eq!(out["kv_bytes_per_token_gqa_f32"], 46_080);
+    assert_eq!(out["kv_bytes_per_token_mha_f32"], 138_240);
+}

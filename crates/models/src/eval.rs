@@ -1,9 +1,6 @@
 //! Evaluating a language model on text: perplexity.
 
-use crate::cache::KvCache;
 use crate::sample::CausalLm;
-use yuanli_autograd::no_grad;
-use yuanli_tensor::Tensor;
 
 /// The result of a perplexity run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,21 +27,21 @@ pub fn perplexity(
     max_chunks: usize,
     on_chunk: &mut dyn FnMut(usize, f64),
 ) -> Perplexity {
-    let _g = no_grad();
     let v = model.vocab_size();
     let mut n_chunks = ids.len() / ctx.max(1);
     if max_chunks > 0 {
         n_chunks = n_chunks.min(max_chunks);
     }
     let mut out = Perplexity::default();
+    let mut logits = Vec::new();
     for c in 0..n_chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];
-        let logits = model.forward_cached(&Tensor::new(chunk.to_vec(), &[1, ctx]), &mut KvCache::default());
-        let logits = logits.value().to_vec::<f32>();
-        let row_len = logits.len() / ctx;
+        let first = ctx / 2;
+        let mut state = model.new_state(ctx);
+        model.feed(state.as_mut(), chunk, first, &mut logits);
         let mut nll = 0.0;
-        for j in ctx / 2..ctx - 1 {
-            let row = &logits[j * row_len..j * row_len + v];
+        for j in first..ctx - 1 {
+            let row = &logits[(j - first) * v..(j - first + 1) * v];
             // −log softmax(row)[next] = logsumexp(row) − row[next], in f64
             let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
             let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();

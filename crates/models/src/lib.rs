@@ -13,11 +13,15 @@ pub mod gpt;
 pub mod hf;
 pub mod llama;
 pub mod load;
+pub mod qllama;
 pub mod sample;
 
 pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{Llama, LlamaConfig};
-pub use load::{load_pretrained, LoadError, Pretrained};
+pub use load::{gpt_from_gguf, gpt_vocab_from_gguf, load_pretrained, GptVocab, LoadError, Pretrained};
+pub use qllama::{QLlama, QuantModel};
 pub use sample::{generate, pick, CausalLm, SamplingParams};
+/// The GGUF reader and writer the loaders use (re-exported for `yuanli quantize`).
+pub use yuanli_gguf as gguf;

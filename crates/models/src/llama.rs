@@ -83,10 +83,10 @@ impl LlamaConfig {
         {
             return Err(format!("every size must be positive: {c:?}"));
         }
-        if c.n_head % c.n_kv_head != 0 {
+        if !c.n_head.is_multiple_of(c.n_kv_head) {
             return Err(format!("n_head = {} is not a multiple of n_kv_head = {}", c.n_head, c.n_kv_head));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim = {} must be even for RoPE", c.head_dim));
         }
         if !(c.rope_theta > 0.0 && c.rms_norm_eps > 0.0) {

@@ -5,15 +5,19 @@
 //! Either way the result is the same [`Llama`] on the same engine, a [`Tokenizer`] and the
 //! chat template. GGUF weights of any supported type are dequantized to f32 here (the
 //! quantized kernels read them in place; see the quantization lesson).
+//!
+//! GPT-2 GGUF files (`general.architecture = "gpt2"`, as `yuanli quantize` writes them) load
+//! into a [`Gpt`] with [`gpt_from_gguf`] and [`gpt_vocab_from_gguf`].
 
 use crate::chat::ChatTemplate;
+use crate::gpt::{Gpt, GptConfig};
 use crate::llama::{Llama, LlamaConfig};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use yuanli_gguf::GgufFile;
 use yuanli_nn::ParamStore;
-use yuanli_tensor::{QuantType, RopeLayout};
+use yuanli_tensor::{QuantType, Rng, RopeLayout};
 use yuanli_tokenizer::{Pattern, Tokenizer};
 
 /// Why a model could not be loaded.
@@ -188,33 +192,61 @@ pub fn load_gguf(path: &Path) -> Result<Pretrained, LoadError> {
         let (shape, values) = f.tensor_f32(&theirs)?;
         put(&store, &ours, &shape, &values, f.origin())?;
     }
-    let tokenizer = tokenizer_from_gguf(&f)?;
-    let opt_id = |k: &str| f.get(k).map(|_| f.get_usize(k).map(|x| x as u32)).transpose();
-    let bos = opt_id("tokenizer.ggml.bos_token_id")?;
-    let mut eos: Vec<u32> = opt_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-    eos.extend(opt_id("tokenizer.ggml.eot_token_id")?.filter(|e| !eos.contains(e)));
-    let add_bos = matches!(f.get("tokenizer.ggml.add_bos_token"), Some(yuanli_gguf::Value::Bool(true)));
-    let token_text = |id: Option<u32>| id.map(|i| token_text(&tokenizer, i)).unwrap_or_default();
-    let chat_template = match f.get("tokenizer.chat_template") {
-        Some(v) => Some(ChatTemplate::new(
-            v.as_str().ok_or_else(|| LoadError::Config("tokenizer.chat_template is not a string".into()))?,
-            &token_text(bos),
-            &token_text(eos.first().copied()),
-        )),
-        None => None,
-    };
+    let parts = GgufChatParts::read(&f)?;
     let mut weight_types: Vec<(String, usize)> = types.into_iter().map(|(t, n)| (t.name().to_string(), n)).collect();
     weight_types.sort();
+    let description = gguf_description(&f, &weight_types, cfg.num_params())?;
+    let GgufChatParts { tokenizer, chat_template, bos, eos, add_bos } = parts;
+    Ok(Pretrained { model, store, tokenizer, chat_template, bos, eos, add_bos, description, weight_types })
+}
+
+/// What a GGUF file says about talking to its model: tokenizer, chat template, special ids.
+pub struct GgufChatParts {
+    /// The tokenizer of `tokenizer.ggml.*`.
+    pub tokenizer: Tokenizer,
+    /// `tokenizer.chat_template`, if present.
+    pub chat_template: Option<ChatTemplate>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id` and `eot_token_id`.
+    pub eos: Vec<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos: bool,
+}
+
+impl GgufChatParts {
+    /// Reads them from the metadata.
+    pub fn read(f: &GgufFile) -> Result<GgufChatParts, LoadError> {
+        let tokenizer = tokenizer_from_gguf(f)?;
+        let opt_id = |k: &str| f.get(k).map(|_| f.get_usize(k).map(|x| x as u32)).transpose();
+        let bos = opt_id("tokenizer.ggml.bos_token_id")?;
+        let mut eos: Vec<u32> = opt_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+        eos.extend(opt_id("tokenizer.ggml.eot_token_id")?.filter(|e| !eos.contains(e)));
+        let add_bos = matches!(f.get("tokenizer.ggml.add_bos_token"), Some(yuanli_gguf::Value::Bool(true)));
+        let token_text = |id: Option<u32>| id.map(|i| token_text(&tokenizer, i)).unwrap_or_default();
+        let chat_template = match f.get("tokenizer.chat_template") {
+            Some(v) => Some(ChatTemplate::new(
+                v.as_str().ok_or_else(|| LoadError::Config("tokenizer.chat_template is not a string".into()))?,
+                &token_text(bos),
+                &token_text(eos.first().copied()),
+            )),
+            None => None,
+        };
+        Ok(GgufChatParts { tokenizer, chat_template, bos, eos, add_bos })
+    }
+}
+
+/// "name (arch, GGUF v3, 210×Q4_1 …), 134.5 M parameters".
+pub fn gguf_description(f: &GgufFile, weight_types: &[(String, usize)], params: usize) -> Result<String, LoadError> {
     let name = f.get("general.name").and_then(|v| v.as_str()).unwrap_or("unnamed");
-    let description = format!(
+    Ok(format!(
         "{} ({}, GGUF v{}, {}), {:.1} M parameters",
         name,
         f.get_str("general.architecture")?,
         f.version(),
         weight_types.iter().map(|(t, n)| format!("{n}×{t}")).collect::<Vec<_>>().join(" "),
-        cfg.num_params() as f64 / 1e6
-    );
-    Ok(Pretrained { model, store, tokenizer, chat_template, bos, eos, add_bos, description, weight_types })
+        params as f64 / 1e6
+    ))
 }
 
 /// The text of a token: a special's name, or an ordinary token's bytes (lossy UTF-8).
@@ -375,4 +407,146 @@ pub fn load_hf_dir(dir: &Path) -> Result<Pretrained, LoadError> {
         description,
         weight_types: vec![("F32".into(), files.len())],
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPT-2 in GGUF (llama.cpp's `gpt2` architecture)
+// ---------------------------------------------------------------------------------------------
+
+/// The `general.architecture` of a GPT-2 GGUF file.
+pub const GPT2_ARCH: &str = "gpt2";
+
+/// The `tokenizer.ggml.model` of a character-level vocabulary written by `yuanli quantize`:
+/// `tokenizer.ggml.tokens[i]` is the one-character string of id `i`.
+pub const CHAR_TOKENIZER_MODEL: &str = "yuanli-char";
+
+/// llama.cpp's GPT-2 tensor name for each of our (nanoGPT) parameter names, in file order.
+///
+/// Linear weights keep their `[out, in]` row-major shape (GGUF `ne = [in, out]`); the head
+/// is tied to `token_embd.weight`, so there is no `output.weight`. Biases are listed only
+/// when `cfg.bias`.
+pub fn gpt_gguf_name_map(cfg: &GptConfig) -> Vec<(String, String)> {
+    let mut m = vec![
+        ("wte.weight".to_string(), "token_embd.weight".to_string()),
+        ("wpe.weight".to_string(), "position_embd.weight".to_string()),
+    ];
+    let suffixes: &[&str] = if cfg.bias { &["weight", "bias"] } else { &["weight"] };
+    for i in 0..cfg.n_layer {
+        for (ours, theirs) in [
+            ("ln_1", "attn_norm"),
+            ("attn.c_attn", "attn_qkv"),
+            ("attn.c_proj", "attn_output"),
+            ("ln_2", "ffn_norm"),
+            ("mlp.c_fc", "ffn_up"),
+            ("mlp.c_proj", "ffn_down"),
+        ] {
+            m.extend(suffixes.iter().map(|s| (format!("h.{i}.{ours}.{s}"), format!("blk.{i}.{theirs}.{s}"))));
+        }
+    }
+    m.extend(suffixes.iter().map(|s| (format!("ln_f.{s}"), format!("output_norm.{s}"))));
+    m
+}
+
+/// The GPT configuration a `gpt2` GGUF file describes: `gpt2.context_length` (T),
+/// `gpt2.embedding_length` (C), `gpt2.block_count` (L), `gpt2.attention.head_count` (H); V is
+/// the row count of `token_embd.weight`; biases are present iff `blk.0.attn_qkv.bias` is.
+/// Our GPT has a 4C-wide MLP and LayerNorm ε = 1e-5, so the file must say the same.
+pub fn gpt_config_from_gguf(f: &GgufFile) -> Result<GptConfig, LoadError> {
+    let origin = f.origin();
+    let arch = f.get_str("general.architecture")?;
+    if arch != GPT2_ARCH {
+        return Err(LoadError::Config(format!("{origin}: architecture {arch:?} is not {GPT2_ARCH:?}")));
+    }
+    let n_embd = f.get_usize("gpt2.embedding_length")?;
+    let cfg = GptConfig {
+        vocab_size: f.tensor_info("token_embd.weight")?.shape()[0],
+        block_size: f.get_usize("gpt2.context_length")?,
+        n_layer: f.get_usize("gpt2.block_count")?,
+        n_head: f.get_usize("gpt2.attention.head_count")?,
+        n_embd,
+        dropout: 0.0,
+        bias: f.tensor_info("blk.0.attn_qkv.bias").is_ok(),
+    };
+    if f.get("gpt2.feed_forward_length").is_some() {
+        let ff = f.get_usize("gpt2.feed_forward_length")?;
+        if ff != 4 * n_embd {
+            return Err(LoadError::Config(format!(
+                "{origin}: gpt2.feed_forward_length = {ff}, but this GPT's MLP is 4·C = {} wide",
+                4 * n_embd
+            )));
+        }
+    }
+    if f.get("gpt2.attention.layer_norm_epsilon").is_some() {
+        let eps = f.get_f64("gpt2.attention.layer_norm_epsilon")?;
+        if (eps - 1e-5).abs() > 1e-9 {
+            return Err(LoadError::Config(format!("{origin}: layer_norm_epsilon = {eps}; this GPT uses 1e-5")));
+        }
+    }
+    cfg.validate().map_err(|e| LoadError::Config(format!("{origin}: {e}")))?;
+    Ok(cfg)
+}
+
+/// Builds a [`Gpt`] from a `gpt2` GGUF file, every tensor dequantized to f32.
+///
+/// `token_embd.weight` holds the V real rows; our embedding has `Vp = ⌈V/64⌉·64` rows, and
+/// the padding rows are zero (no token ever selects them; their logits are masked by
+/// `vocab_size`). A tied `output.weight`, as llama.cpp's converter writes, must equal the
+/// embedding.
+pub fn gpt_from_gguf(f: &GgufFile) -> Result<(Gpt, ParamStore), LoadError> {
+    let cfg = gpt_config_from_gguf(f)?;
+    let mut store = ParamStore::new();
+    let model = Gpt::new(cfg.clone(), &mut store, &mut Rng::new(0))
+        .map_err(|e| LoadError::Config(format!("{}: {e}", f.origin())))?;
+    for (ours, theirs) in gpt_gguf_name_map(&cfg) {
+        let (mut shape, mut values) = f.tensor_f32(&theirs)?;
+        if ours == "wte.weight" {
+            if let Ok(out) = f.tensor_info("output.weight") {
+                let (_, head) = f.tensor_f32(&out.name)?;
+                if head != values {
+                    return Err(LoadError::Config(format!(
+                        "{}: output.weight differs from token_embd.weight; this GPT ties them",
+                        f.origin()
+                    )));
+                }
+            }
+            shape[0] = cfg.padded_vocab();
+            values.resize(shape.iter().product(), 0.0);
+        }
+        put(&store, &ours, &shape, &values, f.origin())?;
+    }
+    Ok((model, store))
+}
+
+/// A GPT's vocabulary as a GGUF file stores it.
+pub enum GptVocab {
+    /// Characters, id → char (`tokenizer.ggml.model = "yuanli-char"`).
+    Chars(Vec<char>),
+    /// A byte-level BPE tokenizer (`tokenizer.ggml.model = "gpt2"`).
+    Bpe(Box<Tokenizer>),
+}
+
+/// Reads the vocabulary of a GPT GGUF file: byte-level BPE via [`tokenizer_from_gguf`], or
+/// the character list of [`CHAR_TOKENIZER_MODEL`] (each token exactly one character).
+pub fn gpt_vocab_from_gguf(f: &GgufFile) -> Result<GptVocab, LoadError> {
+    let origin = f.origin();
+    match f.get_str("tokenizer.ggml.model")? {
+        CHAR_TOKENIZER_MODEL => {
+            let tokens = f.get_strings("tokenizer.ggml.tokens")?;
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut chars = t.chars();
+                    match (chars.next(), chars.next()) {
+                        (Some(c), None) => Ok(c),
+                        _ => Err(LoadError::Config(format!(
+                            "{origin}: token {i} = {t:?} of a {CHAR_TOKENIZER_MODEL} vocabulary is not one character"
+                        ))),
+                    }
+                })
+                .collect::<Result<Vec<char>, _>>()
+                .map(GptVocab::Chars)
+        }
+        _ => Ok(GptVocab::Bpe(Box::new(tokenizer_from_gguf(f)?))),
+    }
 }

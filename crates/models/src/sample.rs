@@ -4,19 +4,42 @@
 use crate::cache::KvCache;
 use crate::gpt::Gpt;
 use crate::llama::Llama;
+use std::any::Any;
 use std::ops::ControlFlow;
 use std::time::Instant;
 use yuanli_autograd::{no_grad, Var};
 use yuanli_tensor::{Rng, Tensor};
 
-/// A causal language model that can extend a KV cache: what generation needs.
+/// A causal language model that processes a sequence incrementally: what generation and
+/// perplexity need. The state (a KV cache) is opaque to callers.
 pub trait CausalLm {
     /// Real vocabulary size (logit columns past it are padding and never sampled).
     fn vocab_size(&self) -> usize;
     /// Longest context the model accepts.
     fn context_len(&self) -> usize;
-    /// Logits `(B, t, ≥V)` for `t` new tokens after those in `cache`, which it extends.
-    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var;
+    /// A fresh state for a sequence of up to `n_ctx` positions.
+    fn new_state(&self, n_ctx: usize) -> Box<dyn Any>;
+    /// Feeds `tokens` after those already in `state` and writes into `out` the logits (`V` per
+    /// row) of the fed tokens from index `logits_from` on.
+    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>);
+}
+
+/// `feed` for the autograd models: one cached forward pass, then the wanted rows.
+fn feed_autograd(
+    forward_cached: impl Fn(&Tensor, &mut KvCache) -> Var,
+    vocab: usize,
+    state: &mut dyn Any,
+    tokens: &[u32],
+    logits_from: usize,
+    out: &mut Vec<f32>,
+) {
+    let _g = no_grad();
+    let cache = state.downcast_mut::<KvCache>().expect("feed: a state made by this model's new_state");
+    let t = tokens.len();
+    let logits = forward_cached(&Tensor::new(tokens.to_vec(), &[1, t]), cache);
+    let rows = logits.value().narrow(1, logits_from, t - logits_from);
+    let rows = if rows.dim(2) == vocab { rows } else { rows.narrow(2, 0, vocab) };
+    *out = rows.contiguous().to_vec::<f32>();
 }
 
 impl CausalLm for Gpt {
@@ -26,8 +49,11 @@ impl CausalLm for Gpt {
     fn context_len(&self) -> usize {
         self.config.block_size
     }
-    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
-        Gpt::forward_cached(self, idx, cache)
+    fn new_state(&self, _n_ctx: usize) -> Box<dyn Any> {
+        Box::new(KvCache::default())
+    }
+    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>) {
+        feed_autograd(|x, c| self.forward_cached(x, c), self.config.vocab_size, state, tokens, logits_from, out)
     }
 }
 
@@ -38,8 +64,11 @@ impl CausalLm for Llama {
     fn context_len(&self) -> usize {
         self.config.max_seq_len
     }
-    fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
-        Llama::forward_cached(self, idx, cache)
+    fn new_state(&self, _n_ctx: usize) -> Box<dyn Any> {
+        Box::new(KvCache::default())
+    }
+    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>) {
+        feed_autograd(|x, c| self.forward_cached(x, c), self.config.vocab_size, state, tokens, logits_from, out)
     }
 }
 
@@ -165,7 +194,7 @@ impl Generation {
 /// Generates up to `n` tokens after `prompt` (non-empty), calling `emit` with each; `emit`
 /// returns `ControlFlow::Break` to stop (an end-of-sequence token, a stop string). The prompt
 /// is prefilled in one pass; each new token then costs one cached position. When the context
-/// fills up, the cache is rebuilt from the last half of it.
+/// fills up, the state is rebuilt from the last half of it.
 pub fn generate(
     model: &dyn CausalLm,
     prompt: &[u32],
@@ -174,24 +203,27 @@ pub fn generate(
     seed: u64,
     emit: &mut dyn FnMut(u32) -> ControlFlow<()>,
 ) -> Generation {
-    let _g = no_grad();
     let block = model.context_len();
     let vocab = model.vocab_size();
+    let n_ctx = (prompt.len() + n).min(block);
     let mut rng = Rng::new(seed);
     let mut ids = prompt.to_vec();
-    let mut cache = KvCache::default();
+    let mut state = model.new_state(n_ctx);
+    let mut in_state = 0;
     let mut pending: Vec<u32> = prompt[prompt.len().saturating_sub(block)..].to_vec();
+    let mut logits = Vec::with_capacity(vocab);
     let mut out = Generation { tokens: Vec::with_capacity(n), ..Default::default() };
     let start = Instant::now();
     for i in 0..n {
-        if cache.len() + pending.len() > block {
-            cache = KvCache::default();
-            pending = ids[ids.len() - block / 2..].to_vec();
+        if in_state + pending.len() > n_ctx {
+            state = model.new_state(n_ctx);
+            pending = ids[ids.len() - n_ctx / 2..].to_vec();
+            in_state = 0;
         }
-        let t = pending.len();
-        let logits = model.forward_cached(&Tensor::new(std::mem::take(&mut pending), &[1, t]), &mut cache);
-        let last = logits.value().narrow(1, t - 1, 1).to_vec::<f32>();
-        let next = pick_after(&last, vocab, params, &ids, &mut rng);
+        model.feed(state.as_mut(), &pending, pending.len() - 1, &mut logits);
+        in_state += pending.len();
+        pending.clear();
+        let next = pick_after(&logits[..vocab], vocab, params, &ids, &mut rng);
         if i == 0 {
             out.prefill_secs = start.elapsed().as_secs_f64();
         }

@@ -127,7 +127,7 @@ impl QuantType {
     /// Bytes that `n` weights take, or `None` when `n` is not a whole number of blocks (or
     /// the size overflows).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())
@@ -266,7 +266,11 @@ fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
 /// Returns `None` for the K-quants (their encoders search for scales; not needed here).
 #[track_caller]
 pub fn quantize_row(ty: QuantType, x: &[f32], out: &mut Vec<u8>) -> Option<()> {
-    assert!(x.len() % ty.block_len() == 0, "quantize_row: {} weights is not a whole number of {ty} blocks", x.len());
+    assert!(
+        x.len().is_multiple_of(ty.block_len()),
+        "quantize_row: {} weights is not a whole number of {ty} blocks",
+        x.len()
+    );
     let put_f16 = |out: &mut Vec<u8>, v: f32| out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
     match ty {
         QuantType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),

@@ -162,7 +162,7 @@ impl TrainConfig {
                 "batch_size, max_iters, eval_interval and eval_iters must be positive".into(),
             ));
         }
-        if self.total_batch_tokens != 0 && self.total_batch_tokens % per != 0 {
+        if self.total_batch_tokens != 0 && !self.total_batch_tokens.is_multiple_of(per) {
             return Err(TrainError::Config(format!(
                 "total_batch_tokens = {} is not a multiple of batch_size·block_size = {per}",
                 self.total_batch_tokens

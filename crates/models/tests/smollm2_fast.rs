@@ -1,0 +1,73 @@
+//! The fast quantized path ([`QLlama`]: Q4_1/Q8_0 weights read in place, 8-bit activations)
+//! against the exact f32 path and against llama.cpp on the same Q4_1 file.
+//! Needs `models/SmolLM2-135M-Instruct.Q4_1.gguf` (`tools/fetch_models.sh`); skips without it.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use yuanli_models::{load_pretrained, CausalLm, QuantModel};
+use yuanli_tokenizer::SpecialMode;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_path() -> Option<PathBuf> {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} is absent; run tools/fetch_models.sh to fetch it", p.display());
+        None
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+}
+
+#[test]
+fn fast_path_agrees_with_the_exact_path_on_at_least_99_percent_of_2000_positions() {
+    let Some(path) = model_path() else { return };
+    let exact = load_pretrained(&path).unwrap();
+    let fast = QuantModel::open(&path, 2).unwrap();
+    let text = std::fs::read_to_string(root().join("data/shakespeare/hamlet_gut.txt")).unwrap();
+    let ids = exact.tokenizer.encode(&text[20_000..], SpecialMode::AsText).unwrap();
+    let v = exact.model.config.vocab_size;
+    let (ctx, chunks) = (400, 5);
+    let (mut agree, mut total) = (0, 0);
+    let (mut le, mut lf) = (Vec::new(), Vec::new());
+    for c in 0..chunks {
+        let chunk = &ids[c * ctx..(c + 1) * ctx];
+        exact.model.feed(exact.model.new_state(ctx).as_mut(), chunk, 0, &mut le);
+        fast.model.feed(fast.model.new_state(ctx).as_mut(), chunk, 0, &mut lf);
+        for j in 0..ctx {
+            agree += usize::from(argmax(&le[j * v..(j + 1) * v]) == argmax(&lf[j * v..(j + 1) * v]));
+            total += 1;
+        }
+    }
+    let rate = agree as f64 / total as f64;
+    eprintln!("top-1 agreement fast vs exact: {agree}/{total} = {:.2}%", 100.0 * rate);
+    assert!(total == 2000 && rate >= 0.99, "top-1 agreement {agree}/{total}");
+}
+
+#[test]
+fn fast_path_perplexity_is_within_half_a_percent_of_llama_cpp_on_the_q4_1_file() {
+    let Some(path) = model_path() else { return };
+    let fast = QuantModel::open(&path, 2).unwrap();
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/smollm2/reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let q = &r["perplexity_q4_1"]["f16_kv_cache"];
+    let text = std::fs::read_to_string(root().join(r["perplexity"]["text"].as_str().unwrap())).unwrap();
+    let ids = fast.chat.tokenizer.encode(&text, SpecialMode::AsText).unwrap();
+    // Four chunks keep the test short; `yuanli perplexity` runs all sixteen (37.633 vs 37.646).
+    let chunks = 4;
+    let p = yuanli_models::eval::perplexity(&fast.model, &ids, 512, chunks, &mut |_, _| {});
+    let want: f64 = q["chunk_nll"].as_array().unwrap()[..chunks].iter().map(|x| x.as_f64().unwrap()).sum();
+    let want_ppl = (want / p.count as f64).exp();
+    let rel = (p.ppl / want_ppl - 1.0).abs();
+    eprintln!("fast-path perplexity {:.4} vs llama.cpp Q4_1 {want_ppl:.4} ({:.3}%)", p.ppl, 100.0 * rel);
+    assert!(rel < 0.005, "fast-path perplexity {} vs llama.cpp {want_ppl}", p.ppl);
+}
