@@ -35,6 +35,28 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Generation speed of a model: prefill and decode tokens/s, peak memory. Compare with
+    /// llama.cpp on the same file: `bash bench/run_generate.sh`.
+    Generate {
+        /// A .gguf file (fast quantized path), a Hugging Face directory or a yuanli checkpoint.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Prompt length in tokens (taken from the start of data/shakespeare/tempest_gut.txt).
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to generate (greedy) after the prompt.
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Timed repetitions after one warm-up (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Use the exact f32 path for a GGUF file instead of the quantized kernels.
+        #[arg(long)]
+        exact: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fused causal attention forward and forward+backward (B, H, T, D) in milliseconds.
     Attention {
         /// Print one JSON array instead of a table.
@@ -168,6 +190,22 @@ fn bench_train(preset: &str, steps: usize, threads: usize) -> Result<serde_json:
 pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
+        BenchCommand::Generate { model, prompt_tokens, gen_tokens, reps, exact, json } => {
+            let r = crate::llm_cmd::bench_generate(&model, prompt_tokens, gen_tokens, reps, exact, threads)?;
+            if json {
+                writeln!(out, "{r}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{} ({threads} thread(s)): prefill {:.1} tok/s ({prompt_tokens} tokens), decode {:.1} tok/s \
+                     ({gen_tokens} tokens), peak RSS {:.0} MB (median of {reps})",
+                    model.display(),
+                    r["prefill_tok_s"].as_f64().unwrap_or(0.0),
+                    r["decode_tok_s"].as_f64().unwrap_or(0.0),
+                    r["peak_rss_mb"].as_f64().unwrap_or(0.0)
+                )?;
+            }
+        }
         BenchCommand::Train { preset, steps, json } => {
             let r = bench_train(&preset, steps, threads)?;
             if json {

@@ -470,3 +470,66 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `yuanli bench generate`: prefill `prompt_tokens` tokens of Tempest, then decode
+/// `gen_tokens` greedily, one at a time; median tokens/s over `reps` runs after a warm-up.
+pub(crate) fn bench_generate(
+    path: &Path,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    reps: usize,
+    exact: bool,
+    threads: usize,
+) -> Result<serde_json::Value> {
+    if prompt_tokens == 0 || gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen-tokens must be positive");
+    }
+    let model = Model::open(path, exact)?;
+    let text_path = Path::new("data/shakespeare/tempest_gut.txt");
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("reading the benchmark prompt {} (run from the repository root)", text_path.display()))?;
+    let mut ids = model.encode(&text, false)?;
+    if ids.len() < prompt_tokens {
+        bail!("the benchmark text has only {} tokens", ids.len());
+    }
+    ids.truncate(prompt_tokens);
+    let lm = model.lm();
+    let v = lm.vocab_size();
+    let n_ctx = prompt_tokens + gen_tokens;
+    if n_ctx > lm.context_len() {
+        bail!("{prompt_tokens} + {gen_tokens} tokens exceed the model's context of {}", lm.context_len());
+    }
+    let argmax = |row: &[f32]| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    let mut logits = Vec::new();
+    let mut generated = Vec::new();
+    for rep in 0..=reps {
+        let mut state = lm.new_state(n_ctx);
+        let t0 = std::time::Instant::now();
+        lm.feed(state.as_mut(), &ids, prompt_tokens - 1, &mut logits);
+        let t1 = std::time::Instant::now();
+        let mut next = argmax(&logits[..v]);
+        generated.clear();
+        for _ in 0..gen_tokens {
+            generated.push(next);
+            lm.feed(state.as_mut(), &[next], 0, &mut logits);
+            next = argmax(&logits[..v]);
+        }
+        let t2 = std::time::Instant::now();
+        if rep > 0 {
+            prefill.push(prompt_tokens as f64 / (t1 - t0).as_secs_f64());
+            decode.push(gen_tokens as f64 / (t2 - t1).as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(serde_json::json!({
+        "model": path.display().to_string(), "threads": threads, "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens, "prefill_tok_s": median(&mut prefill), "decode_tok_s": median(&mut decode),
+        "peak_rss_mb": crate::bench::peak_rss_mb(), "path": match &model { Model::Quant(_) => "quantized", _ => "f32" },
+        "first_generated": &generated[..generated.len().min(8)],
+    }))
+}

@@ -12,6 +12,7 @@ pub mod l4_tokenizer;
 pub mod l5_attention;
 pub mod l6_pretraining;
 pub mod l7_llama;
+pub mod l8_quantization;
 pub mod micrograd;
 
 /// Options every lesson accepts.
@@ -75,6 +76,11 @@ pub fn all() -> Vec<Lesson> {
             number: 7,
             title: "from GPT to LLaMA: RMSNorm, RoPE, SwiGLU, GQA, and a real model",
             run: l7_llama::run,
+        },
+        Lesson {
+            number: 8,
+            title: "quantization and the KV cache: block formats, memory-bound decoding",
+            run: l8_quantization::run,
         },
     ]
 }

@@ -59,3 +59,25 @@ fn lesson7_rmsnorm_rope_swiglu_and_gqa_check_out_and_gqa_shrinks_the_cache_three
     assert_eq!(out["kv_bytes_per_token_gqa_f32"], 46_080);
     assert_eq!(out["kv_bytes_per_token_mha_f32"], 138_240);
 }
+
+#[test]
+fn lesson8_block_formats_err_as_uniform_rounding_predicts_and_the_kernel_adds_almost_nothing() {
+    // The model-free part only (milliseconds); decoding speed and perplexity need the model.
+    let out = yuanli_lessons::l8_quantization::model_free(&opts());
+    let formats = out["formats"].as_array().unwrap();
+    let rel = |name: &str| formats.iter().find(|f| f["type"] == name).unwrap()["relative_error"].as_f64().unwrap();
+    assert!(rel("F16") < rel("BF16") && rel("BF16") < rel("Q8_0") && rel("Q8_0") < rel("Q4_1"), "{out}");
+    for f in formats.iter().filter(|f| !f["predicted_rms"].is_null()) {
+        let (rms, pred) = (f["rms_error"].as_f64().unwrap(), f["predicted_rms"].as_f64().unwrap());
+        assert!((rms / pred - 1.0).abs() < 0.15, "step/√12 predicts the RMS error: {f}");
+    }
+    assert_eq!(out["q4_1_by_hand_vs_dequantize_max_diff"].as_f64().unwrap(), 0.0, "d·q + m by hand is the library");
+    let (int_dot, float_dot) = (out["int_dot"].as_f64().unwrap(), out["float_dot"].as_f64().unwrap());
+    assert!((int_dot - float_dot).abs() < 1e-4 * float_dot.abs().max(1e-3), "{int_dot} vs {float_dot}");
+    let (kernel, weights) =
+        (out["qmatmul_kernel_rel_error"].as_f64().unwrap(), out["qmatmul_weights_rel_error"].as_f64().unwrap());
+    assert!(kernel < weights / 100.0, "16-bit activations are noise next to 4-bit weights: {kernel} vs {weights}");
+    assert!(out["q4_1_outlier_block_rms"].as_f64().unwrap() > 3.0 * out["q4_1_other_block_rms"].as_f64().unwrap());
+    assert_eq!(out["kv_bytes_per_token_f32"], 46_080);
+    assert_eq!(out["kv_bytes_per_token_f16"], 23_040);
+}

@@ -51,7 +51,15 @@ pub struct QuantizedActs {
     pub sd: Vec<f32>,
     /// The 16-bit values, `(rows, cols)`.
     pub q: Vec<i16>,
+    /// `d` of each full tile of 8 rows, transposed: `dt[(tile·nb + b)·8 + n] = d[tile·8 + n, b]`,
+    /// so that the 8 scales a weight block meets in a tile are one vector load.
+    pub dt: Vec<f32>,
+    /// `sd` transposed the same way.
+    pub sdt: Vec<f32>,
 }
+
+/// Rows per tile of the prefill kernels.
+pub const TILE: usize = 8;
 
 /// One row of [`QuantizedActs`].
 #[derive(Clone, Copy)]
@@ -84,11 +92,23 @@ impl QuantizedActs {
             let q = &mut self.q[i * QK..(i + 1) * QK];
             let mut sum = 0i32;
             for (qi, &v) in q.iter_mut().zip(blk) {
-                *qi = (v * id).round() as i16;
+                // round half away from zero, written so that it vectorises (no libm call)
+                let y = v * id;
+                *qi = (y + 0.5f32.copysign(y)) as i16;
                 sum += *qi as i32;
             }
             self.d[i] = d;
             self.sd[i] = d * sum as f32;
+        }
+        let tiles = rows / TILE;
+        self.dt.resize(tiles * nb * TILE, 0.0);
+        self.sdt.resize(tiles * nb * TILE, 0.0);
+        for t in 0..tiles * TILE {
+            for b in 0..nb {
+                let at = ((t / TILE) * nb + b) * TILE + t % TILE;
+                self.dt[at] = self.d[t * nb + b];
+                self.sdt[at] = self.sd[t * nb + b];
+            }
         }
     }
 
@@ -199,63 +219,136 @@ mod x86 {
         }
     }
 
-    /// `Σ_k W[row, k]·a_n[k]` for `N` activation rows, AVX2: the weights widened to two
-    /// vectors of 16 × i16, multiplied pairwise into 8 × i32 (`vpmaddwd`).
+    /// The 32 weights of a block widened to 16 bits, as two AVX2 vectors (weights 0–15, 16–31).
+    #[inline(always)]
+    unsafe fn widen_avx2(ty: QuantType, blk: *const u8) -> (__m256i, __m256i) {
+        unsafe {
+            let wb = block_bytes(ty, blk);
+            let (lo, hi) = (_mm256_castsi256_si128(wb), _mm256_extracti128_si256(wb, 1));
+            if ty == QuantType::Q8_0 {
+                (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
+            } else {
+                (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
+            }
+        }
+    }
+
+    /// The 32 weights of a block widened to 16 bits in one AVX-512 vector.
+    #[inline(always)]
+    unsafe fn widen_avx512(ty: QuantType, blk: *const u8) -> __m512i {
+        unsafe {
+            let wb = block_bytes(ty, blk);
+            if ty == QuantType::Q8_0 {
+                _mm512_cvtepi8_epi16(wb)
+            } else {
+                _mm512_cvtepu8_epi16(wb)
+            }
+        }
+    }
+
+    /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX2.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows_avx2<const N: usize>(ty: QuantType, w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+    pub(super) unsafe fn dot1_avx2(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
         unsafe {
             let bb = ty.block_bytes();
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut corr = [0f32; N];
-            for b in 0..w.len() / bb {
-                let blk = &w[b * bb..(b + 1) * bb];
+            let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
+            for (b, blk) in w.chunks_exact(bb).enumerate() {
                 let (d, c) = block_scales(ty, blk);
-                let wb = block_bytes(ty, blk.as_ptr());
-                let (lo, hi) = (_mm256_castsi256_si128(wb), _mm256_extracti128_si256(wb, 1));
-                let (w0, w1) = if ty == QuantType::Q8_0 {
-                    (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi))
-                } else {
-                    (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi))
-                };
-                for n in 0..N {
-                    let p = a[n].q.as_ptr().add(b * QK);
+                let (w0, w1) = widen_avx2(ty, blk.as_ptr());
+                let p = a.q.as_ptr().add(b * QK);
+                let a0 = _mm256_loadu_si256(p as *const __m256i);
+                let a1 = _mm256_loadu_si256(p.add(16) as *const __m256i);
+                let sum = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * a.d[b]), acc);
+                corr += c * a.sd[b];
+            }
+            hsum(acc) + corr
+        }
+    }
+
+    /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX-512BW.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn dot1_avx512(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+        unsafe {
+            let bb = ty.block_bytes();
+            let (mut acc, mut corr) = (_mm512_setzero_ps(), 0f32);
+            for (b, blk) in w.chunks_exact(bb).enumerate() {
+                let (d, c) = block_scales(ty, blk);
+                let w16 = widen_avx512(ty, blk.as_ptr());
+                let sum = _mm512_madd_epi16(w16, _mm512_loadu_si512(a.q.as_ptr().add(b * QK) as *const __m512i));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * a.d[b]), acc);
+                corr += c * a.sd[b];
+            }
+            _mm512_reduce_add_ps(acc) + corr
+        }
+    }
+
+    /// A tile of 8 activation rows: the 16-bit values of row `n` at `q + n·cols`, and the
+    /// transposed scales (see [`super::QuantizedActs::dt`]).
+    #[derive(Clone, Copy)]
+    pub(super) struct Tile<'a> {
+        pub(super) q: &'a [i16],
+        pub(super) cols: usize,
+        pub(super) dt: &'a [f32],
+        pub(super) sdt: &'a [f32],
+    }
+
+    /// `Σ_k W[row, k]·a_n[k]` for a tile of 8 rows (prefill), AVX2: each block is widened once
+    /// and its 8 rescales `d_w·d_a[n]` are one vector multiply.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot8_avx2(ty: QuantType, w: &[u8], t: Tile<'_>) -> [f32; 8] {
+        unsafe {
+            let bb = ty.block_bytes();
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut corr = _mm256_setzero_ps();
+            let mut sv = [0f32; 8];
+            for (b, blk) in w.chunks_exact(bb).enumerate() {
+                let (d, c) = block_scales(ty, blk);
+                let s = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(t.dt.as_ptr().add(b * 8)));
+                corr = _mm256_fmadd_ps(_mm256_set1_ps(c), _mm256_loadu_ps(t.sdt.as_ptr().add(b * 8)), corr);
+                _mm256_storeu_ps(sv.as_mut_ptr(), s);
+                let (w0, w1) = widen_avx2(ty, blk.as_ptr());
+                for n in 0..8 {
+                    let p = t.q.as_ptr().add(n * t.cols + b * QK);
                     let a0 = _mm256_loadu_si256(p as *const __m256i);
                     let a1 = _mm256_loadu_si256(p.add(16) as *const __m256i);
-                    let s = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
-                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[n].d[b]), _mm256_cvtepi32_ps(s), acc[n]);
-                    corr[n] += c * a[n].sd[b];
+                    let sum = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
+                    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(sv[n]), acc[n]);
                 }
             }
-            let mut out = [0f32; N];
-            for n in 0..N {
-                out[n] = hsum(acc[n]) + corr[n];
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), corr);
+            for n in 0..8 {
+                out[n] += hsum(acc[n]);
             }
             out
         }
     }
 
-    /// The same with AVX-512BW: one vector of 32 × i16 per block, 16 × i32 sums.
+    /// The tile kernel with AVX-512BW.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn dot_rows_avx512<const N: usize>(ty: QuantType, w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+    pub(super) unsafe fn dot8_avx512(ty: QuantType, w: &[u8], t: Tile<'_>) -> [f32; 8] {
         unsafe {
             let bb = ty.block_bytes();
-            let mut acc = [_mm512_setzero_ps(); N];
-            let mut corr = [0f32; N];
-            for b in 0..w.len() / bb {
-                let blk = &w[b * bb..(b + 1) * bb];
+            let mut acc = [_mm512_setzero_ps(); 8];
+            let mut corr = _mm256_setzero_ps();
+            let mut sv = [0f32; 8];
+            for (b, blk) in w.chunks_exact(bb).enumerate() {
                 let (d, c) = block_scales(ty, blk);
-                let wb = block_bytes(ty, blk.as_ptr());
-                let w16 = if ty == QuantType::Q8_0 { _mm512_cvtepi8_epi16(wb) } else { _mm512_cvtepu8_epi16(wb) };
-                for n in 0..N {
-                    let a16 = _mm512_loadu_si512(a[n].q.as_ptr().add(b * QK) as *const __m512i);
-                    let s = _mm512_madd_epi16(w16, a16);
-                    acc[n] = _mm512_fmadd_ps(_mm512_set1_ps(d * a[n].d[b]), _mm512_cvtepi32_ps(s), acc[n]);
-                    corr[n] += c * a[n].sd[b];
+                let s = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(t.dt.as_ptr().add(b * 8)));
+                corr = _mm256_fmadd_ps(_mm256_set1_ps(c), _mm256_loadu_ps(t.sdt.as_ptr().add(b * 8)), corr);
+                _mm256_storeu_ps(sv.as_mut_ptr(), s);
+                let w16 = widen_avx512(ty, blk.as_ptr());
+                for n in 0..8 {
+                    let a16 = _mm512_loadu_si512(t.q.as_ptr().add(n * t.cols + b * QK) as *const __m512i);
+                    let sum = _mm512_madd_epi16(w16, a16);
+                    acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sv[n]), acc[n]);
                 }
             }
-            let mut out = [0f32; N];
-            for n in 0..N {
-                out[n] = _mm512_reduce_add_ps(acc[n]) + corr[n];
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), corr);
+            for n in 0..8 {
+                out[n] += _mm512_reduce_add_ps(acc[n]);
             }
             out
         }
@@ -301,18 +394,42 @@ pub fn qkernel_supported(k: QKernel) -> bool {
     }
 }
 
-/// `Σ_k W[row, k] · a_n[k]` for `N` rows of quantized activations, with kernel `k`.
+/// `Σ_k W[row, k] · a[k]` for one row of quantized activations, with kernel `k`.
 #[inline]
-fn dot_rows<const N: usize>(k: QKernel, ty: QuantType, w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`.
-        QKernel::Avx512 => unsafe { x86::dot_rows_avx512(ty, w, a) },
+        QKernel::Avx512 => unsafe { x86::dot1_avx512(ty, w, a) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        QKernel::Avx2 => unsafe { x86::dot_rows_avx2(ty, w, a) },
-        _ => dot_rows_portable(ty, w, a),
+        QKernel::Avx2 => unsafe { x86::dot1_avx2(ty, w, a) },
+        _ => dot_rows_portable(ty, w, &[a])[0],
     }
+}
+
+/// The same for the tile of rows `8·tile .. 8·tile + 8`.
+#[inline]
+fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize) -> [f32; TILE] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let nb = acts.cols / QK;
+        let t = x86::Tile {
+            q: &acts.q[tile * TILE * acts.cols..(tile + 1) * TILE * acts.cols],
+            cols: acts.cols,
+            dt: &acts.dt[tile * nb * TILE..(tile + 1) * nb * TILE],
+            sdt: &acts.sdt[tile * nb * TILE..(tile + 1) * nb * TILE],
+        };
+        match k {
+            // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`.
+            QKernel::Avx512 => return unsafe { x86::dot8_avx512(ty, w, t) },
+            // SAFETY: as above.
+            QKernel::Avx2 => return unsafe { x86::dot8_avx2(ty, w, t) },
+            QKernel::Portable => {}
+        }
+    }
+    let rows: [ActRow<'_>; TILE] = std::array::from_fn(|n| acts.row(tile * TILE + n));
+    dot_rows_portable(ty, w, &rows)
 }
 
 /// `Σ_k W[row, k] · x[k]` for a K-quant (or float) row: one block at a time dequantized to the
@@ -328,6 +445,16 @@ fn dot_row_f32(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
         sum += simd::dot(y, xc);
     }
     sum
+}
+
+/// From this many tokens on, [`qmatmul`] dequantizes panels of weights and runs an f32 GEMM.
+pub const GEMM_MIN_TOKENS: usize = 16;
+/// Weight rows dequantized at once by the GEMM route (a per-thread buffer of `PANEL_ROWS·cols`).
+const PANEL_ROWS: usize = 256;
+
+thread_local! {
+    /// The GEMM route's dequantized weight panel, reused across calls on each thread.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A raw pointer that may cross threads; each thread writes a disjoint set of elements.
@@ -391,7 +518,43 @@ pub fn qmatmul_with(
     let rb = row_bytes.unwrap_or(0);
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    if uses_quantized_acts(ty) {
+    if t >= GEMM_MIN_TOKENS {
+        // Prefill: each thread dequantizes its rows of W, a panel at a time, into a reused
+        // f32 buffer and multiplies with a single-threaded f32 GEMM (`gemm` crate). The
+        // weights are decoded once per call instead of once per token tile, the arithmetic
+        // runs at f32 FMA peak, and the activations stay exact.
+        pool.run(&|i| {
+            let (r0, r1) = share(rows, i, threads, 4);
+            PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut p0 = r0;
+                while p0 < r1 {
+                    let p1 = (p0 + PANEL_ROWS).min(r1);
+                    let n = p1 - p0;
+                    buf.resize(n * cols, 0.0);
+                    dequantize_row(ty, &w[p0 * rb..p1 * rb], &mut buf[..n * cols]);
+                    // SAFETY: thread i writes only columns [r0, r1) of y (rows·t values, row
+                    // stride `rows`), a region no other thread touches.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(p0), (t - 1) * rows + n) };
+                    super::gemm_into(
+                        t,
+                        cols,
+                        n,
+                        dst,
+                        rows,
+                        false,
+                        x,
+                        super::MatRef { off: 0, rs: cols, cs: 1 },
+                        &buf[..n * cols],
+                        super::MatRef { off: 0, rs: 1, cs: cols },
+                        1.0f32,
+                        1,
+                    );
+                    p0 = p1;
+                }
+            });
+        });
+    } else if uses_quantized_acts(ty) {
         acts.quantize(x, t, cols);
         let acts = &*acts;
         pool.run(&|i| {
@@ -402,16 +565,12 @@ pub fn qmatmul_with(
             };
             for r in r0..r1 {
                 let wr = &w[r * rb..(r + 1) * rb];
-                let mut tok = 0;
-                while tok + 4 <= t {
-                    let a = [acts.row(tok), acts.row(tok + 1), acts.row(tok + 2), acts.row(tok + 3)];
-                    let v = dot_rows(kernel, ty, wr, &a);
-                    (0..4).for_each(|n| put(tok + n, r, v[n]));
-                    tok += 4;
+                for tile in 0..t / TILE {
+                    let v = dot8(kernel, ty, wr, acts, tile);
+                    (0..TILE).for_each(|n| put(tile * TILE + n, r, v[n]));
                 }
-                while tok < t {
-                    put(tok, r, dot_rows(kernel, ty, wr, &[acts.row(tok)])[0]);
-                    tok += 1;
+                for tok in t / TILE * TILE..t {
+                    put(tok, r, dot1(kernel, ty, wr, acts.row(tok)));
                 }
             }
         });
@@ -467,8 +626,10 @@ mod tests {
         // Rows and tokens that are not multiples of the thread share (4) or the token tile (4);
         // columns an odd number of blocks.
         for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1, QuantType::Q4K, QuantType::Q6K, QuantType::F16] {
-            let cols = if ty.block_len() == 256 { 768 } else { 32 * 7 };
-            for (rows, t) in [(13, 1), (5, 7), (32, 4)] {
+            // An odd number of blocks, and more blocks than a scale chunk holds (64).
+            let cols_list: &[usize] = if ty.block_len() == 256 { &[768] } else { &[32 * 7, 32 * 67] };
+            // Token counts below and above the GEMM route's threshold.
+            for (&cols, (rows, t)) in cols_list.iter().cycle().zip([(13, 1), (5, 7), (32, 4), (7, 13), (3, 9), (9, 21)]) {
                 let w = random_weights(ty, rows, cols, &mut rng);
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();
                 let mut wf = vec![0f32; rows * cols];
