@@ -14,7 +14,7 @@
 //! (dequantizing and quantizing again could only add error).
 //!
 //! Bits per weight = 8 · (tensor bytes) / (weights): f32 32, f16 16, q8_0 8.5 (32 int8 + an
-//! f16 scale per block), q4_1 6 (32 nibbles + f16 scale and minimum), q4_0 4.5.
+//! f16 scale per block), q4_1 5 (32 nibbles + f16 scale and minimum), q4_0 4.5.
 
 use crate::gpt_cmd::Vocab;
 use crate::llm_cmd::Model;
