@@ -486,8 +486,9 @@ pub(crate) fn bench_generate(
     }
     let model = Model::open(path, exact)?;
     let text_path = Path::new("data/shakespeare/tempest_gut.txt");
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("reading the benchmark prompt {} (run from the repository root)", text_path.display()))?;
+    let text = std::fs::read_to_string(text_path).with_context(|| {
+        format!("reading the benchmark prompt {} (run from the repository root)", text_path.display())
+    })?;
     let mut ids = model.encode(&text, false)?;
     if ids.len() < prompt_tokens {
         bail!("the benchmark text has only {} tokens", ids.len());
@@ -499,7 +500,9 @@ pub(crate) fn bench_generate(
     if n_ctx > lm.context_len() {
         bail!("{prompt_tokens} + {gen_tokens} tokens exceed the model's context of {}", lm.context_len());
     }
-    let argmax = |row: &[f32]| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+    let argmax = |row: &[f32]| {
+        row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+    };
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let mut logits = Vec::new();

@@ -629,7 +629,8 @@ mod tests {
             // An odd number of blocks, and more blocks than a scale chunk holds (64).
             let cols_list: &[usize] = if ty.block_len() == 256 { &[768] } else { &[32 * 7, 32 * 67] };
             // Token counts below and above the GEMM route's threshold.
-            for (&cols, (rows, t)) in cols_list.iter().cycle().zip([(13, 1), (5, 7), (32, 4), (7, 13), (3, 9), (9, 21)]) {
+            for (&cols, (rows, t)) in cols_list.iter().cycle().zip([(13, 1), (5, 7), (32, 4), (7, 13), (3, 9), (9, 21)])
+            {
                 let w = random_weights(ty, rows, cols, &mut rng);
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();
                 let mut wf = vec![0f32; rows * cols];
