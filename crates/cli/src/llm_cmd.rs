@@ -233,6 +233,10 @@ fn run_generation(
     if prompt_ids.is_empty() {
         bail!("the prompt is empty");
     }
+    let ctx = model.lm().context_len();
+    if prompt_ids.len() >= ctx {
+        bail!("the prompt has {} tokens but the model's context is {ctx}; shorten it", prompt_ids.len());
+    }
     let eos = model.eos().to_vec();
     let mut stream = TextStream::new(model, &s.stops);
     let mut ids = Vec::new();
@@ -393,7 +397,11 @@ pub(crate) fn chat_cmd(args: &ChatArgs) -> Result<()> {
         let ctx = model.lm().context_len();
         if prompt_ids.len() >= ctx {
             history.clear();
-            bail!("the conversation ({} tokens) no longer fits the context of {ctx}; start again", prompt_ids.len());
+            eprintln!(
+                "(the conversation, {} tokens, no longer fits the context of {ctx}: cleared; ask again)",
+                prompt_ids.len()
+            );
+            continue;
         }
         let sampling = SamplingArgs { seed: args.sampling.seed.wrapping_add(turn), ..args.sampling.clone() };
         turn += 1;

@@ -253,13 +253,12 @@ impl QLlama {
         });
     }
 
-    /// Logits `(rows, V)` of the final hidden states `st.x[from..t]`.
-    fn logits(&self, st: &mut QState, from: usize, t: usize, out: &mut Vec<f32>) {
+    /// Logits `(rows, V)` of the final hidden states `st.x[from..t]`, into `out`.
+    fn logits(&self, st: &mut QState, from: usize, t: usize, out: &mut [f32]) {
         let c = &self.config;
-        let (dim, v) = (c.hidden_size, c.vocab_size);
+        let dim = c.hidden_size;
         let rows = t - from;
         rms_norm(&st.x[from * dim..t * dim], &self.norm, c.rms_norm_eps as f32, &mut st.h[..rows * dim]);
-        out.resize(rows * v, 0.0);
         self.matmul(&self.output, &st.h, rows, &mut st.acts, out);
     }
 
@@ -362,15 +361,15 @@ impl CausalLm for QLlama {
     fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>) {
         let st = state.downcast_mut::<QState>().expect("feed: a state made by QLlama::new_state");
         let v = self.config.vocab_size;
-        out.clear();
-        let mut row = Vec::new();
+        let wanted = tokens.len().saturating_sub(logits_from);
+        out.resize(wanted * v, 0.0); // no allocation once `out` has held this many rows
         for (piece, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
             let start = piece * MAX_BATCH;
             self.forward(st, chunk);
             let from = logits_from.max(start);
             if from < start + chunk.len() {
-                self.logits(st, from - start, chunk.len(), &mut row);
-                out.extend_from_slice(&row[..(start + chunk.len() - from) * v]);
+                let dst = &mut out[(from - logits_from) * v..(start + chunk.len() - logits_from) * v];
+                self.logits(st, from - start, chunk.len(), dst);
             }
         }
     }

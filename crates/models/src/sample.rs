@@ -182,6 +182,9 @@ pub struct Generation {
 impl Generation {
     /// Prompt tokens processed per second.
     pub fn prefill_tok_s(&self, prompt_len: usize) -> f64 {
+        if self.tokens.is_empty() {
+            return 0.0; // nothing was generated, so the prompt was never run
+        }
         prompt_len as f64 / self.prefill_secs.max(1e-9)
     }
 
