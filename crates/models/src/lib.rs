@@ -22,6 +22,6 @@ pub use gpt::{Gpt, GptConfig};
 pub use llama::{Llama, LlamaConfig};
 pub use load::{gpt_from_gguf, gpt_vocab_from_gguf, load_pretrained, GptVocab, LoadError, Pretrained};
 pub use qllama::{QLlama, QuantModel};
-pub use sample::{generate, pick, CausalLm, SamplingParams};
+pub use sample::{generate, pick, CausalLm, Sampler, SamplingParams};
 /// The GGUF reader and writer the loaders use (re-exported for `yuanli quantize`).
 pub use yuanli_gguf as gguf;

@@ -110,62 +110,88 @@ pub fn pick(logits: &[f32], vocab: usize, p: SamplingParams, rng: &mut Rng) -> u
 
 /// Like [`pick`], with the repetition penalty applied to the tokens of `recent`.
 pub fn pick_after(logits: &[f32], vocab: usize, p: SamplingParams, recent: &[u32], rng: &mut Rng) -> u32 {
-    let mut owned;
-    let mut logits = &logits[..vocab.min(logits.len())];
-    if p.repeat_penalty != 1.0 && !recent.is_empty() {
-        owned = logits.to_vec();
-        let from = recent.len().saturating_sub(p.repeat_last_n);
-        let mut seen = recent[from..].to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        let r = p.repeat_penalty as f32;
-        let n = owned.len();
-        for &t in seen.iter().filter(|&&t| (t as usize) < n) {
-            let z = &mut owned[t as usize];
-            *z = if *z > 0.0 { *z / r } else { *z * r };
+    Sampler::default().pick(logits, vocab, p, recent, rng)
+}
+
+/// Picks tokens with reusable buffers: after the first call, no allocation per token, and
+/// with `top_k > 0` only the `k` best logits are sorted (a selection finds them in O(V)).
+#[derive(Clone, Debug, Default)]
+pub struct Sampler {
+    penalized: Vec<f32>,
+    recent: Vec<u32>,
+    order: Vec<u32>,
+    probs: Vec<f64>,
+}
+
+impl Sampler {
+    /// A token id from the first `vocab` logits, with the repetition penalty over `recent`.
+    pub fn pick(&mut self, logits: &[f32], vocab: usize, p: SamplingParams, recent: &[u32], rng: &mut Rng) -> u32 {
+        let mut logits = &logits[..vocab.min(logits.len())];
+        if p.repeat_penalty != 1.0 && !recent.is_empty() {
+            self.penalized.clear();
+            self.penalized.extend_from_slice(logits);
+            self.recent.clear();
+            self.recent.extend_from_slice(&recent[recent.len().saturating_sub(p.repeat_last_n)..]);
+            self.recent.sort_unstable();
+            self.recent.dedup();
+            let (r, n) = (p.repeat_penalty as f32, self.penalized.len());
+            for &t in self.recent.iter().filter(|&&t| (t as usize) < n) {
+                let z = &mut self.penalized[t as usize];
+                *z = if *z > 0.0 { *z / r } else { *z * r };
+            }
+            logits = &self.penalized;
         }
-        logits = &owned;
-    }
-    if p.temperature <= 0.0 {
-        return logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
-            as u32;
-    }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    if p.top_k > 0 {
-        order.truncate(p.top_k);
-    }
-    let m = logits[order[0]] as f64;
-    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - m) / p.temperature).exp()).collect();
-    let z: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= z);
-    let mut keep = probs.len();
-    if p.top_p < 1.0 {
+        if p.temperature <= 0.0 {
+            return logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u32;
+        }
+        // Candidates in decreasing logit order (ties: lower id first).
+        let desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        let order = &mut self.order;
+        order.clear();
+        order.extend(0..logits.len() as u32);
+        if p.top_k > 0 && p.top_k < order.len() {
+            order.select_nth_unstable_by(p.top_k - 1, desc);
+            order.truncate(p.top_k);
+        }
+        order.sort_unstable_by(desc);
+        let m = logits[order[0] as usize] as f64;
+        let probs = &mut self.probs;
+        probs.clear();
+        probs.extend(order.iter().map(|&i| ((logits[i as usize] as f64 - m) / p.temperature).exp()));
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= z);
+        let mut keep = probs.len();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            keep = probs
+                .iter()
+                .position(|&x| {
+                    acc += x;
+                    acc >= p.top_p
+                })
+                .map_or(keep, |k| k + 1);
+        }
+        if p.min_p > 0.0 {
+            // probs are sorted: the first is the largest
+            keep = keep.min(probs.iter().take_while(|&&x| x >= p.min_p * probs[0]).count().max(1));
+        }
+        probs.truncate(keep);
+        order.truncate(keep);
+        let z: f64 = probs.iter().sum();
+        let u = rng.uniform() * z;
         let mut acc = 0.0;
-        keep = probs
-            .iter()
-            .position(|&x| {
-                acc += x;
-                acc >= p.top_p
-            })
-            .map_or(keep, |k| k + 1);
-    }
-    if p.min_p > 0.0 {
-        // probs are sorted: the first is the largest
-        keep = keep.min(probs.iter().take_while(|&&x| x >= p.min_p * probs[0]).count().max(1));
-    }
-    probs.truncate(keep);
-    order.truncate(keep);
-    let z: f64 = probs.iter().sum();
-    let u = rng.uniform() * z;
-    let mut acc = 0.0;
-    for (i, &pi) in probs.iter().enumerate() {
-        acc += pi;
-        if u < acc {
-            return order[i] as u32;
+        for (i, &pi) in probs.iter().enumerate() {
+            acc += pi;
+            if u < acc {
+                return order[i];
+            }
         }
+        order[probs.len() - 1]
     }
-    order[probs.len() - 1] as u32
 }
 
 /// What a generation produced, and how fast.
@@ -215,6 +241,7 @@ pub fn generate(
     let mut in_state = 0;
     let mut pending: Vec<u32> = prompt[prompt.len().saturating_sub(block)..].to_vec();
     let mut logits = Vec::with_capacity(vocab);
+    let mut sampler = Sampler::default();
     let mut out = Generation { tokens: Vec::with_capacity(n), ..Default::default() };
     let start = Instant::now();
     for i in 0..n {
@@ -226,7 +253,7 @@ pub fn generate(
         model.feed(state.as_mut(), &pending, pending.len() - 1, &mut logits);
         in_state += pending.len();
         pending.clear();
-        let next = pick_after(&logits[..vocab], vocab, params, &ids, &mut rng);
+        let next = sampler.pick(&logits[..vocab], vocab, params, &ids, &mut rng);
         if i == 0 {
             out.prefill_secs = start.elapsed().as_secs_f64();
         }
@@ -272,6 +299,44 @@ mod tests {
             }
         });
         assert_eq!(stopped.tokens.len(), 3, "emit can stop the generation");
+    }
+
+    #[test]
+    fn top_k_by_selection_equals_a_full_sort() {
+        let mut rng = Rng::new(5);
+        // Ties on purpose: logits drawn from a few values.
+        let logits: Vec<f32> = (0..300).map(|_| (rng.below(7) as f32) * 0.5).collect();
+        let p = SamplingParams { temperature: 0.9, top_k: 11, top_p: 0.95, ..Default::default() };
+        let reference = |rng: &mut Rng| {
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            order.truncate(p.top_k);
+            let m = logits[order[0]] as f64;
+            let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - m) / p.temperature).exp()).collect();
+            let z: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|x| *x /= z);
+            let mut acc = 0.0;
+            let keep = probs.iter().position(|&x| {
+                acc += x;
+                acc >= p.top_p
+            });
+            let keep = keep.map_or(probs.len(), |k| k + 1);
+            let z: f64 = probs[..keep].iter().sum();
+            let u = rng.uniform() * z;
+            let mut acc = 0.0;
+            for i in 0..keep {
+                acc += probs[i];
+                if u < acc {
+                    return order[i] as u32;
+                }
+            }
+            order[keep - 1] as u32
+        };
+        let (mut r1, mut r2) = (Rng::new(9), Rng::new(9));
+        let mut sampler = Sampler::default();
+        for _ in 0..200 {
+            assert_eq!(sampler.pick(&logits, 300, p, &[], &mut r1), reference(&mut r2));
+        }
     }
 
     #[test]
