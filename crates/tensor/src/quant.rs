@@ -87,19 +87,21 @@ impl QuantType {
         }
     }
 
+    /// Every type this crate reads.
+    pub const ALL: [QuantType; 8] = [
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q4K,
+        QuantType::Q6K,
+    ];
+
     /// Parses a name as [`QuantType::name`] writes it (case-insensitive).
     pub fn from_name(s: &str) -> Option<QuantType> {
-        let all = [
-            QuantType::F32,
-            QuantType::F16,
-            QuantType::BF16,
-            QuantType::Q8_0,
-            QuantType::Q4_0,
-            QuantType::Q4_1,
-            QuantType::Q4K,
-            QuantType::Q6K,
-        ];
-        all.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
+        QuantType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s))
     }
 
     /// Weights per block (1 for the float types).
