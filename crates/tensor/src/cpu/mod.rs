@@ -14,6 +14,7 @@ mod matmul;
 mod norm;
 mod optim;
 pub mod pool;
+pub mod bf16gemm;
 pub mod qmatmul;
 mod reduce;
 mod rope;

@@ -30,6 +30,7 @@
 //! Decoding (`t = 1`) is memory-bound: the kernel's job is to stream the weight bytes once at
 //! full bandwidth. Prefill reuses each unpacked weight block across a tile of 4 tokens.
 
+use super::bf16gemm;
 use super::pool::{share, SpinPool};
 use super::simd::{self, SimdLevel};
 use crate::quant::{dequantize_row, QuantType};
@@ -56,6 +57,8 @@ pub struct QuantizedActs {
     pub dt: Vec<f32>,
     /// `sd` transposed the same way.
     pub sdt: Vec<f32>,
+    /// The activations rounded to bf16 and packed for the prefill route ([`bf16gemm`]).
+    pub bf16: bf16gemm::PackedActs,
 }
 
 /// Rows per tile of the prefill kernels.
@@ -451,10 +454,21 @@ fn dot_row_f32(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
 pub const GEMM_MIN_TOKENS: usize = 16;
 /// Weight rows dequantized at once by the GEMM route (a per-thread buffer of `PANEL_ROWS·cols`).
 const PANEL_ROWS: usize = 256;
+/// Weight rows per panel of the bf16 route (a multiple of the 12-row micro-tile).
+const PANEL_ROWS_BF16: usize = 240;
 
 thread_local! {
     /// The GEMM route's dequantized weight panel, reused across calls on each thread.
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The bf16 route's panel (weight rows as bf16 pairs) and one dequantized f32 row.
+    static PANEL_BF16: std::cell::RefCell<(Vec<u32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether prefill with `kernel` takes the bf16 route ([`bf16gemm`]): with the AVX-512
+/// kernels on a CPU that has AVX-512 BF16.
+pub fn uses_bf16_gemm(kernel: QKernel) -> bool {
+    kernel == QKernel::Avx512 && bf16gemm::supported()
 }
 
 /// A raw pointer that may cross threads; each thread writes a disjoint set of elements.
@@ -518,7 +532,40 @@ pub fn qmatmul_with(
     let rb = row_bytes.unwrap_or(0);
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    if t >= GEMM_MIN_TOKENS {
+    if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(kernel) {
+        // Prefill with bf16 arithmetic: the activations are rounded and packed once; each
+        // thread dequantizes its rows of W a panel at a time, rounds them to bf16 pairs, and
+        // runs the `vdpbf16ps` kernel (twice the multiply-adds per instruction of f32 FMA).
+        acts.bf16.pack(x, t, cols);
+        let packed = &acts.bf16;
+        let pairs = packed.pairs();
+        pool.run(&|i| {
+            let (r0, r1) = share(rows, i, threads, 4);
+            PANEL_BF16.with(|bufs| {
+                let (panel, row) = &mut *bufs.borrow_mut();
+                row.resize(cols, 0.0);
+                let mut p0 = r0;
+                while p0 < r1 {
+                    let p1 = (p0 + PANEL_ROWS_BF16).min(r1);
+                    let n = p1 - p0;
+                    let n_padded = n.next_multiple_of(bf16gemm::TILE_ROWS);
+                    panel.resize(n_padded * pairs, 0);
+                    for (j, dst) in panel.chunks_exact_mut(pairs).enumerate() {
+                        if j < n {
+                            dequantize_row(ty, &w[(p0 + j) * rb..(p0 + j + 1) * rb], row);
+                            bf16gemm::pack_row(row, dst);
+                        } else {
+                            dst.fill(0);
+                        }
+                    }
+                    // SAFETY: thread i writes only columns [p0, p1) ⊂ [r0, r1) of the t rows
+                    // of y (row stride `rows`), a region no other thread touches.
+                    unsafe { bf16gemm::gemm_panel(packed, &panel[..n_padded * pairs], n, out.get(), rows, p0) };
+                    p0 = p1;
+                }
+            });
+        });
+    } else if t >= GEMM_MIN_TOKENS {
         // Prefill: each thread dequantizes its rows of W, a panel at a time, into a reused
         // f32 buffer and multiplies with a single-threaded f32 GEMM (`gemm` crate). The
         // weights are decoded once per call instead of once per token tile, the arithmetic
@@ -654,8 +701,11 @@ mod tests {
                             let scale: f64 =
                                 (0..cols).map(|c| (wf[r * cols + c] * xs[tok * cols + c]).abs() as f64).sum();
                             let got = y[tok * rows + r] as f64;
+                            // The bf16 route rounds both operands (≤ 2⁻⁹ each): each product
+                            // is within 2⁻⁸ of itself, the sum within 2⁻⁸·Σ|w·x|.
+                            let rel = if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(k) { 1.0 / 256.0 } else { 0.0 };
                             assert!(
-                                (got - want).abs() <= 1e-5 * scale + 1e-6,
+                                (got - want).abs() <= (rel + 1e-5) * scale + 1e-6,
                                 "{ty} {k:?} rows {rows} t {t}: y[{tok},{r}] = {got}, reference {want}"
                             );
                         }
