@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::path::Path;
 use yuanli_gguf::GgufFile;
 use yuanli_tensor::cpu::pool::share;
-use yuanli_tensor::cpu::{qmatmul, simd, QuantizedActs, SpinPool};
+use yuanli_tensor::cpu::{gemm_into, qmatmul, simd, MatRef, QuantizedActs, SpinPool};
 use yuanli_tensor::quant::dequantize_row;
 use yuanli_tensor::{QuantType, RopeLayout};
 
@@ -210,8 +210,11 @@ impl QLlama {
     }
 
     /// Causal attention of the `t` new queries over the cached keys and values, split over the
-    /// pool by (token, head).
+    /// pool by (token, head); prefill goes by blocks of queries ([`QLlama::attention_blocked`]).
     fn attention(&self, st: &mut QState, layer: usize, t: usize, pos0: usize) {
+        if t >= ATT_BLOCK {
+            return self.attention_blocked(st, layer, t, pos0);
+        }
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
         let group = nh / nkv;
@@ -253,6 +256,59 @@ impl QLlama {
         });
     }
 
+    /// Prefill attention as matrix products, per (head, block of [`ATT_BLOCK`] queries):
+    /// `S = Q·Kᵀ/√d` over every key the block's last query sees, the causal softmax row by row
+    /// (row `r` sees `pos0 + i0 + r + 1` keys; the rest of the row is set to 0), then
+    /// `O = P·V`. Two small GEMMs replace one dot product and one axpy per (query, key) pair,
+    /// and the wasted upper triangle of each block is at most `ATT_BLOCK²/2` products.
+    fn attention_blocked(&self, st: &mut QState, layer: usize, t: usize, pos0: usize) {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_kv_head);
+        let (group, q_dim) = (nh / nkv, nh * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let n_ctx = st.n_ctx;
+        let blocks = t.div_ceil(ATT_BLOCK);
+        let (q, ck, cv) = (&st.q, &st.cache_k, &st.cache_v);
+        let base = layer * nkv * n_ctx * hd;
+        let att = SyncSlice(st.att.as_mut_ptr());
+        let scratch = SyncSlice(st.block_scratch.as_mut_ptr());
+        let per_thread = ATT_BLOCK * (n_ctx + hd);
+        let threads = self.pool.threads();
+        assert!(st.block_scratch.len() >= threads * per_thread, "qllama: block scratch not reserved");
+        self.pool.run(&|tid| {
+            let (w0, w1) = share(nh * blocks, tid, threads, 1);
+            // SAFETY: thread tid uses only its own slice of the scratch buffer.
+            let mine = unsafe { std::slice::from_raw_parts_mut(scratch.get().add(tid * per_thread), per_thread) };
+            let (s, o) = mine.split_at_mut(ATT_BLOCK * n_ctx);
+            for item in w0..w1 {
+                let (h, b) = (item / blocks, item % blocks);
+                let (i0, i1) = (b * ATT_BLOCK, ((b + 1) * ATT_BLOCK).min(t));
+                let (m, n) = (i1 - i0, pos0 + i1);
+                let kbase = base + (h / group) * n_ctx * hd;
+                let q_blk = MatRef { off: i0 * q_dim + h * hd, rs: q_dim, cs: 1 };
+                let k_t = MatRef { off: kbase, rs: 1, cs: hd };
+                gemm_into(m, hd, n, &mut s[..m * n], n, false, q, q_blk, ck, k_t, scale, 1);
+                for r in 0..m {
+                    let row = &mut s[r * n..(r + 1) * n];
+                    let seen = pos0 + i0 + r + 1;
+                    let mx = simd::max(&row[..seen]);
+                    let z = simd::exp_sub_sum(&mut row[..seen], mx);
+                    simd::scale(&mut row[..seen], 1.0 / z);
+                    row[seen..].fill(0.0);
+                }
+                let p = MatRef { off: 0, rs: n, cs: 1 };
+                let v = MatRef { off: kbase, rs: hd, cs: 1 };
+                gemm_into(m, n, hd, &mut o[..m * hd], hd, false, &s[..m * n], p, cv, v, 1.0, 1);
+                for r in 0..m {
+                    // SAFETY: item (h, b) is this thread's; rows i0..i1 of head h's columns
+                    // of `att` are written by no other item.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(att.get().add((i0 + r) * q_dim + h * hd), hd) };
+                    dst.copy_from_slice(&o[r * hd..(r + 1) * hd]);
+                }
+            }
+        });
+    }
+
     /// Logits `(rows, V)` of the final hidden states `st.x[from..t]`, into `out`.
     fn logits(&self, st: &mut QState, from: usize, t: usize, out: &mut [f32]) {
         let c = &self.config;
@@ -272,6 +328,10 @@ impl QLlama {
         l + self.output.bytes.len()
     }
 }
+
+/// From this many new tokens on, attention runs by blocks of this many queries as matrix
+/// products ([`QLlama::attention_blocked`]).
+const ATT_BLOCK: usize = 32;
 
 /// Largest number of tokens one forward pass processes; longer inputs go in pieces.
 const MAX_BATCH: usize = 256;
@@ -295,6 +355,10 @@ pub struct QState {
     g: Vec<f32>,
     u: Vec<f32>,
     scores: Vec<f32>,
+    /// Per thread, the scores of a block of queries and its output (prefill attention);
+    /// allocated by the first prefill.
+    block_scratch: Vec<f32>,
+    threads: usize,
     acts: QuantizedActs,
 }
 
@@ -317,12 +381,17 @@ impl QState {
             g: Vec::new(),
             u: Vec::new(),
             scores: vec![0.0; threads * n_ctx],
+            block_scratch: Vec::new(),
+            threads,
             acts: QuantizedActs::default(),
         }
     }
 
     /// Makes the scratch buffers hold `t` tokens (allocates only when `t` grows).
     fn reserve(&mut self, t: usize, c: &LlamaConfig) {
+        if t >= ATT_BLOCK && self.block_scratch.is_empty() {
+            self.block_scratch = vec![0.0; self.threads * ATT_BLOCK * (self.n_ctx + c.head_dim)];
+        }
         if t <= self.cap {
             return;
         }
