@@ -11,6 +11,11 @@
 //! signs). That is finer than the quantized weights themselves (Q8_0 keeps 8 bits per weight
 //! *relative to its block's largest*, Q4 keeps 4) and finer than llama.cpp's 8-bit
 //! activations, whose error is relative to the block's largest value, not to each value.
+//! Measured on SmolLM2-135M Q4_1 (`crates/models/tests/smollm2_fast.rs`): the top-1 token
+//! equals the exact f32 path's at 1983–1988 of 2000 teacher-forced positions (2000 with f32
+//! arithmetic), perplexity moves by 0.02%. Keeping the weights exact — the 4- and 8-bit codes
+//! fit bf16, with the block scale applied per block in f32 — was tried: 1988/2000, 6% slower.
+//! Rounding the weights alone gave 1986: near-ties flip under any perturbation of this size.
 //!
 //! **Layout.** One instruction needs, per lane, a *pair* of consecutive `k` from each
 //! operand. The activations are packed token-minor — for each group of 16 tokens and each
