@@ -486,3 +486,29 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
     println!("imported {} into the yuanli checkpoint {}", args.dir.display(), args.out.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example config parses and passes validation (with a vocabulary filled in, as
+    /// `load_config` does from the prepared data).
+    #[test]
+    fn every_example_config_parses_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut cfg: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if cfg.model.vocab_size == 0 {
+                    cfg.model.vocab_size = 65;
+                }
+                cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected the example configs in {}", dir.display());
+    }
+}
