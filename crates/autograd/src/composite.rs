@@ -17,6 +17,15 @@ fn last_axis_max_const(x: &Var) -> Var {
     Var::constant(Tensor::where_cond(&m.eq(&inf), &zero, &m))
 }
 
+/// `linear(x, W, b) = x·Wᵀ + b`: a matmul with a transposed view, then a broadcast add.
+pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Var {
+    let y = x.matmul(&w.t());
+    match b {
+        Some(b) => y.add(b),
+        None => y,
+    }
+}
+
 /// `softmax(x) = e^{x−m} / Σ e^{x−m}` over the last axis.
 pub fn softmax(x: &Var) -> Var {
     let e = x.sub(&last_axis_max_const(x)).exp();

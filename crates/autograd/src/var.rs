@@ -277,6 +277,12 @@ impl Var {
                 );
                 match grads.remove(&p.id()) {
                     None => grads.insert(p.id(), pg),
+                    // In place only when no other handle can see `prev` (a gradient handed to
+                    // two parents, like Add's, shares its storage and is added out of place).
+                    Some(prev) if prev.is_sole_owner() && prev.is_contiguous() => {
+                        prev.add_assign_(&pg);
+                        grads.insert(p.id(), prev)
+                    }
                     Some(prev) => grads.insert(p.id(), prev.add(&pg)),
                 };
             }

@@ -36,6 +36,16 @@ proptest! {
     }
 
     #[test]
+    fn linear(b in 1usize..3, t in 1usize..4, k in 1usize..5, n in 1usize..5, seed in 0u64..1000) {
+        let (x, w, bias) = (randn(&[b, t, k], seed), randn(&[n, k], seed + 1), randn(&[n], seed + 2));
+        check("linear", |v| v[0].linear(&v[1], Some(&v[2])), &[x.clone(), w.clone(), bias.clone()]);
+        check("linear without bias", |v| v[0].linear(&v[1], None), &[x.clone(), w.clone()]);
+        check("linear of a transposed input", |v| v[0].t().linear(&v[1], None), &[randn(&[k, t], seed + 3), w.clone()]);
+        fused_matches_composite("linear", |v| v[0].linear(&v[1], Some(&v[2])), |v| composite::linear(&v[0], &v[1], Some(&v[2])), &[x.clone(), w.clone(), bias], ATOL, RTOL);
+        fused_matches_composite("linear without bias", |v| v[0].linear(&v[1], None), |v| composite::linear(&v[0], &v[1], None), &[x, w], ATOL, RTOL);
+    }
+
+    #[test]
     fn norms(rows in 1usize..4, c in 2usize..9, seed in 0u64..1000) {
         let (x, w, b) = (randn(&[rows, c], seed), randn(&[c], seed + 1), randn(&[c], seed + 2));
         check("layer_norm", |v| v[0].layer_norm(&v[1], Some(&v[2]), 1e-5), &[x.clone(), w.clone(), b.clone()]);

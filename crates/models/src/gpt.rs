@@ -214,7 +214,7 @@ impl Gpt {
             x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)).dropout(p, train, rng));
             x = x.add(&blk.mlp(&x).dropout(p, train, rng));
         }
-        self.ln_f.forward(&x).matmul(&self.wte.weight.t()) // (B, T, Vp): the head is tied to wte
+        self.ln_f.forward(&x).linear(&self.wte.weight, None) // (B, T, Vp) = x·wteᵀ: the head is tied to wte
     }
 
     /// The attention probabilities of every head of block `layer` for `idx (B, T)`:
@@ -267,7 +267,7 @@ impl Gpt {
             x = x.add(&blk.mlp(&x));
         }
         cache.advance(t);
-        self.ln_f.forward(&x).matmul(&self.wte.weight.t())
+        self.ln_f.forward(&x).linear(&self.wte.weight, None)
     }
 
     /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`. Only the `V`

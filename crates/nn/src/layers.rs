@@ -63,11 +63,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Var) -> Var {
-        let y = x.matmul(&self.weight.t()); // (…, in)·(in, out) → (…, out)
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => y,
-        }
+        x.linear(&self.weight, self.bias.as_ref()) // (…, in)·(in, out) + (out,) → (…, out)
     }
 }
 

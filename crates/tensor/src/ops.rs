@@ -123,9 +123,8 @@ impl Tensor {
             self.with_slice(|x: &[f32]| {
                 dout.with_slice(|g: &[f32]| {
                     let per = cpu::PAR_MIN_ELEMS;
-                    dx.par_chunks_mut(per)
-                        .zip(g.par_chunks(per).zip(x.par_chunks(per)))
-                        .for_each(|(d, (g, x))| cpu::simd::gelu_tanh_backward(d, g, x));
+                    let chunks = dx.chunks_mut(per).zip(g.chunks(per).zip(x.chunks(per))).collect();
+                    cpu::team_for_each(chunks, |(d, (g, x))| cpu::simd::gelu_tanh_backward(d, g, x));
                 })
             });
             return Tensor::new(dx, self.shape());
@@ -387,6 +386,49 @@ impl Tensor {
                     }
                 }
             }));
+            Tensor::new(out, &out_shape)
+        })
+    }
+
+    /// The affine map of a linear layer: `x·Wᵀ + b` for `x (…, K)`, `W (N, K)` and an optional
+    /// bias `b (N,)`, giving `(…, N)`.
+    ///
+    /// One GEMM whose output starts as the bias rows and accumulates the product
+    /// (`out = b + x·Wᵀ`), instead of a matmul into a zeroed buffer and then a separate
+    /// broadcast add: one pass over the output less, one buffer less.
+    #[track_caller]
+    pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        assert!(
+            self.rank() >= 1 && w.rank() == 2,
+            "linear: needs x (…, K) and W (N, K), got {:?} and {:?}",
+            self.shape(),
+            w.shape()
+        );
+        let (k, n) = (self.dim(-1), w.dim(0));
+        assert_eq!(w.dim(1), k, "linear: x {:?} and W {:?} disagree on K", self.shape(), w.shape());
+        assert_eq!(self.dtype(), w.dtype(), "linear: dtypes differ: {} and {}", self.dtype(), w.dtype());
+        if let Some(b) = b {
+            assert_eq!(b.shape(), &[n], "linear: bias {:?} for {n} outputs", b.shape());
+            assert_eq!(b.dtype(), w.dtype(), "linear: bias dtype {} differs from {}", b.dtype(), w.dtype());
+        }
+        let rows: usize = self.shape()[..self.rank() - 1].iter().product();
+        let x = self.reshape(&[rows, k]);
+        let mut out_shape = self.shape()[..self.rank() - 1].to_vec();
+        out_shape.push(n);
+        let threads = crate::num_threads();
+        float_dispatch!(self.dtype(), "linear", T => {
+            let mut out: Vec<T> = match b {
+                Some(b) => b.contiguous().to_vec::<T>().repeat(rows),
+                None => cpu::alloc_zeroed::<T>(rows * n),
+            };
+            if k > 0 {
+                x.with_strided(|dx: &[T], lx| w.with_strided(|dw: &[T], lw| {
+                    let xm = MatRef { off: lx.offset(), rs: lx.strides()[0], cs: lx.strides()[1] };
+                    // Wᵀ as a view: element (p, j) of Wᵀ is W[j, p].
+                    let wt = MatRef { off: lw.offset(), rs: lw.strides()[1], cs: lw.strides()[0] };
+                    cpu::gemm_into(rows, k, n, &mut out, n, b.is_some(), dx, xm, dw, wt, T::ONE, threads);
+                }));
+            }
             Tensor::new(out, &out_shape)
         })
     }
@@ -823,6 +865,29 @@ impl Tensor {
         })
     }
 
+    /// Zero padding along `axis`: `before` zeros, this tensor, then `after` zeros (the gradient
+    /// of [`Tensor::narrow`]). Every output element is written once, zeros and copy alike.
+    #[track_caller]
+    pub fn pad_axis(&self, axis: isize, before: usize, after: usize) -> Tensor {
+        let a = resolve_axis(axis, self.rank(), "pad_axis");
+        let mut shape = self.shape().to_vec();
+        shape[a] += before + after;
+        let outer: usize = shape[..a].iter().product();
+        let inner: usize = shape[a + 1..].iter().product();
+        let w = self.shape()[a] * inner;
+        float_dispatch!(self.dtype(), "pad_axis", T => {
+            let mut out = Vec::with_capacity(shape.iter().product());
+            self.with_slice(|s: &[T]| {
+                for o in 0..outer {
+                    out.resize(out.len() + before * inner, T::ZERO);
+                    out.extend_from_slice(&s[o * w..(o + 1) * w]);
+                    out.resize(out.len() + after * inner, T::ZERO);
+                }
+            });
+            Tensor::new(out, &shape)
+        })
+    }
+
     /// The `k` largest values along the last axis, descending, and their u32 indices.
     #[track_caller]
     pub fn topk(&self, k: usize) -> (Tensor, Tensor) {
@@ -843,7 +908,7 @@ fn par_rows2(out: &mut [f32], x: &[f32], f: fn(&mut [f32], &[f32])) {
     if out.len() <= per {
         return f(out, x);
     }
-    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| f(o, x));
+    cpu::team_for_each(out.chunks_mut(per).zip(x.chunks(per)).collect(), |(o, x)| f(o, x));
 }
 
 macro_rules! impl_operator {

@@ -160,6 +160,12 @@ impl Tensor {
         self.device
     }
 
+    /// Whether this handle is the only one on its storage: no clone and no view shares it, so
+    /// writing through it in place cannot be observed by anyone else.
+    pub fn is_sole_owner(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1 && Arc::weak_count(&self.storage) == 0
+    }
+
     /// Whether the view is row-major without gaps.
     pub fn is_contiguous(&self) -> bool {
         self.layout.is_contiguous()

@@ -1,7 +1,8 @@
 //! One knob for the number of compute threads.
 //!
-//! Every parallel kernel (rayon loops and `gemm`) runs on rayon's global pool, so its size is
-//! the thread count. [`init_threads`] sizes it once, from an explicit value or from the
+//! Every parallel kernel runs on rayon's global pool or, for the matmuls, attention, GELU,
+//! LayerNorm and AdamW of a training step, on a spinning team of the same size
+//! (`cpu::team_for_each`), so its size is the thread count. [`init_threads`] sizes it once, from an explicit value or from the
 //! `YUANLI_THREADS` environment variable; without either, rayon uses one thread per core.
 
 use std::sync::OnceLock;

@@ -56,6 +56,45 @@ proptest! {
     }
 
     #[test]
+    fn large_products_split_over_the_team_match_naive(m in 64usize..300, k in 100usize..140, n in 80usize..120, ta in any::<bool>(), tb in any::<bool>(), seed in 0u64..10_000) {
+        // m·k·n ≥ 2²⁰ multiply-adds: with more than one thread, row bands run on the spinning
+        // team; bands end on multiples of 32 rows, and m is often not one.
+        let a = if ta { randn(&[k, m], seed).t() } else { randn(&[m, k], seed) };
+        let b = if tb { randn(&[n, k], seed + 1).t() } else { randn(&[k, n], seed + 1) };
+        assert_close("large matmul", &a.matmul(&b).to_vec_f64(), &naive_matmul(&a, &b), 1e-4);
+    }
+
+    #[test]
+    fn linear_is_matmul_with_transposed_weight_plus_bias(b in 1usize..3, t in 1usize..40, k in 1usize..20, n in 1usize..20, seed in 0u64..10_000) {
+        let x = randn(&[b, t, k], seed);
+        let w = randn(&[n, k], seed + 1);
+        let bias = randn(&[n], seed + 2);
+        let want = x.matmul(&w.t()).add(&bias).to_vec_f64();
+        assert_close("linear", &x.linear(&w, Some(&bias)).to_vec_f64(), &want, 1e-5);
+        assert_close("linear without bias", &x.linear(&w, None).to_vec_f64(), &x.matmul(&w.t()).to_vec_f64(), 1e-5);
+        // A non-contiguous input and a transposed-view weight.
+        let xt = randn(&[k, t], seed + 3).t();
+        let wt = randn(&[k, n], seed + 4).t();
+        assert_close("linear of views", &xt.linear(&wt, Some(&bias)).to_vec_f64(), &xt.matmul(&wt.t()).add(&bias).to_vec_f64(), 1e-5);
+    }
+
+    #[test]
+    fn pad_axis_is_concat_with_zeros(s in prop::collection::vec(1usize..5, 1..4), axis in 0usize..3, before in 0usize..3, after in 0usize..3, seed in 0u64..10_000) {
+        let a = axis % s.len();
+        let x = randn(&s, seed);
+        let x = if x.rank() >= 2 { x.t() } else { x }; // a transposed view is read through a copy
+        let zeros = |l: usize| {
+            let mut z = x.shape().to_vec();
+            z[a] = l;
+            Tensor::zeros(&z, DType::F32)
+        };
+        let want = Tensor::concat(&[zeros(before), x.contiguous(), zeros(after)], a as isize);
+        let got = x.pad_axis(a as isize, before, after);
+        prop_assert_eq!(got.shape(), want.shape());
+        prop_assert_eq!(got.to_vec_f64(), want.to_vec_f64());
+    }
+
+    #[test]
     fn gemv_both_weight_layouts(k in 1usize..300, n in 1usize..300, seed in 0u64..10_000) {
         let x = randn(&[1, k], seed);
         let w = randn(&[k, n], seed + 1); // rows contiguous: axpy path

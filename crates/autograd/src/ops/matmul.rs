@@ -1,4 +1,4 @@
-//! Matrix product.
+//! Matrix product, and the fused linear layer `x·Wᵀ + b`.
 
 use crate::var::{Backward, Var};
 use yuanli_tensor::Tensor;
@@ -29,7 +29,45 @@ impl Backward for Matmul {
     }
 }
 
+/// `Y = X·Wᵀ + b` with `X (…, K)`, `W (N, K)`, `b (N,)`. With the leading axes of `X` and `G`
+/// folded into `R` rows: `∂L/∂X = G·W`, `∂L/∂W = Gᵀ·X` (an `(N, K)` product, already in W's
+/// layout), `∂L/∂b = Σ_rows G`.
+struct Linear {
+    x: Tensor,
+    w: Tensor,
+}
+impl Backward for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
+        let (k, m) = (self.x.dim(-1), self.w.dim(0));
+        let rows: usize = self.x.shape()[..self.x.rank() - 1].iter().product();
+        let g = g.reshape(&[rows, m]);
+        let mut out = vec![
+            n[0].then(|| g.matmul(&self.w).reshape(self.x.shape())),
+            n[1].then(|| g.t().matmul(&self.x.reshape(&[rows, k]))),
+        ];
+        if n.len() > 2 {
+            out.push(n[2].then(|| g.sum(&[0], false)));
+        }
+        out
+    }
+}
+
 impl Var {
+    /// A linear layer's map `x·Wᵀ + b` for `x (…, K)`, weight `W (N, K)` (PyTorch's layout) and
+    /// an optional bias `(N,)` (fused: one GEMM that starts from the bias).
+    #[track_caller]
+    pub fn linear(&self, w: &Var, b: Option<&Var>) -> Var {
+        let y = self.value().linear(w.value(), b.map(|b| b.value()));
+        let op = Linear { x: self.value().clone(), w: w.value().clone() };
+        match b {
+            Some(b) => Var::from_op(y, op, &[self, w, b]),
+            None => Var::from_op(y, op, &[self, w]),
+        }
+    }
+
     /// `X·Y` over the last two axes, batch axes broadcast. Use `y.t()` for `X·Yᵀ` (free).
     #[track_caller]
     pub fn matmul(&self, y: &Var) -> Var {

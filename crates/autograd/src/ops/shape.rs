@@ -41,22 +41,8 @@ impl Backward for Narrow {
     }
     fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
         vec![n[0].then(|| {
-            let len = g.shape()[self.axis];
-            let total = self.xs[self.axis];
-            let mut parts = Vec::new();
-            let zeros = |l: usize| {
-                let mut s = self.xs.clone();
-                s[self.axis] = l;
-                Tensor::zeros(&s, g.dtype())
-            };
-            if self.start > 0 {
-                parts.push(zeros(self.start));
-            }
-            parts.push(g.clone());
-            if self.start + len < total {
-                parts.push(zeros(total - self.start - len));
-            }
-            Tensor::concat(&parts, self.axis as isize)
+            let after = self.xs[self.axis] - self.start - g.shape()[self.axis];
+            g.pad_axis(self.axis as isize, self.start, after)
         })]
     }
 }

@@ -40,6 +40,13 @@ pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
 /// serves allocations above its mmap threshold with fresh `mmap`s, so each step would pay page
 /// faults and the kernel's page zeroing again (≈ 10% of a small model's step). Raising the
 /// mmap and trim thresholds makes freed memory reusable, as PyTorch's caching allocator does.
+///
+/// Those thresholds govern only the main arena. glibc gives other threads (rayon's workers,
+/// which run the training step) arenas of their own, built from 64 MiB heaps, and unmaps a
+/// secondary heap as soon as it is empty, whatever the thresholds: a step that outgrows one
+/// heap mapped, faulted in, zeroed and unmapped a fresh one every step (with a TLB shootdown
+/// per unmap). One arena for all threads keeps every freed buffer; our threads allocate only
+/// between kernels, so they rarely contend for its lock.
 /// Call once at program start (the CLI does); a no-op outside Linux/glibc.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -48,5 +55,6 @@ pub fn tune_allocator() {
         // glibc caps the mmap threshold at 32 MiB (HEAP_MAX_SIZE / 2); larger values are refused.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

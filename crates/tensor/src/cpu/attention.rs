@@ -12,15 +12,15 @@
 //! `h / (H / Hk)`. Causal masking with `Tq ≤ Tk` aligns the queries with the *last* `Tq` keys
 //! (query `i` sees keys `j ≤ i + Tk − Tq`), which is what a KV-cache decode step needs.
 //! The optional additive mask `M` is a constant (no gradient flows into it).
-//! Block products go through `gemm` on one thread; parallelism is over heads.
+//! Block products go through `gemm` on one thread; parallelism is over heads (on the spinning
+//! team when it is free, see [`team_for_each`]).
 
-// Block scratch lives on the heap: 128×256 f64 blocks would take a large bite of a rayon
-// worker's stack.
+// Block scratch lives on the heap: 128×256 f64 blocks would take a large bite of a worker
+// thread's stack.
 #![allow(clippy::useless_vec)]
 
-use super::matmul::{gemm_into, MatRef};
+use super::matmul::{gemm_into, team_for_each, MatRef};
 use crate::dtype::Float;
-use rayon::prelude::*;
 
 /// Query rows per block (tuned on Zen 4: 64×128 … 256×512 measured, 128×256 fastest at T = 1024).
 pub const ATTN_BLOCK_Q: usize = 128;
@@ -155,11 +155,14 @@ pub fn attention_forward<T: Float>(
     if tq == 0 || d == 0 {
         return;
     }
-    out.par_chunks_mut(tq * d).zip(lse.par_chunks_mut(tq)).enumerate().for_each(|(bh, (o, l_out))| {
+    let heads: Vec<_> = out.chunks_mut(tq * d).zip(lse.chunks_mut(tq)).enumerate().collect();
+    team_for_each(heads, |(bh, (o, l_out))| {
         let (b, hq) = (bh / h, bh % h);
         let kvh = hq / group;
         let (q_at, k_at, v_at) = (qv.at(b, hq), kv.at(b, kvh), vv.at(b, kvh));
-        let mut s = vec![T::ZERO; ATTN_BLOCK_Q * ATTN_BLOCK_K];
+        // Score tiles hold at most min(block, sequence) rows and columns: a short sequence
+        // zeroes a small buffer per head, not a full 128 × 256 tile.
+        let mut s = vec![T::ZERO; ATTN_BLOCK_Q.min(tq) * ATTN_BLOCK_K.min(dims.tk)];
         let mut m_run = vec![T::NEG_INFINITY; ATTN_BLOCK_Q];
         let mut l_run = vec![T::ZERO; ATTN_BLOCK_Q];
         for i0 in (0..tq).step_by(ATTN_BLOCK_Q) {
@@ -258,127 +261,127 @@ pub fn attention_backward<T: Float>(
     }
     let scale = T::from_f64(dims.scale);
     // One task per (b, kv head): it owns dk, dv of that head and dq of its `group` query heads.
-    dq.par_chunks_mut(group * tq * d)
-        .zip(dk.par_chunks_mut(tk * d).zip(dv.par_chunks_mut(tk * d)))
-        .enumerate()
-        .for_each(|(bkv, (dq_g, (dk_h, dv_h)))| {
-            let (b, kvh) = (bkv / hk, bkv % hk);
-            let (k_at, v_at) = (kv.at(b, kvh), vv.at(b, kvh));
-            let mut p = vec![T::ZERO; ATTN_BLOCK_Q * ATTN_BLOCK_K];
-            let mut dp = vec![T::ZERO; ATTN_BLOCK_Q * ATTN_BLOCK_K];
-            let mut delta = vec![T::ZERO; ATTN_BLOCK_Q];
-            for gi in 0..group {
-                let hq = kvh * group + gi;
-                let q_at = qv.at(b, hq);
-                let o_at = (b * h + hq) * tq * d; // out, dout and lse are contiguous
-                let dq_h = &mut dq_g[gi * tq * d..(gi + 1) * tq * d];
-                let lse_h = &lse[(b * h + hq) * tq..(b * h + hq + 1) * tq];
-                for i0 in (0..tq).step_by(ATTN_BLOCK_Q) {
-                    let bq = ATTN_BLOCK_Q.min(tq - i0);
-                    // Δ_i = Σ_d dO_id O_id
+    let heads: Vec<_> =
+        dq.chunks_mut(group * tq * d).zip(dk.chunks_mut(tk * d).zip(dv.chunks_mut(tk * d))).enumerate().collect();
+    team_for_each(heads, |(bkv, (dq_g, (dk_h, dv_h)))| {
+        let (b, kvh) = (bkv / hk, bkv % hk);
+        let (k_at, v_at) = (kv.at(b, kvh), vv.at(b, kvh));
+        let tile = ATTN_BLOCK_Q.min(tq) * ATTN_BLOCK_K.min(tk);
+        let mut p = vec![T::ZERO; tile];
+        let mut dp = vec![T::ZERO; tile];
+        let mut delta = vec![T::ZERO; ATTN_BLOCK_Q];
+        for gi in 0..group {
+            let hq = kvh * group + gi;
+            let q_at = qv.at(b, hq);
+            let o_at = (b * h + hq) * tq * d; // out, dout and lse are contiguous
+            let dq_h = &mut dq_g[gi * tq * d..(gi + 1) * tq * d];
+            let lse_h = &lse[(b * h + hq) * tq..(b * h + hq + 1) * tq];
+            for i0 in (0..tq).step_by(ATTN_BLOCK_Q) {
+                let bq = ATTN_BLOCK_Q.min(tq - i0);
+                // Δ_i = Σ_d dO_id O_id
+                for r in 0..bq {
+                    let row = o_at + (i0 + r) * d;
+                    delta[r] = T::dot(&dout[row..row + d], &out[row..row + d]);
+                }
+                let kend = dims.keys_visible(i0 + bq - 1);
+                for j0 in (0..kend).step_by(ATTN_BLOCK_K) {
+                    let bk = ATTN_BLOCK_K.min(kend - j0);
+                    let pb = &mut p[..bq * bk];
+                    scores_block(
+                        pb,
+                        &dims,
+                        q,
+                        q_at,
+                        qv.st,
+                        k,
+                        k_at,
+                        kv.st,
+                        mask.as_ref().map(|m| (m, b, hq)),
+                        i0,
+                        bq,
+                        j0,
+                        bk,
+                    );
+                    // P = exp(S − L), recomputed (masked entries were −∞ and become 0).
                     for r in 0..bq {
-                        let row = o_at + (i0 + r) * d;
-                        delta[r] = T::dot(&dout[row..row + d], &out[row..row + d]);
-                    }
-                    let kend = dims.keys_visible(i0 + bq - 1);
-                    for j0 in (0..kend).step_by(ATTN_BLOCK_K) {
-                        let bk = ATTN_BLOCK_K.min(kend - j0);
-                        let pb = &mut p[..bq * bk];
-                        scores_block(
-                            pb,
-                            &dims,
-                            q,
-                            q_at,
-                            qv.st,
-                            k,
-                            k_at,
-                            kv.st,
-                            mask.as_ref().map(|m| (m, b, hq)),
-                            i0,
-                            bq,
-                            j0,
-                            bk,
-                        );
-                        // P = exp(S − L), recomputed (masked entries were −∞ and become 0).
-                        for r in 0..bq {
-                            let l = lse_h[i0 + r];
-                            let row = &mut pb[r * bk..(r + 1) * bk];
-                            if l == T::NEG_INFINITY {
-                                row.fill(T::ZERO);
-                            } else {
-                                T::exp_sub(row, l);
-                            }
+                        let l = lse_h[i0 + r];
+                        let row = &mut pb[r * bk..(r + 1) * bk];
+                        if l == T::NEG_INFINITY {
+                            row.fill(T::ZERO);
+                        } else {
+                            T::exp_sub(row, l);
                         }
-                        let do_ref = MatRef { off: o_at + i0 * d, rs: d, cs: 1 };
-                        // dV_blk += Pᵀ dO_blk
-                        gemm_into(
-                            bk,
-                            bq,
-                            d,
-                            &mut dv_h[j0 * d..(j0 + bk) * d],
-                            d,
-                            true,
-                            pb,
-                            MatRef { off: 0, rs: 1, cs: bk },
-                            dout,
-                            do_ref,
-                            T::ONE,
-                            1,
-                        );
-                        // dP = dO_blk V_blkᵀ
-                        let dpb = &mut dp[..bq * bk];
-                        gemm_into(
-                            bq,
-                            d,
-                            bk,
-                            dpb,
-                            bk,
-                            false,
-                            dout,
-                            do_ref,
-                            v,
-                            MatRef { off: v_at + j0 * vv.st, rs: 1, cs: vv.st },
-                            T::ONE,
-                            1,
-                        );
-                        // dS = P ⊙ (dP − Δ), stored over dP
-                        for r in 0..bq {
-                            for c in 0..bk {
-                                dpb[r * bk + c] = pb[r * bk + c] * (dpb[r * bk + c] - delta[r]);
-                            }
-                        }
-                        // dQ_blk += scale · dS K_blk
-                        gemm_into(
-                            bq,
-                            bk,
-                            d,
-                            &mut dq_h[i0 * d..(i0 + bq) * d],
-                            d,
-                            true,
-                            dpb,
-                            MatRef { off: 0, rs: bk, cs: 1 },
-                            k,
-                            MatRef { off: k_at + j0 * kv.st, rs: kv.st, cs: 1 },
-                            scale,
-                            1,
-                        );
-                        // dK_blk += scale · dSᵀ Q_blk
-                        gemm_into(
-                            bk,
-                            bq,
-                            d,
-                            &mut dk_h[j0 * d..(j0 + bk) * d],
-                            d,
-                            true,
-                            dpb,
-                            MatRef { off: 0, rs: 1, cs: bk },
-                            q,
-                            MatRef { off: q_at + i0 * qv.st, rs: qv.st, cs: 1 },
-                            scale,
-                            1,
-                        );
                     }
+                    let do_ref = MatRef { off: o_at + i0 * d, rs: d, cs: 1 };
+                    // dV_blk += Pᵀ dO_blk
+                    gemm_into(
+                        bk,
+                        bq,
+                        d,
+                        &mut dv_h[j0 * d..(j0 + bk) * d],
+                        d,
+                        true,
+                        pb,
+                        MatRef { off: 0, rs: 1, cs: bk },
+                        dout,
+                        do_ref,
+                        T::ONE,
+                        1,
+                    );
+                    // dP = dO_blk V_blkᵀ
+                    let dpb = &mut dp[..bq * bk];
+                    gemm_into(
+                        bq,
+                        d,
+                        bk,
+                        dpb,
+                        bk,
+                        false,
+                        dout,
+                        do_ref,
+                        v,
+                        MatRef { off: v_at + j0 * vv.st, rs: 1, cs: vv.st },
+                        T::ONE,
+                        1,
+                    );
+                    // dS = P ⊙ (dP − Δ), stored over dP
+                    for r in 0..bq {
+                        for c in 0..bk {
+                            dpb[r * bk + c] = pb[r * bk + c] * (dpb[r * bk + c] - delta[r]);
+                        }
+                    }
+                    // dQ_blk += scale · dS K_blk
+                    gemm_into(
+                        bq,
+                        bk,
+                        d,
+                        &mut dq_h[i0 * d..(i0 + bq) * d],
+                        d,
+                        true,
+                        dpb,
+                        MatRef { off: 0, rs: bk, cs: 1 },
+                        k,
+                        MatRef { off: k_at + j0 * kv.st, rs: kv.st, cs: 1 },
+                        scale,
+                        1,
+                    );
+                    // dK_blk += scale · dSᵀ Q_blk
+                    gemm_into(
+                        bk,
+                        bq,
+                        d,
+                        &mut dk_h[j0 * d..(j0 + bk) * d],
+                        d,
+                        true,
+                        dpb,
+                        MatRef { off: 0, rs: 1, cs: bk },
+                        q,
+                        MatRef { off: q_at + i0 * qv.st, rs: qv.st, cs: 1 },
+                        scale,
+                        1,
+                    );
                 }
             }
-        });
+        }
+    });
 }

@@ -4,8 +4,10 @@
 //! (`b.t()`) costs nothing: `A·Bᵀ` with weights stored `[out, in]` runs as fast as `A·B`. It
 //! picks AVX-512 / AVX2 / scalar micro-kernels at run time from the CPU's features.
 
+use super::pool::SpinPool;
 use crate::dtype::Float;
 use std::any::TypeId;
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// A strided matrix operand: element `(i, j)` is `data[off + i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -21,7 +23,8 @@ pub struct MatRef {
 /// `dst = beta·dst + alpha·(a · b)` for one `(M, K) · (K, N)` product; `dst` is `(M, N)` with
 /// row stride `dst_rs`, column stride 1. With `accumulate = false`, `dst` is overwritten.
 ///
-/// `threads > 1` lets `gemm` split the work over rayon's pool; pass 1 inside a parallel loop.
+/// `threads > 1` splits a large product by rows over the spinning team (or, when another
+/// caller holds the team, lets `gemm` split it over rayon's pool); pass 1 inside a parallel loop.
 pub fn gemm_into<T: Float>(
     m: usize,
     k: usize,
@@ -67,6 +70,32 @@ pub fn gemm_into<T: Float>(
             }
         }
         return;
+    }
+    if threads > 1 && m >= 2 * TEAM_ROW_ALIGN && m * n * k >= TEAM_MIN_MACS {
+        if let Some(team) = team(threads) {
+            // Each thread of the team takes a band of rows: `dst`'s bands are disjoint, `a`'s
+            // bands are read-only views, and all bands share `b`.
+            let per = m.div_ceil(team.threads()).next_multiple_of(TEAM_ROW_ALIGN);
+            let mut bands = Vec::with_capacity(team.threads());
+            let mut rest = &mut dst[..];
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = per.min(m - r0);
+                let (band, tail) = if r0 + rows < m { rest.split_at_mut(rows * dst_rs) } else { (rest, &mut [][..]) };
+                bands.push(Mutex::new((r0, rows, band)));
+                rest = tail;
+                r0 += rows;
+            }
+            team.run(&|i| {
+                if let Some(band) = bands.get(i) {
+                    let mut band = band.lock().unwrap_or_else(|e| e.into_inner());
+                    let (r0, rows, ref mut d) = *band;
+                    let am = MatRef { off: am.off + r0 * am.rs, ..am };
+                    gemm_into(rows, k, n, d, dst_rs, accumulate, a, am, b, bm, alpha, 1);
+                }
+            });
+            return;
+        }
     }
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: all pointers are derived from live slices; the asserts above check that every
@@ -153,6 +182,56 @@ pub fn gemv<T: Float>(out: &mut [T], a: &[T], b: &[T], bm: MatRef, k: usize, thr
             out.chunks_mut(band).enumerate().for_each(body);
         }
     }
+}
+
+/// Products with at least this many multiply-adds are split over the [`team`].
+const TEAM_MIN_MACS: usize = 1 << 20;
+/// Row bands of a split product are multiples of this (a multiple of every micro-kernel's
+/// row count, so no band ends in a partial register tile).
+const TEAM_ROW_ALIGN: usize = 32;
+
+/// The spinning thread team that splits large products by rows, if no other caller holds it.
+///
+/// `gemm`'s own `Rayon` mode hands half of each product to rayon's pool, whose idle workers
+/// park after a few microseconds. A training step alternates matmuls with serial work (norms,
+/// attention, the optimizer), so each matmul found the other worker asleep, paid a wake-up
+/// and often finished before the worker arrived: the second core sat idle. A [`SpinPool`]
+/// spins for milliseconds between jobs, which spans those gaps.
+fn team(threads: usize) -> Option<MutexGuard<'static, SpinPool>> {
+    static TEAM: OnceLock<Mutex<SpinPool>> = OnceLock::new();
+    let team = match TEAM.get_or_init(|| Mutex::new(SpinPool::new(crate::num_threads()))).try_lock() {
+        Ok(team) => team,
+        // A job that panicked poisons the lock but leaves the team usable.
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    (team.threads() > 1 && team.threads() <= threads).then_some(team)
+}
+
+/// Calls `body` on every item, the items dealt round-robin to the threads of the spinning
+/// team (a [`SpinPool`] of [`crate::num_threads`] threads) when it is free (no wake-ups between the many short kernels of a training step),
+/// else spread over rayon's pool. Items are independent tasks: disjoint output chunks.
+pub fn team_for_each<I: Send>(items: Vec<I>, body: impl Fn(I) + Sync + Send) {
+    if items.len() <= 1 {
+        return items.into_iter().for_each(body);
+    }
+    let threads = crate::num_threads();
+    if threads > 1 {
+        if let Some(team) = team(threads) {
+            let n = team.threads();
+            let items: Vec<Mutex<Option<I>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+            team.run(&|t| {
+                for slot in items.iter().skip(t).step_by(n) {
+                    if let Some(item) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        body(item);
+                    }
+                }
+            });
+            return;
+        }
+    }
+    use rayon::prelude::*;
+    items.into_par_iter().for_each(body);
 }
 
 /// The textbook triple loop, the reference the fast path is tested against.

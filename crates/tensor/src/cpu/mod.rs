@@ -8,13 +8,13 @@
 mod activation;
 mod alloc;
 mod attention;
+pub mod bf16gemm;
 mod elementwise;
 mod index;
 mod matmul;
 mod norm;
 mod optim;
 pub mod pool;
-pub mod bf16gemm;
 pub mod qmatmul;
 mod reduce;
 mod rope;

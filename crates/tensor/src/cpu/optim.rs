@@ -30,21 +30,23 @@ pub fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]
     let bc1 = 1.0 - s.beta1.powi(t);
     let bc2 = 1.0 - s.beta2.powi(t);
     let (l2, decay) = if s.decoupled { (0.0, s.weight_decay) } else { (s.weight_decay, 0.0) };
-    const CHUNK: usize = 1 << 14;
-    param
-        .par_chunks_mut(CHUNK)
-        .zip(grad.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = g[i] + l2 * p[i];
-                m[i] = s.beta1 * m[i] + (1.0 - s.beta1) * gi;
-                v[i] = s.beta2 * v[i] + (1.0 - s.beta2) * gi * gi;
-                let mhat = m[i] / bc1;
-                let vhat = v[i] / bc2;
-                p[i] -= s.lr * (mhat / (vhat.sqrt() + s.eps) + decay * p[i]);
-            }
-        });
+    // Zipped iterators (no indexing) let the compiler drop bounds checks and vectorize.
+    let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let gi = g + l2 * *p;
+            *m = s.beta1 * *m + (1.0 - s.beta1) * gi;
+            *v = s.beta2 * *v + (1.0 - s.beta2) * gi * gi;
+            let mhat = *m / bc1;
+            let vhat = *v / bc2;
+            *p -= s.lr * (mhat / (vhat.sqrt() + s.eps) + decay * *p);
+        }
+    };
+    // Tasks of 2¹³ parameters (four buffers stream through each): small enough to split a
+    // small model's weight matrices over the spinning team, which pays no wake-up per task.
+    const CHUNK: usize = 1 << 13;
+    let tasks: Vec<_> =
+        param.chunks_mut(CHUNK).zip(grad.chunks(CHUNK)).zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK))).collect();
+    super::team_for_each(tasks, |((p, g), (m, v))| update(p, g, m, v));
 }
 
 /// SGD with momentum (PyTorch convention): `b ← μb + g`; `θ ← θ − lr·b`, or with Nesterov
@@ -67,6 +69,24 @@ pub fn sgd_update(
 }
 
 /// Σ g² over a buffer, in f64 (the global gradient norm's building block).
+///
+/// Each task keeps 16 independent partial sums, which the compiler holds in vector registers;
+/// a single running f64 sum would make every add wait for the previous one.
 pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
-    x.par_chunks(1 << 14).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()).sum()
+    const LANES: usize = 16;
+    let task = |c: &[T]| {
+        let mut acc = [0.0f64; LANES];
+        let chunks = c.chunks_exact(LANES);
+        let tail: f64 = chunks.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        for ch in chunks {
+            for (a, v) in acc.iter_mut().zip(ch) {
+                *a += v.to_f64() * v.to_f64();
+            }
+        }
+        acc.iter().sum::<f64>() + tail
+    };
+    if x.len() < super::PAR_MIN_ELEMS {
+        return task(x);
+    }
+    x.par_chunks(super::PAR_MIN_ELEMS).map(task).sum()
 }
