@@ -33,8 +33,8 @@
 //! **Prefill** (`t ≥` [`GEMM_MIN_TOKENS`]) is compute-bound, so each thread dequantizes panels
 //! of its weight rows once per call and multiplies them with all tokens: in bf16 with
 //! `vdpbf16ps` where the CPU has AVX-512 BF16 ([`super::bf16gemm`]: twice the multiply-adds of
-//! f32 FMA; the rounding moved SmolLM2 Q4_1's top-1 token at 0.6–0.8% of positions), else with
-//! an f32 GEMM (`gemm` crate).
+//! f32 FMA; the rounding moved SmolLM2 Q4_1's top-1 token at 0.6–0.8% of positions), else —
+//! and always for F32 and F16 weights — with an f32 GEMM (`gemm` crate).
 
 use super::bf16gemm;
 use super::pool::{share, SpinPool};
@@ -471,10 +471,12 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Whether prefill with `kernel` takes the bf16 route ([`bf16gemm`]): with the AVX-512
-/// kernels on a CPU that has AVX-512 BF16.
-pub fn uses_bf16_gemm(kernel: QKernel) -> bool {
-    kernel == QKernel::Avx512 && bf16gemm::supported()
+/// Whether prefill of weights `ty` with `kernel` takes the bf16 route ([`bf16gemm`]): with the
+/// AVX-512 kernels on a CPU that has AVX-512 BF16, for the block-quantized formats and BF16.
+/// F32 and F16 weights keep f32 arithmetic: whoever stores a model in them asked for their
+/// precision (F16 has 11 significant bits, bf16 8).
+pub fn uses_bf16_gemm(kernel: QKernel, ty: QuantType) -> bool {
+    kernel == QKernel::Avx512 && !matches!(ty, QuantType::F32 | QuantType::F16) && bf16gemm::supported()
 }
 
 /// A raw pointer that may cross threads; each thread writes a disjoint set of elements.
@@ -538,7 +540,7 @@ pub fn qmatmul_with(
     let rb = row_bytes.unwrap_or(0);
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(kernel) {
+    if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(kernel, ty) {
         // Prefill with bf16 arithmetic: the activations are rounded and packed once; each
         // thread dequantizes its rows of W a panel at a time, rounds them to bf16 pairs, and
         // runs the `vdpbf16ps` kernel (twice the multiply-adds per instruction of f32 FMA).
@@ -709,7 +711,7 @@ mod tests {
                             let got = y[tok * rows + r] as f64;
                             // The bf16 route rounds both operands (≤ 2⁻⁹ each): each product
                             // is within 2⁻⁸ of itself, the sum within 2⁻⁸·Σ|w·x|.
-                            let rel = if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(k) { 1.0 / 256.0 } else { 0.0 };
+                            let rel = if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(k, ty) { 1.0 / 256.0 } else { 0.0 };
                             assert!(
                                 (got - want).abs() <= (rel + 1e-5) * scale + 1e-6,
                                 "{ty} {k:?} rows {rows} t {t}: y[{tok},{r}] = {got}, reference {want}"
