@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use yuanli_data::{char_vocab, write_shards, Shard};
+use yuanli_infer::Vocab;
 use yuanli_models::SamplingParams;
 use yuanli_tensor::{Rng, Tensor};
 use yuanli_train::plot::{line_plot, Series};
@@ -215,55 +216,6 @@ pub(crate) struct SampleArgs {
     #[arg(long)]
     json: bool,
 }
-
-/// How a checkpoint's data turns text into ids and back.
-pub(crate) enum Vocab {
-    /// A character-level vocabulary (id → char).
-    Chars(Vec<char>),
-    /// A byte-level BPE tokenizer.
-    Bpe(Box<yuanli_tokenizer::Tokenizer>),
-}
-
-impl Vocab {
-    /// The vocabulary of a prepared data directory.
-    pub(crate) fn of_data(dir: &Path) -> Result<Vocab> {
-        let meta = Shard::meta(dir)
-            .with_context(|| format!("the checkpoint's vocabulary lives with its data ({})", dir.display()))?;
-        if meta.tokenizer == "char" {
-            return Ok(Vocab::Chars(meta.chars));
-        }
-        let path = dir.join(&meta.tokenizer);
-        Ok(Vocab::Bpe(Box::new(
-            yuanli_tokenizer::formats::load(&path, None).with_context(|| format!("loading {}", path.display()))?,
-        )))
-    }
-
-    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        match self {
-            Vocab::Chars(chars) => {
-                let index: std::collections::HashMap<char, u32> =
-                    chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
-                text.chars()
-                    .map(|c| {
-                        index
-                            .get(&c)
-                            .copied()
-                            .ok_or_else(|| anyhow::anyhow!("prompt character {c:?} is not in the model's vocabulary"))
-                    })
-                    .collect()
-            }
-            Vocab::Bpe(t) => Ok(t.encode_ordinary(text)?),
-        }
-    }
-
-    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String> {
-        match self {
-            Vocab::Chars(chars) => Ok(ids.iter().map(|&i| chars[i as usize]).collect()),
-            Vocab::Bpe(t) => Ok(t.decode_lossy(ids)?),
-        }
-    }
-}
-
 /// Generates from a loaded model; calls `emit` with text as soon as it forms whole characters.
 pub(crate) fn generate(
     t: &Trainee,
@@ -272,7 +224,7 @@ pub(crate) fn generate(
     args: &SampleArgs,
     emit: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
-    let ids = vocab.encode(prompt)?;
+    let ids = vocab.encode(prompt, false)?;
     if ids.is_empty() {
         bail!("the prompt is empty");
     }
@@ -282,22 +234,12 @@ pub(crate) fn generate(
     }
     let params =
         SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, ..Default::default() };
-    let mut stream = match vocab {
-        Vocab::Bpe(t) => Some(t.stream_decoder()),
-        Vocab::Chars(_) => None,
-    };
+    let mut stream = yuanli_infer::TextStream::new(vocab, &[]);
     let out = yuanli_models::generate(&t.model, &ids, args.max_new_tokens, params, args.seed, &mut |id| {
-        match (&mut stream, vocab) {
-            (Some(s), _) => {
-                if let Ok(text) = s.push(id) {
-                    emit(&text);
-                }
-            }
-            (None, Vocab::Chars(chars)) => emit(&chars[id as usize].to_string()),
-            (None, Vocab::Bpe(_)) => {}
-        }
+        emit(&stream.push(id).0);
         std::ops::ControlFlow::Continue(())
-    });
+    })?;
+    emit(&stream.finish());
     Ok(out.tokens)
 }
 

@@ -1,183 +1,21 @@
 //! `yuanli generate`, `yuanli chat` and `yuanli perplexity`: using a model — a GGUF file, a
 //! Hugging Face directory, or a checkpoint from `yuanli train`.
 
-use crate::gpt_cmd::Vocab;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use yuanli_models::sample::{generate, Generation};
-use yuanli_models::{load_pretrained, CausalLm, Message, Pretrained, QuantModel, SamplingParams};
-use yuanli_tokenizer::SpecialMode;
-use yuanli_train::pretrain::Trainee;
+use yuanli_infer::{Chat, GenerateOptions, ModelKind, OpenOptions, TextGeneration};
+use yuanli_models::{Batch, Logits, Message, SamplingParams, SessionOpts};
 
-/// A loaded model and how to turn text into its tokens.
-pub(crate) enum Model {
-    /// A pretrained LLaMA-family model (GGUF or Hugging Face).
-    Pretrained(Box<Pretrained>),
-    /// A LLaMA-family GGUF on the fast quantized path.
-    Quant(Box<QuantModel>),
-    /// A GPT from `yuanli train`, with the vocabulary of its data.
-    Trained(Box<Trainee>, Vocab),
-}
+pub(crate) use yuanli_infer::Model;
 
-impl Model {
-    /// Loads `path`: a `.gguf` file, a Hugging Face directory (`config.json` with a
-    /// `model_type`), or a yuanli checkpoint directory.
-    pub(crate) fn load(path: &Path) -> Result<Model> {
-        Model::open(path, false)
-    }
-
-    /// [`Model::load`], choosing the exact f32 path for GGUF files when `exact`.
-    pub(crate) fn open(path: &Path, exact: bool) -> Result<Model> {
-        let is_hf = path.is_dir()
-            && std::fs::read_to_string(path.join("config.json")).is_ok_and(|s| s.contains("\"model_type\""));
-        if path.is_dir() && !is_hf {
-            let (t, cfg) = Trainee::load(path).with_context(|| {
-                format!("{} is neither a Hugging Face model nor a yuanli checkpoint", path.display())
-            })?;
-            let vocab = Vocab::of_data(&cfg.data_dir)?;
-            return Ok(Model::Trained(Box::new(t), vocab));
-        }
-        // A GPT-2 GGUF (what `yuanli quantize` makes of a checkpoint) is a trained GPT again.
-        if path.is_file() {
-            let f = yuanli_models::gguf::GgufFile::open(path).with_context(|| format!("loading {}", path.display()))?;
-            if f.get("general.architecture").and_then(|v| v.as_str()) == Some(yuanli_models::load::GPT2_ARCH) {
-                let (model, store) =
-                    yuanli_models::gpt_from_gguf(&f).with_context(|| format!("loading {}", path.display()))?;
-                let vocab = match yuanli_models::gpt_vocab_from_gguf(&f)
-                    .with_context(|| format!("loading the vocabulary of {}", path.display()))?
-                {
-                    yuanli_models::GptVocab::Chars(c) => Vocab::Chars(c),
-                    yuanli_models::GptVocab::Bpe(t) => Vocab::Bpe(t),
-                };
-                return Ok(Model::Trained(Box::new(Trainee { store, model }), vocab));
-            }
-        }
-        Model::load_pretrained(path, exact)
-    }
-
-    /// Loads a pretrained LLaMA-family model: a GGUF file on the fast quantized path, unless
-    /// `exact` (weights dequantized to f32, autograd engine: the path checked against float64
-    /// references), or a Hugging Face directory.
-    pub(crate) fn load_pretrained(path: &Path, exact: bool) -> Result<Model> {
-        if path.is_file() && !exact {
-            let m = QuantModel::open(path, yuanli_tensor::num_threads())
-                .with_context(|| format!("loading {}", path.display()))?;
-            return Ok(Model::Quant(Box::new(m)));
-        }
-        let p = load_pretrained(path).with_context(|| format!("loading {}", path.display()))?;
-        Ok(Model::Pretrained(Box::new(p)))
-    }
-
-    pub(crate) fn lm(&self) -> &dyn CausalLm {
-        match self {
-            Model::Pretrained(p) => &p.model,
-            Model::Quant(q) => &q.model,
-            Model::Trained(t, _) => &t.model,
-        }
-    }
-
-    /// Token ids of `text`; specials such as `<|im_start|>` are parsed when `specials`.
-    pub(crate) fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
-        match self {
-            Model::Pretrained(p) => {
-                let mode = if specials { SpecialMode::Allow } else { SpecialMode::AsText };
-                let mut ids: Vec<u32> = p.bos.filter(|_| p.add_bos).into_iter().collect();
-                ids.extend(p.tokenizer.encode(text, mode)?);
-                Ok(ids)
-            }
-            Model::Quant(q) => {
-                let p = &q.chat;
-                let mode = if specials { SpecialMode::Allow } else { SpecialMode::AsText };
-                let mut ids: Vec<u32> = p.bos.filter(|_| p.add_bos).into_iter().collect();
-                ids.extend(p.tokenizer.encode(text, mode)?);
-                Ok(ids)
-            }
-            Model::Trained(_, v) => v.encode(text),
-        }
-    }
-
-    fn eos(&self) -> &[u32] {
-        match self {
-            Model::Pretrained(p) => &p.eos,
-            Model::Quant(q) => &q.chat.eos,
-            Model::Trained(..) => &[],
-        }
-    }
-
-    /// Renders a conversation with the model's chat template.
-    fn render_chat(&self, messages: &[Message]) -> Result<String> {
-        match self {
-            Model::Pretrained(p) => match &p.chat_template {
-                Some(t) => t.render(messages, true).map_err(anyhow::Error::msg),
-                None => bail!("this model has no chat template; leave out --chat"),
-            },
-            Model::Quant(q) => match &q.chat.chat_template {
-                Some(t) => t.render(messages, true).map_err(anyhow::Error::msg),
-                None => bail!("this model has no chat template; leave out --chat"),
-            },
-            Model::Trained(..) => bail!("a model from `yuanli train` has no chat template; leave out --chat"),
-        }
-    }
-}
-
-/// Turns generated ids into text as they come, emitting only whole UTF-8 characters, and
-/// watches for stop strings.
-struct TextStream<'m> {
-    model: &'m Model,
-    decoder: Option<yuanli_tokenizer::StreamDecoder<'m>>,
-    text: String,
-    emitted: usize,
-    stops: &'m [String],
-}
-
-impl<'m> TextStream<'m> {
-    fn new(model: &'m Model, stops: &'m [String]) -> Self {
-        let decoder = match model {
-            Model::Pretrained(p) => Some(p.tokenizer.stream_decoder()),
-            Model::Quant(q) => Some(q.chat.tokenizer.stream_decoder()),
-            Model::Trained(_, Vocab::Bpe(t)) => Some(t.stream_decoder()),
-            Model::Trained(_, Vocab::Chars(_)) => None,
-        };
-        TextStream { model, decoder, text: String::new(), emitted: 0, stops }
-    }
-
-    /// Adds a token; returns the text that is now safe to show, and whether a stop string
-    /// appeared (the text is cut before it).
-    fn push(&mut self, id: u32) -> (String, bool) {
-        match (&mut self.decoder, self.model) {
-            (Some(d), _) => self.text.push_str(&d.push(id).unwrap_or_default()),
-            (None, Model::Trained(_, Vocab::Chars(c))) => self.text.extend(c.get(id as usize)),
-            _ => {}
-        }
-        if let Some(cut) = self.stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
-            self.text.truncate(cut);
-            let out = self.text.get(self.emitted..).unwrap_or_default().to_string();
-            self.emitted = self.text.len();
-            return (out, true);
-        }
-        // Hold back a tail that could still become a stop string.
-        let hold = self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-        let mut safe = self.text.len().saturating_sub(hold).max(self.emitted);
-        while !self.text.is_char_boundary(safe) {
-            safe -= 1;
-        }
-        let out = self.text[self.emitted..safe].to_string();
-        self.emitted = safe;
-        (out, false)
-    }
-
-    fn finish(&mut self) -> String {
-        if let Some(d) = &mut self.decoder {
-            self.text.push_str(&d.finish());
-        }
-        let out = self.text.get(self.emitted..).unwrap_or_default().to_string();
-        self.emitted = self.text.len();
-        out
-    }
+/// Loads `path` (a `.gguf` file, a Hugging Face directory or a `yuanli train` checkpoint); a
+/// GGUF file runs on its quantized weights unless `exact`.
+pub(crate) fn open_model(path: &Path, exact: bool) -> Result<Model> {
+    Model::open(path, OpenOptions { exact }).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -210,66 +48,44 @@ pub(crate) struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn params(&self) -> SamplingParams {
-        SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            repeat_last_n: 64,
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            params: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: 64,
+            },
+            seed: self.seed,
+            stops: self.stops.clone(),
         }
     }
 }
 
-/// Runs one generation, streaming text to `out` (if any); returns the ids (EOS excluded),
-/// the text, and the timings.
+/// Runs one generation, streaming text to `out` (if any).
 fn run_generation(
     model: &Model,
     prompt_ids: &[u32],
     s: &SamplingArgs,
-    mut out: Option<&mut dyn Write>,
-) -> Result<(Vec<u32>, String, Generation)> {
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let ctx = model.lm().context_len();
-    if prompt_ids.len() >= ctx {
-        bail!("the prompt has {} tokens but the model's context is {ctx}; shorten it", prompt_ids.len());
-    }
-    let eos = model.eos().to_vec();
-    let mut stream = TextStream::new(model, &s.stops);
-    let mut ids = Vec::new();
-    let mut text = String::new();
-    let mut io_err = None;
-    let gen = generate(model.lm(), prompt_ids, s.max_new_tokens, s.params(), s.seed, &mut |id| {
-        if eos.contains(&id) {
-            return ControlFlow::Break(());
-        }
-        ids.push(id);
-        let (piece, stop) = stream.push(id);
-        text.push_str(&piece);
+    out: Option<&mut dyn Write>,
+) -> Result<TextGeneration> {
+    let (mut out, mut io_err) = (out, None);
+    let g = model.generate_text(prompt_ids, &s.options(), &mut |piece| {
         if let Some(w) = out.as_deref_mut() {
             if let Err(e) = write!(w, "{piece}").and_then(|_| w.flush()) {
                 io_err = Some(e);
                 return ControlFlow::Break(());
             }
         }
-        if stop {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    });
-    if let Some(e) = io_err {
-        return Err(e.into());
+        ControlFlow::Continue(())
+    })?;
+    match io_err {
+        Some(e) => Err(e.into()),
+        None => Ok(g),
     }
-    let tail = stream.finish();
-    text.push_str(&tail);
-    if let Some(w) = out {
-        write!(w, "{tail}")?;
-    }
-    Ok((ids, text, gen))
 }
 
 /// `yuanli generate`
@@ -300,37 +116,39 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn generate_cmd(args: &GenerateArgs) -> Result<()> {
-    let model = Model::open(&args.model, args.exact)?;
+    let model = open_model(&args.model, args.exact)?;
     let (text, specials) = if args.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &args.system {
             msgs.push(Message::new("system", s));
         }
         msgs.push(Message::new("user", &args.prompt));
-        (model.render_chat(&msgs)?, true)
+        (model.render_chat(&msgs).context("--chat needs a chat template; leave it out")?, true)
     } else {
         (args.prompt.clone(), false)
     };
     let prompt_ids = model.encode(&text, specials)?;
     if args.json {
-        let (ids, out, g) = run_generation(&model, &prompt_ids, &args.sampling, None)?;
+        let r = run_generation(&model, &prompt_ids, &args.sampling, None)?;
+        let g = &r.generation;
         println!(
             "{}",
-            serde_json::json!({"token_ids": ids, "text": out, "prefill_tok_s": g.prefill_tok_s(prompt_ids.len()),
-                               "decode_tok_s": g.decode_tok_s()})
+            serde_json::json!({"token_ids": r.ids, "text": r.text, "prefill_tok_s": g.prefill_tok_s(prompt_ids.len()),
+                               "decode_tok_s": g.decode_tok_s(), "finish_reason": format!("{:?}", r.finish).to_lowercase()})
         );
     } else {
         let mut stdout = std::io::stdout();
         if !args.chat {
             print!("{}", args.prompt);
         }
-        let (ids, _, g) = run_generation(&model, &prompt_ids, &args.sampling, Some(&mut stdout))?;
+        let r = run_generation(&model, &prompt_ids, &args.sampling, Some(&mut stdout))?;
         println!();
+        let g = &r.generation;
         eprintln!(
             "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s]",
             prompt_ids.len(),
             g.prefill_tok_s(prompt_ids.len()),
-            ids.len(),
+            r.ids.len(),
             g.decode_tok_s()
         );
     }
@@ -354,16 +172,12 @@ pub(crate) struct ChatArgs {
 }
 
 pub(crate) fn chat_cmd(args: &ChatArgs) -> Result<()> {
-    let model = Model::open(&args.model, args.exact)?;
-    model.render_chat(&[Message::new("user", "")])?; // fail now if there is no template
-    match &model {
-        Model::Pretrained(p) => eprintln!("{}", p.description),
-        Model::Quant(q) => eprintln!("{}", q.description),
-        Model::Trained(..) => {}
+    let model = open_model(&args.model, args.exact)?;
+    let mut chat = Chat::new(&model, args.system.clone()).context("chat needs a model with a chat template")?;
+    if !model.description.is_empty() {
+        eprintln!("{}", model.description);
     }
     eprintln!("Type a message and press Enter. /reset forgets the conversation, /system TEXT sets the system message, Ctrl-D quits.");
-    let mut system = args.system.clone();
-    let mut history: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     let mut turn = 0u64;
@@ -380,34 +194,39 @@ pub(crate) fn chat_cmd(args: &ChatArgs) -> Result<()> {
             continue;
         }
         if line.trim() == "/reset" {
-            history.clear();
+            chat.reset();
             eprintln!("(conversation cleared)");
             continue;
         }
         if let Some(s) = line.trim().strip_prefix("/system") {
-            system = Some(s.trim().to_string()).filter(|s| !s.is_empty());
-            history.clear();
+            let system = Some(s.trim().to_string()).filter(|s| !s.is_empty());
             eprintln!("(system message {}; conversation cleared)", if system.is_some() { "set" } else { "removed" });
+            chat.set_system(system);
             continue;
         }
-        history.push(Message::new("user", line));
-        let mut msgs: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
-        msgs.extend(history.iter().cloned());
-        let prompt_ids = model.encode(&model.render_chat(&msgs)?, true)?;
-        let ctx = model.lm().context_len();
-        if prompt_ids.len() >= ctx {
-            history.clear();
-            eprintln!(
-                "(the conversation, {} tokens, no longer fits the context of {ctx}: cleared; ask again)",
-                prompt_ids.len()
-            );
-            continue;
-        }
-        let sampling = SamplingArgs { seed: args.sampling.seed.wrapping_add(turn), ..args.sampling.clone() };
+        let mut opts = args.sampling.options();
+        opts.seed = opts.seed.wrapping_add(turn);
         turn += 1;
-        let (_, reply, _) = run_generation(&model, &prompt_ids, &sampling, Some(&mut stdout))?;
-        writeln!(stdout)?;
-        history.push(Message::new("assistant", reply.trim()));
+        let mut io_err = None;
+        let r = chat.send(line, &opts, &mut |piece| match write!(stdout, "{piece}").and_then(|_| stdout.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                io_err = Some(e);
+                ControlFlow::Break(())
+            }
+        });
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
+        match r {
+            Ok(r) => {
+                writeln!(stdout)?;
+                if r.dropped_turns > 0 {
+                    eprintln!("(the context was full: the {} oldest turn(s) were dropped)", r.dropped_turns);
+                }
+            }
+            Err(e) => eprintln!("({e})"),
+        }
     }
 }
 
@@ -438,7 +257,7 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     if args.ctx < 4 {
         bail!("--ctx must be at least 4");
     }
-    let model = Model::open(&args.model, args.exact)?;
+    let model = open_model(&args.model, args.exact)?;
     if args.ctx > model.lm().context_len() {
         bail!("--ctx {} exceeds the model's context of {}", args.ctx, model.lm().context_len());
     }
@@ -458,7 +277,7 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     let p = yuanli_models::eval::perplexity(model.lm(), &ids, args.ctx, args.chunks, &mut |_, ppl| {
         bar.inc(1);
         bar.set_message(format!("ppl {ppl:.4}"));
-    });
+    })?;
     bar.finish_and_clear();
     if args.json {
         println!(
@@ -479,68 +298,113 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
-/// `yuanli bench generate`: prefill `prompt_tokens` tokens of Tempest, then decode
-/// `gen_tokens` greedily, one at a time; median tokens/s over `reps` runs after a warm-up.
+/// `yuanli bench generate`: `batch` sequences (each prompt a different stretch of
+/// `prompt_tokens` tokens of Tempest) are prefilled together, then decoded greedily together,
+/// one token of each per step, `gen_tokens` steps; median tokens/s over `reps` runs after a
+/// warm-up. Prefill and decode rates are aggregates over the batch; `per_seq_decode_tok_s` is
+/// one sequence's rate. With `batch > 1`, every repetition also runs one sequence alone right
+/// after the batch, and `batch_speedup` is the median of the per-repetition ratios of the
+/// aggregate decode rate to the single sequence's (adjacent runs share the machine's state,
+/// so the ratio is steadier than either figure).
 pub(crate) fn bench_generate(
     path: &Path,
     prompt_tokens: usize,
     gen_tokens: usize,
     reps: usize,
     exact: bool,
+    batch: usize,
     threads: usize,
 ) -> Result<serde_json::Value> {
-    if prompt_tokens == 0 || gen_tokens == 0 {
-        bail!("--prompt-tokens and --gen-tokens must be positive");
+    if prompt_tokens == 0 || gen_tokens == 0 || batch == 0 || reps == 0 {
+        bail!("--prompt-tokens, --gen-tokens, --batch and --reps must be positive");
     }
-    let model = Model::open(path, exact)?;
+    let model = open_model(path, exact)?;
     let text_path = Path::new("data/shakespeare/tempest_gut.txt");
     let text = std::fs::read_to_string(text_path).with_context(|| {
         format!("reading the benchmark prompt {} (run from the repository root)", text_path.display())
     })?;
-    let mut ids = model.encode(&text, false)?;
-    if ids.len() < prompt_tokens {
-        bail!("the benchmark text has only {} tokens", ids.len());
+    let ids = model.encode(&text, false)?;
+    if ids.len() < batch * prompt_tokens {
+        bail!("the benchmark text has {} tokens, fewer than {batch} prompts of {prompt_tokens}", ids.len());
     }
-    ids.truncate(prompt_tokens);
     let lm = model.lm();
     let v = lm.vocab_size();
-    let n_ctx = prompt_tokens + gen_tokens;
-    if n_ctx > lm.context_len() {
+    let per_seq = prompt_tokens + gen_tokens;
+    if per_seq > lm.context_len() {
         bail!("{prompt_tokens} + {gen_tokens} tokens exceed the model's context of {}", lm.context_len());
     }
     let argmax = |row: &[f32]| {
         row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
     };
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    let mut logits = Vec::new();
-    let mut generated = Vec::new();
-    for rep in 0..=reps {
-        let mut state = lm.new_state(n_ctx);
+    let opts = SessionOpts::tokens(batch * per_seq.next_multiple_of(yuanli_models::engine::DEFAULT_BLOCK_SIZE));
+    let mut session = lm.new_session(opts);
+    let (mut steps, mut logits) = (Batch::new(), Vec::new());
+    // One repetition with `n` sequences: (prefill tok/s, decode tok/s, first generated ids).
+    let mut run = |n: usize| -> Result<(f64, f64, Vec<u32>)> {
+        let seqs: Vec<_> = (0..n).map(|_| session.add_sequence()).collect();
+        steps.clear();
+        for (i, &seq) in seqs.iter().enumerate() {
+            steps.add_seq(seq, 0, &ids[i * prompt_tokens..(i + 1) * prompt_tokens], Logits::Last);
+        }
         let t0 = std::time::Instant::now();
-        lm.feed(state.as_mut(), &ids, prompt_tokens - 1, &mut logits);
+        lm.forward_batch(&mut session, &steps, &mut logits)?;
         let t1 = std::time::Instant::now();
-        let mut next = argmax(&logits[..v]);
-        generated.clear();
-        for _ in 0..gen_tokens {
-            generated.push(next);
-            lm.feed(state.as_mut(), &[next], 0, &mut logits);
-            next = argmax(&logits[..v]);
+        let mut next: Vec<u32> = (0..n).map(|i| argmax(&logits[i * v..(i + 1) * v])).collect();
+        let mut first = Vec::with_capacity(gen_tokens);
+        for step in 0..gen_tokens {
+            first.push(next[0]);
+            steps.clear();
+            for (&seq, &tok) in seqs.iter().zip(&next) {
+                steps.add(seq, prompt_tokens + step, tok, true);
+            }
+            lm.forward_batch(&mut session, &steps, &mut logits)?;
+            for (i, t) in next.iter_mut().enumerate() {
+                *t = argmax(&logits[i * v..(i + 1) * v]);
+            }
         }
         let t2 = std::time::Instant::now();
-        if rep > 0 {
-            prefill.push(prompt_tokens as f64 / (t1 - t0).as_secs_f64());
-            decode.push(gen_tokens as f64 / (t2 - t1).as_secs_f64());
+        for seq in seqs {
+            session.remove(seq)?;
         }
+        first.truncate(8);
+        Ok((
+            (n * prompt_tokens) as f64 / (t1 - t0).as_secs_f64(),
+            (n * gen_tokens) as f64 / (t2 - t1).as_secs_f64(),
+            first,
+        ))
+    };
+    let (mut prefill, mut decode, mut single, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut first_generated = Vec::new();
+    for rep in 0..=reps {
+        let (p, d, first) = run(batch)?;
+        let alone = if batch > 1 { Some(run(1)?.1) } else { None };
+        if rep > 0 {
+            prefill.push(p);
+            decode.push(d);
+            if let Some(a) = alone {
+                single.push(a);
+                ratios.push(d / a);
+            }
+        }
+        first_generated = first;
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    Ok(serde_json::json!({
-        "model": path.display().to_string(), "threads": threads, "prompt_tokens": prompt_tokens,
-        "gen_tokens": gen_tokens, "prefill_tok_s": median(&mut prefill), "decode_tok_s": median(&mut decode),
-        "peak_rss_mb": crate::bench::peak_rss_mb(), "path": match &model { Model::Quant(_) => "quantized", _ => "f32" },
-        "first_generated": &generated[..generated.len().min(8)],
-    }))
+    let decode_tok_s = median(&mut decode);
+    let mut r = serde_json::json!({
+        "model": path.display().to_string(), "threads": threads, "batch": batch, "prompt_tokens": prompt_tokens,
+        "gen_tokens": gen_tokens, "prefill_tok_s": median(&mut prefill), "decode_tok_s": decode_tok_s,
+        "per_seq_decode_tok_s": decode_tok_s / batch as f64,
+        "peak_rss_mb": crate::bench::peak_rss_mb(), "kv_mb": session.kv_bytes() as f64 / 1e6,
+        "path": match model.kind { ModelKind::Quantized => "quantized", _ => "f32" },
+        "simd": format!("{:?}", yuanli_tensor::cpu::qmatmul::best_qkernel()).to_lowercase(),
+        "first_generated": first_generated,
+    });
+    if batch > 1 {
+        r["single_decode_tok_s"] = serde_json::json!(median(&mut single));
+        r["batch_speedup"] = serde_json::json!(median(&mut ratios));
+    }
+    Ok(r)
 }

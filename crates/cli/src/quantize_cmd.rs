@@ -16,13 +16,12 @@
 //! Bits per weight = 8 · (tensor bytes) / (weights): f32 32, f16 16, q8_0 8.5 (32 int8 + an
 //! f16 scale per block), q4_1 5 (32 nibbles + f16 scale and minimum), q4_0 4.5.
 
-use crate::gpt_cmd::Vocab;
-use crate::llm_cmd::Model;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use yuanli_infer::Vocab;
 use yuanli_models::gguf::{GgufFile, GgufWriter, Value};
 use yuanli_models::load::{gpt_gguf_name_map, CHAR_TOKENIZER_MODEL, GPT2_ARCH};
 use yuanli_tensor::quant::{quantize_row, QuantType};
@@ -249,7 +248,7 @@ fn census(f: &GgufFile) -> (usize, usize, BTreeMap<String, usize>) {
 
 /// Perplexity of the model at `path` on `text` (in its own tokens), and the chunks scored.
 fn perplexity(path: &Path, text: &str, ctx: usize, chunks: usize) -> Result<(f64, usize)> {
-    let model = Model::load(path)?;
+    let model = crate::llm_cmd::open_model(path, false)?;
     if ctx > model.lm().context_len() {
         bail!("--ctx {ctx} exceeds the context of {} ({})", path.display(), model.lm().context_len());
     }
@@ -266,7 +265,7 @@ fn perplexity(path: &Path, text: &str, ctx: usize, chunks: usize) -> Result<(f64
     let p = yuanli_models::eval::perplexity(model.lm(), &ids, ctx, chunks, &mut |_, ppl| {
         bar.inc(1);
         bar.set_message(format!("ppl {ppl:.4}"));
-    });
+    })?;
     bar.finish_and_clear();
     Ok((p.ppl, p.chunk_nll.len()))
 }

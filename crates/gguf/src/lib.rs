@@ -381,6 +381,14 @@ fn ggml_type_name(id: u32) -> &'static str {
     NAMES.get(id as usize).copied().unwrap_or("unknown")
 }
 
+/// The whole file's bytes (tensor data included), so that an `Arc<GgufFile>` can back the
+/// stored weight matrices of a model read in place ([`yuanli_tensor::QMatrix`]).
+impl AsRef<[u8]> for GgufFile {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl GgufFile {
     /// Opens and checks a GGUF file; the tensor data is memory-mapped, not read.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {

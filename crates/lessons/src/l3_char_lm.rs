@@ -86,7 +86,7 @@ impl NextChar for LearnedBigram {
     }
     fn logits(&self, ctx: &Tensor) -> Var {
         let b = ctx.dim(0);
-        let v = self.table.weight.shape()[1];
+        let v = self.table.weight.cols();
         self.table.forward(ctx).reshape(&[b, v])
     }
 }

@@ -285,7 +285,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     ids.extend(pre.tokenizer.encode(&prompt, SpecialMode::Allow)?);
     let eos = pre.eos.clone();
     let stop = |id: u32| if eos.contains(&id) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
-    let g = generate(&pre.model, &ids, 64, SamplingParams::greedy(), opts.seed, &mut |id| stop(id));
+    let g = generate(&pre.model, &ids, 64, SamplingParams::greedy(), opts.seed, &mut |id| stop(id))?;
     let answer_ids: Vec<u32> = g.tokens.iter().copied().filter(|id| !eos.contains(id)).collect();
     let answer = pre.tokenizer.decode_lossy(&answer_ids)?;
     // ANCHOR_END: chat

@@ -14,7 +14,9 @@ use anyhow::Context;
 use serde_json::json;
 use std::ops::ControlFlow;
 use std::time::Instant;
-use yuanli_models::{generate, load_pretrained, CausalLm, LlamaConfig, Message, QuantModel, SamplingParams};
+use yuanli_models::generate::feed;
+use yuanli_models::load::{load_pretrained_with, LoadOptions};
+use yuanli_models::{generate, CausalLm, LlamaConfig, Message, SamplingParams, SessionOpts};
 use yuanli_tensor::cpu::qmatmul::{qmatmul, QuantizedActs};
 use yuanli_tensor::cpu::SpinPool;
 use yuanli_tensor::quant::{dequantize_row, quantize_row, QuantType};
@@ -334,14 +336,14 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
 
     // ANCHOR: memory_bound
     let bandwidth = read_bandwidth(256 << 20, 1.0, threads);
-    let qm = QuantModel::open(&path, threads).with_context(|| format!("opening {}", path.display()))?;
+    let qm = load_pretrained_with(&path, LoadOptions::fast()).with_context(|| format!("opening {}", path.display()))?;
     let cfg = qm.model.config.clone();
     let weight_bytes = qm.model.weight_bytes(); // read once per decoded token
     let flops = 2 * matmul_weights(&cfg); // done once per decoded token
     let intensity = flops as f64 / weight_bytes as f64; // FLOP per byte read
     let ceiling_tok_s = bandwidth / weight_bytes as f64;
 
-    let chat = &qm.chat;
+    let chat = &qm;
     let question = "Why is the sky blue?";
     let prompt = match &chat.chat_template {
         Some(t) => t.render(&[Message::new("user", question)], true).map_err(anyhow::Error::msg)?,
@@ -349,7 +351,7 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     };
     let mut ids: Vec<u32> = chat.bos.filter(|_| chat.add_bos).into_iter().collect();
     ids.extend(chat.tokenizer.encode(&prompt, SpecialMode::Allow)?);
-    let g = generate(&qm.model, &ids, 32, SamplingParams::greedy(), opts.seed, &mut |_| ControlFlow::Continue(()));
+    let g = generate(&qm.model, &ids, 32, SamplingParams::greedy(), opts.seed, &mut |_| ControlFlow::Continue(()))?;
     let decode_tok_s = g.decode_tok_s();
     // ANCHOR_END: memory_bound
     say(format!("2. Decoding is memory-bound ({threads} threads; {})", qm.description));
@@ -382,17 +384,20 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     let mut logits = Vec::new();
 
     let start = Instant::now();
-    let mut state = qm.model.new_state(t_len);
+    let mut session = qm.model.new_session(SessionOpts::tokens(t_len));
+    let cached = session.add_sequence();
     for t in 0..t_len {
-        qm.model.feed(state.as_mut(), &seq[t..t + 1], 0, &mut logits);
+        feed(&qm.model, &mut session, cached, &seq[t..t + 1], 0, &mut logits)?;
     }
     let with_cache = start.elapsed().as_secs_f64();
     let last_cached = logits.clone();
 
     let start = Instant::now();
+    session.remove(cached)?;
     for t in 1..=t_len {
-        let mut fresh = qm.model.new_state(t);
-        qm.model.feed(fresh.as_mut(), &seq[..t], t - 1, &mut logits); // logits of the last token only
+        let fresh = session.add_sequence();
+        feed(&qm.model, &mut session, fresh, &seq[..t], t - 1, &mut logits)?; // logits of the last token only
+        session.remove(fresh)?;
     }
     let without_cache = start.elapsed().as_secs_f64();
     let cache_logits_diff = last_cached.iter().zip(&logits).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
@@ -421,13 +426,19 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     // fast quantized path and by the exact f32 model made from the same Q4_1 weights.
     let ctx = 256;
     let chunk = &text_ids[..ctx];
-    let mut fast = Vec::new();
-    qm.model.feed(qm.model.new_state(ctx).as_mut(), chunk, 0, &mut fast);
+    let score = |m: &dyn CausalLm| -> anyhow::Result<Vec<f32>> {
+        let mut s = m.new_session(SessionOpts::tokens(ctx));
+        let seq = s.add_sequence();
+        let mut out = Vec::new();
+        feed(m, &mut s, seq, chunk, 0, &mut out)?;
+        Ok(out)
+    };
+    let fast = score(&qm.model)?;
     let description = qm.description.clone();
-    drop(qm); // its threads go: the exact model gets the cores to itself
-    let pre = load_pretrained(&path).with_context(|| format!("loading {}", path.display()))?;
-    let mut exact = Vec::new();
-    pre.model.feed(pre.model.new_state(ctx).as_mut(), chunk, 0, &mut exact);
+    drop(qm);
+    let pre =
+        load_pretrained_with(&path, LoadOptions::exact()).with_context(|| format!("loading {}", path.display()))?;
+    let exact = score(&pre.model)?;
     let v = cfg.vocab_size;
     let scored = ctx / 2..ctx - 1;
     let ppl = |z: &[f32]| {

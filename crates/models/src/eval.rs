@@ -1,5 +1,6 @@
 //! Evaluating a language model on text: perplexity.
 
+use crate::engine::{Batch, EngineError, SessionOpts};
 use crate::sample::CausalLm;
 
 /// The result of a perplexity run.
@@ -26,7 +27,7 @@ pub fn perplexity(
     ctx: usize,
     max_chunks: usize,
     on_chunk: &mut dyn FnMut(usize, f64),
-) -> Perplexity {
+) -> Result<Perplexity, EngineError> {
     let v = model.vocab_size();
     let mut n_chunks = ids.len() / ctx.max(1);
     if max_chunks > 0 {
@@ -34,11 +35,18 @@ pub fn perplexity(
     }
     let mut out = Perplexity::default();
     let mut logits = Vec::new();
+    let mut session = model.new_session(SessionOpts::tokens(ctx.max(1)));
+    let mut batch = Batch::new();
     for c in 0..n_chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];
         let first = ctx / 2;
-        let mut state = model.new_state(ctx);
-        model.feed(state.as_mut(), chunk, first, &mut logits);
+        let seq = session.add_sequence();
+        batch.clear();
+        for (j, &t) in chunk.iter().enumerate() {
+            batch.add(seq, j, t, j >= first);
+        }
+        model.forward_batch(&mut session, &batch, &mut logits)?;
+        session.remove(seq)?;
         let mut nll = 0.0;
         for j in first..ctx - 1 {
             let row = &logits[(j - first) * v..(j - first + 1) * v];
@@ -53,5 +61,5 @@ pub fn perplexity(
         out.ppl = (out.nll / out.count as f64).exp();
         on_chunk(c, out.ppl);
     }
-    out
+    Ok(out)
 }

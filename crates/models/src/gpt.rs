@@ -10,10 +10,14 @@
 //!
 //! Shapes: `B` batch, `T` time, `C = n_embd`, `H = n_head`, `hs = C/H`, `Vp` padded vocab.
 
-use crate::cache::{KvCache, LayerCache};
+use crate::engine::{
+    self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts, MAX_STEP_TOKENS,
+};
+use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, GeluKind, Var};
 use yuanli_nn::{join, Embedding, Init, LayerNorm, Linear, Module, ParamStore};
+use yuanli_tensor::cpu::{layernorm_row, simd, with_team, SpinPool};
 use yuanli_tensor::{DType, Rng, Tensor};
 
 /// Why a configuration cannot describe a model.
@@ -133,13 +137,6 @@ impl CausalSelfAttention {
         let (q, k, v) = self.qkv(x);
         self.attend(&q, &k, &v)
     }
-
-    /// Like `forward` for new positions after those in `cache`, which it extends in place.
-    fn forward_cached(&self, x: &Var, cache: &mut LayerCache) -> Var {
-        let (q, k_new, v_new) = self.qkv(x);
-        let (k, v) = cache.append(k_new.value(), v_new.value()); // (B, H, T₀ + t, hs)
-        self.attend(&q, &Var::constant(k), &Var::constant(v))
-    }
 }
 
 /// One pre-LayerNorm Transformer block.
@@ -162,6 +159,8 @@ impl Block {
 pub struct Gpt {
     /// The configuration it was built from.
     pub config: GptConfig,
+    /// Which inference sessions belong to this model.
+    id: u64,
     wte: Embedding,
     wpe: Embedding,
     blocks: Vec<Block>,
@@ -194,7 +193,7 @@ impl Gpt {
             });
         }
         let ln_f = LayerNorm::new(store, "ln_f", c, config.bias, eps)?;
-        Ok(Gpt { config, wte, wpe, blocks, ln_f })
+        Ok(Gpt { config, id: next_model_id(), wte, wpe, blocks, ln_f })
     }
 
     /// Logits `(B, T, Vp)` for token ids `(B, T)` (u32, `T ≤ block_size`). Dropout is active
@@ -214,7 +213,7 @@ impl Gpt {
             x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)).dropout(p, train, rng));
             x = x.add(&blk.mlp(&x).dropout(p, train, rng));
         }
-        self.ln_f.forward(&x).linear(&self.wte.weight, None) // (B, T, Vp) = x·wteᵀ: the head is tied to wte
+        self.wte.weight.linear(&self.ln_f.forward(&x), None) // (B, T, Vp) = x·wteᵀ: the head is tied to wte
     }
 
     /// The attention probabilities of every head of block `layer` for `idx (B, T)`:
@@ -246,30 +245,6 @@ impl Gpt {
         unreachable!("layer index checked above")
     }
 
-    /// Logits `(B, t, Vp)` for `t` new tokens that follow the `cache.len()` positions already in
-    /// `cache` (inference only: call under `no_grad`). Errors are contract violations: the
-    /// caller keeps `cache.len() + t ≤ block_size`.
-    #[track_caller]
-    pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Var {
-        let t = idx.dim(1);
-        let pos0 = cache.len();
-        assert!(
-            pos0 + t <= self.config.block_size,
-            "gpt: {} cached + {t} new tokens exceed block_size {}",
-            pos0,
-            self.config.block_size
-        );
-        let pos = Tensor::new((pos0 as u32..(pos0 + t) as u32).collect::<Vec<_>>(), &[t]);
-        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)); // (B, t, C)
-        let n_layer = self.blocks.len();
-        for (i, blk) in self.blocks.iter().enumerate() {
-            x = x.add(&blk.attn.forward_cached(&blk.ln_1.forward(&x), cache.layer(i, n_layer)));
-            x = x.add(&blk.mlp(&x));
-        }
-        cache.advance(t);
-        self.ln_f.forward(&x).linear(&self.wte.weight, None)
-    }
-
     /// Mean next-token cross-entropy of `idx (B, T)` against `targets (B, T)`. Only the `V`
     /// real vocabulary columns take part in the softmax: the padding exists for speed, and
     /// must hold no probability mass.
@@ -278,6 +253,111 @@ impl Gpt {
         let v = self.config.vocab_size;
         let logits = if v == self.config.padded_vocab() { logits } else { logits.narrow(-1, 0, v) };
         logits.cross_entropy(targets, None)
+    }
+}
+
+/// The inference engine's step for GPT-2: the same blocks as [`Gpt::forward`] on slices —
+/// LayerNorm rows, the fused q|k|v projection, paged causal attention (every head its own KV
+/// head), the GELU MLP, biases where the config has them — for tokens of many sequences at
+/// once (see [`crate::engine`]).
+impl Gpt {
+    /// The KV geometry of one position.
+    pub fn kv_shape(&self) -> KvShape {
+        let c = &self.config;
+        KvShape { layers: c.n_layer, kv_heads: c.n_head, head_dim: c.n_embd / c.n_head }
+    }
+
+    fn piece(&self, s: &mut Session, batch: &Batch, (t0, t1): (usize, usize), pool: &SpinPool) {
+        let c = self.config.n_embd;
+        let t = t1 - t0;
+        let mut sc = std::mem::take(&mut s.scratch);
+        for (buf, w) in [(&mut sc.x, c), (&mut sc.h, c), (&mut sc.q, c), (&mut sc.k, c), (&mut sc.v, c)] {
+            fit(buf, t * w);
+        }
+        for (buf, w) in [(&mut sc.att, c), (&mut sc.g, 4 * c), (&mut sc.u, 4 * c)] {
+            fit(buf, t * w);
+        }
+        for (i, &tok) in batch.tokens()[t0..t1].iter().enumerate() {
+            let (x, p) = (&mut sc.x[i * c..(i + 1) * c], &mut sc.h[i * c..(i + 1) * c]);
+            self.wte.weight.row_into(tok as usize, x);
+            self.wpe.weight.row_into(s.plan.pos[t0 + i], p);
+            engine::add(x, p);
+        }
+        let norm_rows = |ln: &LayerNorm, x: &[f32], y: &mut [f32]| {
+            x[..t * c].chunks_exact(c).zip(y.chunks_exact_mut(c)).for_each(|(xr, yr)| norm_row(ln, xr, yr))
+        };
+        let linear = |l: &Linear, x: &[f32], acts: &mut _, y: &mut [f32]| {
+            engine::matmul(&l.weight, x, t, acts, y, pool);
+            if let Some(b) = &l.bias {
+                engine::add_bias(&mut y[..t * l.weight.rows()], b);
+            }
+        };
+        for (l, blk) in self.blocks.iter().enumerate() {
+            norm_rows(&blk.ln_1, &sc.x, &mut sc.h);
+            linear(&blk.attn.c_attn, &sc.h, &mut sc.acts, &mut sc.g); // (t, 3C) = q | k | v
+            for (i, qkv) in sc.g[..t * 3 * c].chunks_exact(3 * c).enumerate() {
+                sc.q[i * c..(i + 1) * c].copy_from_slice(&qkv[..c]);
+                sc.k[i * c..(i + 1) * c].copy_from_slice(&qkv[c..2 * c]);
+                sc.v[i * c..(i + 1) * c].copy_from_slice(&qkv[2 * c..]);
+            }
+            s.write_kv(l, t0, &sc.k[..t * c], &sc.v[..t * c]);
+            s.attention(l, self.config.n_head, (t0, t1), &sc.q, &mut sc.att, pool);
+            linear(&blk.attn.c_proj, &sc.att, &mut sc.acts, &mut sc.h);
+            engine::add(&mut sc.x[..t * c], &sc.h[..t * c]);
+            norm_rows(&blk.ln_2, &sc.x, &mut sc.h);
+            linear(&blk.c_fc, &sc.h, &mut sc.acts, &mut sc.g);
+            simd::gelu_tanh_forward(&mut sc.u[..t * 4 * c], &sc.g[..t * 4 * c]);
+            linear(&blk.c_proj, &sc.u, &mut sc.acts, &mut sc.h);
+            engine::add(&mut sc.x[..t * c], &sc.h[..t * c]);
+        }
+        s.scratch = sc;
+    }
+}
+
+/// LayerNorm of one row with the layer's gain and shift.
+fn norm_row(ln: &LayerNorm, x: &[f32], y: &mut [f32]) {
+    ln.weight.value().with_slice(|w: &[f32]| match &ln.bias {
+        Some(b) => b.value().with_slice(|b: &[f32]| layernorm_row(y, x, w, Some(b), ln.eps as f32)),
+        None => layernorm_row(y, x, w, None, ln.eps as f32),
+    })
+}
+
+impl CausalLm for Gpt {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn context_len(&self) -> usize {
+        self.config.block_size
+    }
+
+    fn new_session(&self, opts: SessionOpts) -> Session {
+        Session::new(self.id, self.kv_shape(), opts, KvType::F32)
+    }
+
+    fn forward_batch(&self, s: &mut Session, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        s.check_model(self.id)?;
+        let (v, c) = (self.config.vocab_size, self.config.n_embd);
+        s.plan(batch, v, self.config.block_size)?;
+        logits.resize(s.plan.logit_rows.len() * v, 0.0);
+        with_team(|pool| {
+            let mut row = 0;
+            for t0 in (0..batch.len()).step_by(MAX_STEP_TOKENS) {
+                let t1 = (t0 + MAX_STEP_TOKENS).min(batch.len());
+                self.piece(s, batch, (t0, t1), pool);
+                let rows = &s.plan.logit_rows;
+                let (a, b) = (rows.partition_point(|&r| r < t0), rows.partition_point(|&r| r < t1));
+                let sc = &mut s.scratch;
+                for (j, &r) in rows[a..b].iter().enumerate() {
+                    norm_row(&self.ln_f, &sc.x[(r - t0) * c..(r - t0 + 1) * c], &mut sc.h[j * c..(j + 1) * c]);
+                }
+                // The head is tied to the embedding; only its first V rows (the real vocabulary).
+                let out = &mut logits[row * v..(row + b - a) * v];
+                engine::matmul_rows(&self.wte.weight, v, &sc.h, b - a, &mut sc.acts, out, pool);
+                row += b - a;
+            }
+        });
+        Ok(())
     }
 }
 
@@ -301,31 +381,36 @@ mod tests {
     }
 
     #[test]
-    fn kv_cache_decode_matches_full_forward_at_every_step() {
+    fn engine_decoding_matches_the_full_forward_at_every_step() {
+        use crate::engine::{Batch, Logits, SessionOpts};
         let cfg =
             GptConfig { vocab_size: 13, block_size: 16, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
         let mut store = ParamStore::new();
         let mut rng = Rng::new(3);
         let m = Gpt::new(cfg, &mut store, &mut rng).unwrap();
         let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-        let _g = yuanli_autograd::no_grad();
-        let mut cache = KvCache::default();
-        // A 4-token prefill, then one token at a time.
-        let pre = m.forward_cached(&Tensor::new(ids[..4].to_vec(), &[1, 4]), &mut cache).value().clone();
+        let mut s = m.new_session(SessionOpts { block_size: 4, ..SessionOpts::tokens(16) });
+        let seq = s.add_sequence();
+        let (mut batch, mut logits) = (Batch::new(), Vec::new());
+        // A 4-token prefill (every row's logits), then one token at a time.
+        batch.add_seq(seq, 0, &ids[..4], Logits::All);
+        m.forward_batch(&mut s, &batch, &mut logits).unwrap();
         let full = m.forward(&Tensor::new(ids[..4].to_vec(), &[1, 4]), false, &mut rng).value().clone();
-        assert_close(&pre, &full);
+        assert_close(&logits, &full.narrow(2, 0, 13).contiguous().to_vec::<f32>());
         for n in 5..=ids.len() {
-            let step = m.forward_cached(&Tensor::new(vec![ids[n - 1]], &[1, 1]), &mut cache).value().clone();
+            batch.clear();
+            batch.add_seq(seq, n - 1, &ids[n - 1..n], Logits::Last);
+            m.forward_batch(&mut s, &batch, &mut logits).unwrap();
             let full = m.forward(&Tensor::new(ids[..n].to_vec(), &[1, n]), false, &mut rng).value().narrow(1, n - 1, 1);
-            assert_close(&step, &full);
+            assert_close(&logits, &full.narrow(2, 0, 13).contiguous().to_vec::<f32>());
         }
-        assert_eq!(cache.len(), ids.len());
+        assert_eq!(s.len(seq).unwrap(), ids.len());
     }
 
-    fn assert_close(a: &Tensor, b: &Tensor) {
-        let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-        assert!(worst < 1e-5, "cached vs full logits differ by {worst}");
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "engine vs full logits differ by {worst}");
     }
 
     #[test]
@@ -351,7 +436,7 @@ mod tests {
 
     /// A minimal Adam for the test (the real optimizers live in yuanli-train, above us).
     fn yuanli_nn_test_adam(store: &ParamStore) -> impl FnMut(&ParamStore) {
-        let n = store.num_params();
+        let n = store.num_trainable();
         let (mut m, mut v, mut t) = (vec![0f32; n], vec![0f32; n], 0u64);
         move |s: &ParamStore| {
             t += 1;

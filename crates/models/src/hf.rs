@@ -62,12 +62,11 @@ fn transpose(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
 
 /// The model's weights in the Hugging Face layout, ready for `write_tensors`.
 pub fn to_hf(store: &ParamStore, cfg: &GptConfig) -> NamedTensors {
-    let values = store.value_arena().to_vec::<f32>();
     name_map(cfg)
         .into_iter()
         .filter_map(|(ours, hf, t)| {
             let p = store.get(&ours)?;
-            let v = &values[p.offset..p.offset + p.numel()];
+            let v = &store.value_of(p).to_vec::<f32>()[..];
             let (shape, data) = if t {
                 transpose(&p.shape, v)
             } else if ours == "wte.weight" {
@@ -143,23 +142,22 @@ pub fn load_hf(store: &ParamStore, cfg: &GptConfig, tensors: &TensorMap, origin:
             }
             let mut padded = data;
             padded.resize(p.numel(), 0.0);
-            loads.push((p.offset, padded));
+            loads.push((p.name.clone(), padded));
         } else if shape != p.shape {
             problems.push(format!(
                 "tensor {hf} has shape {shape:?}, expected {:?}",
                 if t { vec![p.shape[1], p.shape[0]] } else { p.shape.clone() }
             ));
         } else {
-            loads.push((p.offset, data));
+            loads.push((p.name.clone(), data));
         }
     }
     if !problems.is_empty() {
         return Err(HfError { origin: origin.to_string(), problem: problems.join("; ") });
     }
-    store.value_arena().with_slice_mut(|dst: &mut [f32]| {
-        for (off, v) in loads {
-            dst[off..off + v.len()].copy_from_slice(&v);
-        }
-    });
+    for (name, v) in loads {
+        let p = store.get(&name).expect("looked up above");
+        store.set_values(p, &v);
+    }
     Ok(())
 }

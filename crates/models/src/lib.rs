@@ -6,22 +6,22 @@
 //! name mappings stay legible. [`load`] reads pretrained LLaMA-family models from GGUF files
 //! and Hugging Face directories; [`sample`] generates from any [`CausalLm`].
 
-mod cache;
 pub mod chat;
+pub mod engine;
 pub mod eval;
+pub mod generate;
 pub mod gpt;
 pub mod hf;
 pub mod llama;
 pub mod load;
-pub mod qllama;
 pub mod sample;
 
-pub use cache::KvCache;
 pub use chat::{ChatTemplate, Message};
+pub use engine::{Batch, EngineError, KvShape, KvType, Logits, SeqId, Session, SessionOpts};
+pub use generate::{generate, generate_batch, generate_in, Generation, Request};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{Llama, LlamaConfig};
 pub use load::{gpt_from_gguf, gpt_vocab_from_gguf, load_pretrained, GptVocab, LoadError, Pretrained};
-pub use qllama::{QLlama, QuantModel};
-pub use sample::{generate, pick, CausalLm, Sampler, SamplingParams};
+pub use sample::{pick, CausalLm, Sampler, SamplingParams};
 /// The GGUF reader and writer the loaders use (re-exported for `yuanli quantize`).
 pub use yuanli_gguf as gguf;

@@ -3,8 +3,10 @@
 //! `model.safetensors.index.json`, `tokenizer.json`, `tokenizer_config.json`).
 //!
 //! Either way the result is the same [`Llama`] on the same engine, a [`Tokenizer`] and the
-//! chat template. GGUF weights of any supported type are dequantized to f32 here (the
-//! quantized kernels read them in place; see the quantization lesson).
+//! chat template. A GGUF file's weight matrices are either read in place in their own formats
+//! ([`Weights::InPlace`]: the fast quantized path) or dequantized to f32 parameters
+//! ([`Weights::F32`]: the exact path, and what full fine-tuning needs); norms and biases are
+//! always f32. Parameters are frozen unless [`LoadOptions::trainable`].
 //!
 //! GPT-2 GGUF files (`general.architecture = "gpt2"`, as `yuanli quantize` writes them) load
 //! into a [`Gpt`] with [`gpt_from_gguf`] and [`gpt_vocab_from_gguf`].
@@ -13,11 +15,12 @@ use crate::chat::ChatTemplate;
 use crate::gpt::{Gpt, GptConfig};
 use crate::llama::{Llama, LlamaConfig};
 use serde_json::Value as Json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use yuanli_gguf::GgufFile;
 use yuanli_nn::ParamStore;
-use yuanli_tensor::{QuantType, Rng, RopeLayout};
+use yuanli_tensor::{QMatrix, Rng, RopeLayout};
 use yuanli_tokenizer::{Pattern, Tokenizer};
 
 /// Why a model could not be loaded.
@@ -51,11 +54,42 @@ pub enum LoadError {
     },
 }
 
+/// How a loader makes a model's weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// Every tensor dequantized to an f32 parameter: the exact path.
+    F32,
+    /// A GGUF file's matrices read in place in their stored formats (the fast quantized path);
+    /// a Hugging Face directory still loads in f32.
+    InPlace,
+}
+
+/// What [`load_pretrained_with`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How the weight matrices are held.
+    pub weights: Weights,
+    /// Whether the f32 parameters are trainable (else frozen: no gradient arena).
+    pub trainable: bool,
+}
+
+impl LoadOptions {
+    /// The exact path: f32 weights, frozen.
+    pub fn exact() -> LoadOptions {
+        LoadOptions { weights: Weights::F32, trainable: false }
+    }
+
+    /// The fast path: a GGUF file's weights in place, frozen.
+    pub fn fast() -> LoadOptions {
+        LoadOptions { weights: Weights::InPlace, trainable: false }
+    }
+}
+
 /// A pretrained model with everything needed to talk to it.
 pub struct Pretrained {
     /// The network.
     pub model: Llama,
-    /// Its parameters (f32).
+    /// Its f32 parameters (all of them, or the norms and biases of a model read in place).
     pub store: ParamStore,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
@@ -73,12 +107,18 @@ pub struct Pretrained {
     pub weight_types: Vec<(String, usize)>,
 }
 
-/// Loads a `.gguf` file or a Hugging Face model directory.
+/// Loads a `.gguf` file or a Hugging Face model directory with f32 frozen weights (the exact
+/// path); see [`load_pretrained_with`].
 pub fn load_pretrained(path: &Path) -> Result<Pretrained, LoadError> {
+    load_pretrained_with(path, LoadOptions::exact())
+}
+
+/// Loads a `.gguf` file or a Hugging Face model directory.
+pub fn load_pretrained_with(path: &Path, opts: LoadOptions) -> Result<Pretrained, LoadError> {
     if path.is_dir() {
-        load_hf_dir(path)
+        load_hf_dir(path, opts)
     } else if path.exists() {
-        load_gguf(path)
+        load_gguf(path, opts)
     } else {
         Err(LoadError::File { path: path.to_path_buf(), message: "no such file or directory".into() })
     }
@@ -132,8 +172,8 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     Ok(cfg)
 }
 
-/// llama.cpp's tensor names for each of ours.
-fn gguf_name_map(cfg: &LlamaConfig) -> Vec<(String, String)> {
+/// The one name table: llama.cpp's GGUF tensor name for each of ours (Hugging Face's).
+pub fn gguf_name_map(cfg: &LlamaConfig) -> Vec<(String, String)> {
     let mut m = vec![("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string())];
     for i in 0..cfg.n_layer {
         let (ours, theirs) = (format!("model.layers.{i}."), format!("blk.{i}."));
@@ -173,28 +213,47 @@ fn put(store: &ParamStore, ours: &str, shape: &[usize], values: &[f32], origin: 
             message: format!("tensor for {ours} has shape {shape:?}, the config implies {:?}", p.shape),
         });
     }
-    store
-        .value_arena()
-        .with_slice_mut(|dst: &mut [f32]| dst[p.offset..p.offset + values.len()].copy_from_slice(values));
+    store.set_values(p, values);
     Ok(())
 }
 
-/// Loads a GGUF file: config, weights (dequantized to f32), tokenizer and chat template.
-pub fn load_gguf(path: &Path) -> Result<Pretrained, LoadError> {
-    let f = GgufFile::open(path)?;
+/// Loads a GGUF file: config, weights (in place or dequantized to f32), tokenizer and chat
+/// template.
+pub fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Pretrained, LoadError> {
+    let f = Arc::new(GgufFile::open(path)?);
     let cfg = llama_config_from_gguf(&f)?;
-    let mut store = ParamStore::new();
-    let model = Llama::new(cfg.clone(), &mut store)?;
-    let mut types: HashMap<QuantType, usize> = HashMap::new();
-    for (ours, theirs) in gguf_name_map(&cfg) {
-        let info = f.tensor_info(&theirs)?;
-        *types.entry(info.ty).or_default() += 1;
-        let (shape, values) = f.tensor_f32(&theirs)?;
-        put(&store, &ours, &shape, &values, f.origin())?;
+    let names: HashMap<String, String> = gguf_name_map(&cfg).into_iter().collect();
+    let mut store = if opts.trainable { ParamStore::new() } else { ParamStore::frozen() };
+    let in_place = opts.weights == Weights::InPlace;
+    let model = Llama::build(cfg.clone(), &mut store, &mut |ours| {
+        if !in_place {
+            return Ok(None);
+        }
+        let theirs = names.get(ours).ok_or_else(|| LoadError::Config(format!("no GGUF name for {ours}")))?;
+        let info = f.tensor_info(theirs)?;
+        let shape = info.shape();
+        let [rows, cols] = shape[..] else {
+            return Err(LoadError::Config(format!(
+                "{}: tensor {theirs} has shape {shape:?}, not a matrix",
+                f.origin()
+            )));
+        };
+        let bytes: yuanli_tensor::quant::ByteSource = f.clone();
+        QMatrix::new(info.ty, rows, cols, bytes, f.tensor_range(info))
+            .map(Some)
+            .map_err(|e| LoadError::Config(format!("{}: tensor {theirs}: {e}", f.origin())))
+    })?;
+    for p in store.params() {
+        let theirs = names.get(&p.name).ok_or_else(|| LoadError::Config(format!("no GGUF name for {}", p.name)))?;
+        let (shape, values) = f.tensor_f32(theirs)?;
+        put(&store, &p.name, &shape, &values, f.origin())?;
     }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, theirs) in gguf_name_map(&cfg) {
+        *counts.entry(f.tensor_info(&theirs)?.ty.name().to_string()).or_default() += 1;
+    }
+    let weight_types: Vec<(String, usize)> = counts.into_iter().collect();
     let parts = GgufChatParts::read(&f)?;
-    let mut weight_types: Vec<(String, usize)> = types.into_iter().map(|(t, n)| (t.name().to_string(), n)).collect();
-    weight_types.sort();
     let description = gguf_description(&f, &weight_types, cfg.num_params())?;
     let GgufChatParts { tokenizer, chat_template, bos, eos, add_bos } = parts;
     Ok(Pretrained { model, store, tokenizer, chat_template, bos, eos, add_bos, description, weight_types })
@@ -338,12 +397,12 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
     Ok(cfg)
 }
 
-/// Loads a Hugging Face model directory.
-pub fn load_hf_dir(dir: &Path) -> Result<Pretrained, LoadError> {
+/// Loads a Hugging Face model directory (f32 weights, whatever `opts.weights` says).
+pub fn load_hf_dir(dir: &Path, opts: LoadOptions) -> Result<Pretrained, LoadError> {
     let cfg_path = dir.join("config.json");
     let v = read_json(&cfg_path)?;
     let cfg = llama_config_from_hf(&v, &cfg_path)?;
-    let mut store = ParamStore::new();
+    let mut store = if opts.trainable { ParamStore::new() } else { ParamStore::frozen() };
     let model = Llama::new(cfg.clone(), &mut store)?;
     // Weight files: one, or the shards an index names.
     let index = dir.join("model.safetensors.index.json");

@@ -1,75 +1,23 @@
-//! Sampling the next token, and generation with the KV cache (token ids in, token ids out),
-//! for any model that implements [`CausalLm`].
+//! Sampling the next token from logits, and the interface every model's inference engine
+//! implements ([`CausalLm`]). Generation loops live in [`crate::generate`].
 
-use crate::cache::KvCache;
-use crate::gpt::Gpt;
-use crate::llama::Llama;
-use std::any::Any;
-use std::ops::ControlFlow;
-use std::time::Instant;
-use yuanli_autograd::{no_grad, Var};
-use yuanli_tensor::{Rng, Tensor};
+use crate::engine::{Batch, EngineError, Session, SessionOpts};
+use yuanli_tensor::Rng;
 
-/// A causal language model that processes a sequence incrementally: what generation and
-/// perplexity need. The state (a KV cache) is opaque to callers.
-pub trait CausalLm {
-    /// Real vocabulary size (logit columns past it are padding and never sampled).
+/// A causal language model on the inference engine: one shared model, any number of
+/// sequences, each step a [`Batch`] of their tokens (see [`crate::engine`]). `Send + Sync`:
+/// threads may share one model, each with its own [`Session`].
+pub trait CausalLm: Send + Sync {
+    /// Real vocabulary size (logit rows have this many columns).
     fn vocab_size(&self) -> usize;
-    /// Longest context the model accepts.
+    /// Longest context the model accepts (positions per sequence).
     fn context_len(&self) -> usize;
-    /// A fresh state for a sequence of up to `n_ctx` positions.
-    fn new_state(&self, n_ctx: usize) -> Box<dyn Any>;
-    /// Feeds `tokens` after those already in `state` and writes into `out` the logits (`V` per
-    /// row) of the fed tokens from index `logits_from` on.
-    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>);
-}
-
-/// `feed` for the autograd models: one cached forward pass, then the wanted rows.
-fn feed_autograd(
-    forward_cached: impl Fn(&Tensor, &mut KvCache) -> Var,
-    vocab: usize,
-    state: &mut dyn Any,
-    tokens: &[u32],
-    logits_from: usize,
-    out: &mut Vec<f32>,
-) {
-    let _g = no_grad();
-    let cache = state.downcast_mut::<KvCache>().expect("feed: a state made by this model's new_state");
-    let t = tokens.len();
-    let logits = forward_cached(&Tensor::new(tokens.to_vec(), &[1, t]), cache);
-    let rows = logits.value().narrow(1, logits_from, t - logits_from);
-    let rows = if rows.dim(2) == vocab { rows } else { rows.narrow(2, 0, vocab) };
-    *out = rows.contiguous().to_vec::<f32>();
-}
-
-impl CausalLm for Gpt {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-    fn context_len(&self) -> usize {
-        self.config.block_size
-    }
-    fn new_state(&self, _n_ctx: usize) -> Box<dyn Any> {
-        Box::new(KvCache::default())
-    }
-    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>) {
-        feed_autograd(|x, c| self.forward_cached(x, c), self.config.vocab_size, state, tokens, logits_from, out)
-    }
-}
-
-impl CausalLm for Llama {
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-    fn context_len(&self) -> usize {
-        self.config.max_seq_len
-    }
-    fn new_state(&self, _n_ctx: usize) -> Box<dyn Any> {
-        Box::new(KvCache::default())
-    }
-    fn feed(&self, state: &mut dyn Any, tokens: &[u32], logits_from: usize, out: &mut Vec<f32>) {
-        feed_autograd(|x, c| self.forward_cached(x, c), self.config.vocab_size, state, tokens, logits_from, out)
-    }
+    /// A session (paged KV cache and step scratch) for this model.
+    fn new_session(&self, opts: SessionOpts) -> Session;
+    /// Runs one step: every token of `batch` goes through the network after the positions its
+    /// sequence already holds (their keys and values are cached), and `logits` receives `V`
+    /// values for each token that asked for them, in batch order. On error nothing changed.
+    fn forward_batch(&self, session: &mut Session, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError>;
 }
 
 /// How to turn logits into a token.
@@ -194,112 +142,9 @@ impl Sampler {
     }
 }
 
-/// What a generation produced, and how fast.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Generation {
-    /// The generated token ids (the prompt not included).
-    pub tokens: Vec<u32>,
-    /// Seconds spent on the prompt (prefill), up to the first sampled token.
-    pub prefill_secs: f64,
-    /// Seconds spent on the tokens after the first.
-    pub decode_secs: f64,
-}
-
-impl Generation {
-    /// Prompt tokens processed per second.
-    pub fn prefill_tok_s(&self, prompt_len: usize) -> f64 {
-        if self.tokens.is_empty() {
-            return 0.0; // nothing was generated, so the prompt was never run
-        }
-        prompt_len as f64 / self.prefill_secs.max(1e-9)
-    }
-
-    /// Generated tokens per second after the first.
-    pub fn decode_tok_s(&self) -> f64 {
-        self.tokens.len().saturating_sub(1) as f64 / self.decode_secs.max(1e-9)
-    }
-}
-
-/// Generates up to `n` tokens after `prompt` (non-empty), calling `emit` with each; `emit`
-/// returns `ControlFlow::Break` to stop (an end-of-sequence token, a stop string). The prompt
-/// is prefilled in one pass; each new token then costs one cached position. When the context
-/// fills up, the state is rebuilt from the last half of it.
-pub fn generate(
-    model: &dyn CausalLm,
-    prompt: &[u32],
-    n: usize,
-    params: SamplingParams,
-    seed: u64,
-    emit: &mut dyn FnMut(u32) -> ControlFlow<()>,
-) -> Generation {
-    let block = model.context_len();
-    let vocab = model.vocab_size();
-    let n_ctx = (prompt.len() + n).min(block);
-    let mut rng = Rng::new(seed);
-    let mut ids = prompt.to_vec();
-    let mut state = model.new_state(n_ctx);
-    let mut in_state = 0;
-    let mut pending: Vec<u32> = prompt[prompt.len().saturating_sub(block)..].to_vec();
-    let mut logits = Vec::with_capacity(vocab);
-    let mut sampler = Sampler::default();
-    let mut out = Generation { tokens: Vec::with_capacity(n), ..Default::default() };
-    let start = Instant::now();
-    for i in 0..n {
-        if in_state + pending.len() > n_ctx {
-            state = model.new_state(n_ctx);
-            pending = ids[ids.len() - n_ctx / 2..].to_vec();
-            in_state = 0;
-        }
-        model.feed(state.as_mut(), &pending, pending.len() - 1, &mut logits);
-        in_state += pending.len();
-        pending.clear();
-        let next = sampler.pick(&logits[..vocab], vocab, params, &ids, &mut rng);
-        if i == 0 {
-            out.prefill_secs = start.elapsed().as_secs_f64();
-        }
-        ids.push(next);
-        out.tokens.push(next);
-        pending.push(next);
-        if emit(next).is_break() {
-            break;
-        }
-    }
-    out.decode_secs = start.elapsed().as_secs_f64() - out.prefill_secs;
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::GptConfig;
-    use yuanli_nn::ParamStore;
-
-    #[test]
-    fn a_fixed_seed_reproduces_the_output_and_greedy_is_deterministic() {
-        let cfg =
-            GptConfig { vocab_size: 20, block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
-        let mut store = ParamStore::new();
-        let m = Gpt::new(cfg, &mut store, &mut Rng::new(1)).unwrap();
-        let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 0.9, ..Default::default() };
-        let go =
-            |prompt: &[u32], n, p, seed| generate(&m, prompt, n, p, seed, &mut |_| ControlFlow::Continue(())).tokens;
-        let a = go(&[1, 2, 3], 20, p, 42);
-        assert_eq!(a, go(&[1, 2, 3], 20, p, 42));
-        assert_eq!(a.len(), 20, "max tokens respected, past the context length");
-        assert!(a.iter().all(|&t| t < 20), "never samples a padded-vocabulary id");
-        let greedy = SamplingParams::greedy();
-        assert_eq!(go(&[4], 6, greedy, 1), go(&[4], 6, greedy, 2));
-        let mut seen = 0;
-        let stopped = generate(&m, &[4], 6, greedy, 1, &mut |_| {
-            seen += 1;
-            if seen == 3 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        assert_eq!(stopped.tokens.len(), 3, "emit can stop the generation");
-    }
 
     #[test]
     fn top_k_by_selection_equals_a_full_sort() {

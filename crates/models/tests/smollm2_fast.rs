@@ -1,47 +1,43 @@
-//! The fast quantized path ([`QLlama`]: Q4_1/Q8_0 weights read in place; 16-bit activations
-//! when decoding, bf16 or f32 arithmetic in prefill) against the exact f32 path, against
-//! llama.cpp on the same Q4_1 file, and prefill against token-by-token decoding.
-//! Needs `models/SmolLM2-135M-Instruct.Q4_1.gguf` (`tools/fetch_models.sh`); skips without it.
+//! The fast quantized path (the GGUF's Q4_1/Q8_0 weights read in place; 16-bit activations
+//! when decoding, bf16 or f32 arithmetic in prefill) against the exact f32 path — the same
+//! model definition and engine with the weights dequantized — against llama.cpp on the same
+//! Q4_1 file, and prefill against token-by-token decoding.
+//! Needs `models/SmolLM2-135M-Instruct.Q4_1.gguf` (`tools/fetch_models.sh`); skips without it
+//! (and fails under `CI=true`).
 
+mod common;
+
+use common::{argmax, root};
 use serde_json::Value;
 use std::path::PathBuf;
-use yuanli_models::{load_pretrained, CausalLm, QuantModel};
+use yuanli_models::generate::feed;
+use yuanli_models::load::{load_pretrained_with, LoadOptions};
+use yuanli_models::{CausalLm, SessionOpts};
 use yuanli_tensor::cpu::qmatmul;
 use yuanli_tokenizer::SpecialMode;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_path() -> Option<PathBuf> {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is absent; run tools/fetch_models.sh to fetch it", p.display());
-        None
-    }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+/// Logits `(tokens, V)` of a fresh sequence fed `ids` in one step.
+fn logits_of(m: &dyn CausalLm, ids: &[u32]) -> Vec<f32> {
+    let mut s = m.new_session(SessionOpts::tokens(ids.len()));
+    let seq = s.add_sequence();
+    let mut out = Vec::new();
+    feed(m, &mut s, seq, ids, 0, &mut out).unwrap();
+    out
 }
 
 #[test]
 fn fast_path_agrees_with_the_exact_path_on_at_least_99_percent_of_2000_positions() {
-    let Some(path) = model_path() else { return };
-    let exact = load_pretrained(&path).unwrap();
-    let fast = QuantModel::open(&path, 2).unwrap();
+    let Some(path) = common::smollm2() else { return };
+    let exact = load_pretrained_with(&path, LoadOptions::exact()).unwrap();
+    let fast = load_pretrained_with(&path, LoadOptions::fast()).unwrap();
     let text = std::fs::read_to_string(root().join("data/shakespeare/hamlet_gut.txt")).unwrap();
     let ids = exact.tokenizer.encode(&text[20_000..], SpecialMode::AsText).unwrap();
     let v = exact.model.config.vocab_size;
     let (ctx, chunks) = (400, 5);
     let (mut agree, mut total) = (0, 0);
-    let (mut le, mut lf) = (Vec::new(), Vec::new());
     for c in 0..chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];
-        exact.model.feed(exact.model.new_state(ctx).as_mut(), chunk, 0, &mut le);
-        fast.model.feed(fast.model.new_state(ctx).as_mut(), chunk, 0, &mut lf);
+        let (le, lf) = (logits_of(&exact.model, chunk), logits_of(&fast.model, chunk));
         for j in 0..ctx {
             agree += usize::from(argmax(&le[j * v..(j + 1) * v]) == argmax(&lf[j * v..(j + 1) * v]));
             total += 1;
@@ -54,8 +50,8 @@ fn fast_path_agrees_with_the_exact_path_on_at_least_99_percent_of_2000_positions
 
 #[test]
 fn fast_path_perplexity_is_within_half_a_percent_of_llama_cpp_on_the_q4_1_file() {
-    let Some(path) = model_path() else { return };
-    let fast = QuantModel::open(&path, 2).unwrap();
+    let Some(path) = common::smollm2() else { return };
+    let fast = load_pretrained_with(&path, LoadOptions::fast()).unwrap();
     let r: Value = serde_json::from_str(
         &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/smollm2/reference.json"))
             .unwrap(),
@@ -63,10 +59,10 @@ fn fast_path_perplexity_is_within_half_a_percent_of_llama_cpp_on_the_q4_1_file()
     .unwrap();
     let q = &r["perplexity_q4_1"]["f16_kv_cache"];
     let text = std::fs::read_to_string(root().join(r["perplexity"]["text"].as_str().unwrap())).unwrap();
-    let ids = fast.chat.tokenizer.encode(&text, SpecialMode::AsText).unwrap();
+    let ids = fast.tokenizer.encode(&text, SpecialMode::AsText).unwrap();
     // Four chunks keep the test short; `yuanli perplexity` runs all sixteen (37.633 vs 37.646).
     let chunks = 4;
-    let p = yuanli_models::eval::perplexity(&fast.model, &ids, 512, chunks, &mut |_, _| {});
+    let p = yuanli_models::eval::perplexity(&fast.model, &ids, 512, chunks, &mut |_, _| {}).unwrap();
     let want: f64 = q["chunk_nll"].as_array().unwrap()[..chunks].iter().map(|x| x.as_f64().unwrap()).sum();
     let want_ppl = (want / p.count as f64).exp();
     let rel = (p.ppl / want_ppl - 1.0).abs();
@@ -80,23 +76,22 @@ fn fast_path_perplexity_is_within_half_a_percent_of_llama_cpp_on_the_q4_1_file()
 /// A causal-mask mistake would show as large differences (future tokens leaking in).
 #[test]
 fn prefill_in_one_batch_equals_decoding_token_by_token() {
-    let Some(path) = model_path() else { return };
-    let fast = QuantModel::open(&path, 2).unwrap();
+    let Some(path) = common::smollm2() else { return };
+    let fast = load_pretrained_with(&path, LoadOptions::fast()).unwrap();
+    let m = &fast.model;
     let text = std::fs::read_to_string(root().join("data/shakespeare/hamlet_gut.txt")).unwrap();
-    let ids = fast.chat.tokenizer.encode(&text[40_000..42_000], SpecialMode::AsText).unwrap();
+    let ids = fast.tokenizer.encode(&text[40_000..42_000], SpecialMode::AsText).unwrap();
     let (head, body) = (&ids[..40], &ids[40..110]);
-    let v = fast.model.vocab_size();
-    let mut ignore = Vec::new();
-    let mut batch = Vec::new();
-    let mut st = fast.model.new_state(256);
-    fast.model.feed(st.as_mut(), head, head.len(), &mut ignore);
-    fast.model.feed(st.as_mut(), body, 0, &mut batch);
-    let mut st = fast.model.new_state(256);
-    fast.model.feed(st.as_mut(), head, head.len(), &mut ignore);
+    let v = m.vocab_size();
+    let mut s = m.new_session(SessionOpts::tokens(256));
+    let (a, b) = (s.add_sequence(), s.add_sequence());
+    let (mut ignore, mut batch, mut one) = (Vec::new(), Vec::new(), Vec::new());
+    feed(m, &mut s, a, head, head.len(), &mut ignore).unwrap();
+    feed(m, &mut s, a, body, 0, &mut batch).unwrap();
+    feed(m, &mut s, b, head, head.len(), &mut ignore).unwrap();
     let (mut worst, mut agree) = (0f32, 0);
-    let mut one = Vec::new();
     for (i, &tok) in body.iter().enumerate() {
-        fast.model.feed(st.as_mut(), &[tok], 0, &mut one);
+        feed(m, &mut s, b, &[tok], 0, &mut one).unwrap();
         let row = &batch[i * v..(i + 1) * v];
         worst = row.iter().zip(&one).fold(worst, |m, (a, b)| m.max((a - b).abs()));
         agree += usize::from(argmax(row) == argmax(&one));

@@ -6,20 +6,21 @@
 //!   KV cache.
 //!
 //! The model (98 MB) is not in the repository: `tools/fetch_models.sh` puts it in `models/`
-//! (`.ci/run` does). Without it these tests print why and pass vacuously.
+//! (`.ci/run` does). Without it these tests print why and pass vacuously — except under
+//! `CI=true`, where a missing model fails them.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use yuanli_models::{load_pretrained, Message, Pretrained, SamplingParams};
+use yuanli_models::generate::feed;
+use yuanli_models::{load_pretrained, CausalLm, Message, Pretrained, SamplingParams, SessionOpts};
 use yuanli_tensor::Tensor;
 use yuanli_tokenizer::SpecialMode;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::root;
 
 fn reference() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
@@ -29,18 +30,11 @@ fn reference() -> &'static Value {
     })
 }
 
-/// The model, or `None` (with a note on stderr) when it has not been fetched.
+/// The model with f32 weights (the exact path), or `None` (with a note on stderr) when it has
+/// not been fetched — a failure under `CI=true`.
 fn model() -> Option<&'static Pretrained> {
     static M: OnceLock<Option<Pretrained>> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        if !path.exists() {
-            eprintln!("SKIPPED: {} is absent; run tools/fetch_models.sh to fetch it", path.display());
-            return None;
-        }
-        Some(load_pretrained(&path).unwrap())
-    })
-    .as_ref()
+    M.get_or_init(|| Some(load_pretrained(&common::smollm2()?).unwrap())).as_ref()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -118,7 +112,8 @@ fn greedy_generation_matches_float64_transformers_and_llama_cpp() {
         // No stop on EOS: the references generate exactly 32 tokens.
         let g = yuanli_models::generate(&m.model, &prompt, hf.len(), SamplingParams::greedy(), 0, &mut |_| {
             ControlFlow::Continue(())
-        });
+        })
+        .unwrap();
         assert_eq!(g.tokens, hf, "prompt {}: ours vs transformers float64", p["name"]);
         assert_eq!(g.tokens, lcpp, "prompt {}: ours vs llama.cpp F32", p["name"]);
         let text = p["text"].as_str().unwrap();
@@ -148,9 +143,14 @@ fn teacher_forced_logits_match_float64_transformers() {
     for p in prompts() {
         let mut seq = ids(&p["prompt_ids"]);
         seq.extend(ids(&p["hf_f64_greedy"]));
-        let logits = m.model.forward(&Tensor::new(seq.clone(), &[1, seq.len()])).value().to_vec::<f32>();
+        // The training forward (autograd) and the inference engine, each against float64.
+        let training = m.model.forward(&Tensor::new(seq.clone(), &[1, seq.len()])).value().to_vec::<f32>();
+        let mut engine = Vec::new();
+        let mut s = m.model.new_session(SessionOpts::tokens(seq.len()));
+        let sq = s.add_sequence();
+        feed(&m.model, &mut s, sq, &seq, 0, &mut engine).unwrap();
         let v = m.model.config.vocab_size;
-        for row in p["logits"].as_array().unwrap() {
+        for (row, logits) in p["logits"].as_array().unwrap().iter().flat_map(|r| [(r, &training), (r, &engine)]) {
             let pos = row["position"].as_u64().unwrap() as usize;
             let ours = &logits[pos * v..(pos + 1) * v];
             for (id, want) in ids(&row["ids"]).iter().zip(row["logits"].as_array().unwrap()) {
@@ -181,7 +181,7 @@ fn perplexity_matches_llama_cpp_chunk_by_chunk() {
     let ctx = r["ctx"].as_u64().unwrap() as usize;
     // Four of the sixteen chunks keep the test short; `yuanli perplexity` runs them all.
     let chunks = 4;
-    let p = yuanli_models::eval::perplexity(&m.model, &ids, ctx, chunks, &mut |_, _| {});
+    let p = yuanli_models::eval::perplexity(&m.model, &ids, ctx, chunks, &mut |_, _| {}).unwrap();
     for (i, (ours, want)) in p.chunk_nll.iter().zip(r["chunk_nll"].as_array().unwrap()).enumerate() {
         let want = want.as_f64().unwrap();
         // 0.5% in perplexity is 0.005 nats per token: 255 tokens make 1.3 nats a chunk.

@@ -121,13 +121,16 @@ pub fn read_tensors(path: &Path) -> Result<TensorMap, CheckpointError> {
 impl ParamStore {
     /// Serialises every parameter (f32, little-endian) as safetensors bytes.
     pub fn to_safetensors(&self) -> Vec<u8> {
-        let values = self.value_arena().to_vec::<f32>();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<Vec<u8>> = self
+            .params()
+            .iter()
+            .map(|p| self.value_of(p).to_vec::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .params()
             .iter()
-            .map(|p| {
-                let data = &bytes[p.offset * 4..(p.offset + p.numel()) * 4];
+            .zip(&bytes)
+            .map(|(p, data)| {
                 let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, p.shape.clone(), data)
                     .expect("a parameter's byte length matches its shape by construction");
                 (p.name.clone(), view)
@@ -169,14 +172,11 @@ impl ParamStore {
         if !problems.is_empty() {
             return Err(CheckpointError::Mismatch { path: path.to_path_buf(), problems });
         }
-        self.value_arena().with_slice_mut(|dst: &mut [f32]| {
-            for p in self.params() {
-                let src = tensors[&p.name].data();
-                for (d, chunk) in dst[p.offset..p.offset + p.numel()].iter_mut().zip(src.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                }
-            }
-        });
+        for p in self.params() {
+            let src = tensors[&p.name].data();
+            let values: Vec<f32> = src.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            self.set_values(p, &values);
+        }
         Ok(())
     }
 }

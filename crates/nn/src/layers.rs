@@ -5,7 +5,7 @@ use crate::init::Init;
 use crate::params::{ParamKind, ParamStore};
 use crate::Result;
 use yuanli_autograd::{GeluKind, Var};
-use yuanli_tensor::{Rng, Tensor};
+use yuanli_tensor::{DType, QMatrix, QuantType, Rng, Tensor};
 
 /// Something that maps one `Var` to another.
 pub trait Module {
@@ -22,6 +22,125 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// The weight matrix `(rows, cols)` of a linear map or an embedding table, in one of the
+/// forms a model's weights take:
+/// - an f32 **parameter** in a [`ParamStore`] — trainable, or frozen (a constant leaf, see
+///   [`ParamStore::set_trainable`]);
+/// - a **stored** matrix in a GGML format — F16, BF16 or block-quantized (Q8_0, Q4_1, Q4_K, …),
+///   read in place from a memory-mapped file or an owned buffer. Always frozen: it never gets a
+///   gradient, but the gradient still flows through it to the layer's input (QLoRA).
+///
+/// Training code calls [`Weight::linear`] and [`Weight::embedding`] (autograd); the inference
+/// engine reads the raw form with [`Weight::with_bytes`] and hands it to the quantized kernels.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    /// An f32 parameter (trainable or frozen).
+    Param(Var),
+    /// A frozen matrix in a storage format.
+    Stored(QMatrix),
+}
+
+impl Weight {
+    /// Rows (output features; vocabulary entries of an embedding).
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::Param(v) => v.shape()[0],
+            Weight::Stored(q) => q.rows(),
+        }
+    }
+
+    /// Columns (input features; the embedding width).
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::Param(v) => v.shape()[1],
+            Weight::Stored(q) => q.cols(),
+        }
+    }
+
+    /// The storage format (`F32` for a parameter).
+    pub fn ty(&self) -> QuantType {
+        match self {
+            Weight::Param(_) => QuantType::F32,
+            Weight::Stored(q) => q.ty(),
+        }
+    }
+
+    /// The parameter, if this is one.
+    pub fn var(&self) -> Option<&Var> {
+        match self {
+            Weight::Param(v) => Some(v),
+            Weight::Stored(_) => None,
+        }
+    }
+
+    /// Whether training updates it (a trainable parameter).
+    pub fn is_trainable(&self) -> bool {
+        self.var().is_some_and(Var::requires_grad)
+    }
+
+    /// `x·Wᵀ + b` for `x (…, cols)` → `(…, rows)`, differentiable with respect to `x` and `b`
+    /// (and `W` when it is a trainable parameter). A frozen weight is applied at the input's
+    /// precision (f64 in gradient checks), as a stored one is dequantized to it.
+    pub fn linear(&self, x: &Var, b: Option<&Var>) -> Var {
+        match self {
+            Weight::Param(w) if !w.requires_grad() && w.value().dtype() != x.value().dtype() => {
+                x.linear(&Var::constant(w.value().to_dtype(x.value().dtype())), b)
+            }
+            Weight::Param(w) => x.linear(w, b),
+            Weight::Stored(q) => x.linear_q(q, b),
+        }
+    }
+
+    /// Rows `ids` (u32, any shape) → `(…ids, cols)`. A stored table yields constants (it has no
+    /// gradient to receive, and token ids have none to pass on).
+    pub fn embedding(&self, ids: &Tensor) -> Var {
+        match self {
+            Weight::Param(w) => w.embedding(ids),
+            Weight::Stored(q) => {
+                let ids_v = ids.to_vec::<u32>();
+                let c = q.cols();
+                let mut out = vec![0f32; ids_v.len() * c];
+                for (&id, row) in ids_v.iter().zip(out.chunks_exact_mut(c.max(1))) {
+                    assert!((id as usize) < q.rows(), "embedding: id {id} in a table of {} rows", q.rows());
+                    q.dequantize_rows(id as usize, id as usize + 1, row);
+                }
+                let mut shape = ids.shape().to_vec();
+                shape.push(c);
+                Var::constant(Tensor::new(out, &shape))
+            }
+        }
+    }
+
+    /// Runs `f` on the weight's storage format and bytes, row by row (an f32 parameter as its
+    /// little-endian f32 bytes, read under its lock, no copy).
+    pub fn with_bytes<R>(&self, f: impl FnOnce(QuantType, &[u8]) -> R) -> R {
+        match self {
+            Weight::Param(w) => w.value().with_slice(|v: &[f32]| f(QuantType::F32, bytemuck::cast_slice(v))),
+            Weight::Stored(q) => f(q.ty(), q.bytes()),
+        }
+    }
+
+    /// Row `r` in f32 into `out` (`cols` values).
+    #[track_caller]
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Weight::Param(w) => {
+                let c = out.len();
+                w.value().with_slice(|v: &[f32]| out.copy_from_slice(&v[r * c..(r + 1) * c]));
+            }
+            Weight::Stored(q) => q.dequantize_rows(r, r + 1, out),
+        }
+    }
+
+    /// Bytes the weight occupies.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::Param(v) => 4 * v.value().numel(),
+            Weight::Stored(q) => q.bytes().len(),
+        }
+    }
+}
+
 /// `y = x·Wᵀ + b` with `W` stored `[out, in]` (PyTorch's layout).
 ///
 /// ```
@@ -34,8 +153,8 @@ pub fn join(prefix: &str, name: &str) -> String {
 /// assert_eq!(y.value().to_vec::<f32>(), vec![6.0, 6.0]); // bias starts at 0
 /// ```
 pub struct Linear {
-    /// `(out, in)`
-    pub weight: Var,
+    /// `(out, in)`: a parameter (trainable or frozen) or a stored matrix.
+    pub weight: Weight,
     /// `(out,)`, if any.
     pub bias: Option<Var>,
 }
@@ -57,20 +176,31 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self { weight: Weight::Param(weight), bias })
+    }
+
+    /// A layer over a stored (frozen) matrix `(out, in)`, with an optional bias registered as
+    /// `{prefix}.bias` (zeros; trainable unless the store freezes it).
+    pub fn stored(store: &mut ParamStore, prefix: &str, weight: QMatrix, bias: bool) -> Result<Self> {
+        let bias = if bias {
+            Some(store.param(&join(prefix, "bias"), Tensor::zeros(&[weight.rows()], DType::F32), ParamKind::Bias)?)
+        } else {
+            None
+        };
+        Ok(Self { weight: Weight::Stored(weight), bias })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Var) -> Var {
-        x.linear(&self.weight, self.bias.as_ref()) // (…, in)·(in, out) + (out,) → (…, out)
+        self.weight.linear(x, self.bias.as_ref()) // (…, in)·(in, out) + (out,) → (…, out)
     }
 }
 
 /// A lookup table `(vocab, dim)`: token ids → vectors.
 pub struct Embedding {
     /// `(vocab, dim)`
-    pub weight: Var,
+    pub weight: Weight,
 }
 
 impl Embedding {
@@ -83,9 +213,8 @@ impl Embedding {
         init: Init,
         rng: &mut Rng,
     ) -> Result<Self> {
-        Ok(Self {
-            weight: store.param(&join(prefix, "weight"), init.tensor(&[vocab, dim], rng), ParamKind::Embedding)?,
-        })
+        let w = store.param(&join(prefix, "weight"), init.tensor(&[vocab, dim], rng), ParamKind::Embedding)?;
+        Ok(Self { weight: Weight::Param(w) })
     }
 
     /// Looks up u32 `ids` of any shape → `(…ids, dim)`.

@@ -21,5 +21,5 @@ mod params;
 pub use checkpoint::CheckpointError;
 pub use error::{Error, Result};
 pub use init::{fans, Init};
-pub use layers::{join, Activation, Dropout, Embedding, LayerNorm, Linear, Mlp, Module, RmsNorm};
+pub use layers::{join, Activation, Dropout, Embedding, LayerNorm, Linear, Mlp, Module, RmsNorm, Weight};
 pub use params::{ParamInfo, ParamKind, ParamStore};

@@ -26,7 +26,10 @@ pub struct ParamInfo {
     pub name: String,
     /// Role, for optimizer defaults.
     pub kind: ParamKind,
-    /// First element in the arenas.
+    /// Frozen: a constant leaf in the frozen arena, with no gradient slot and no optimizer
+    /// state; otherwise trainable, in the value and gradient arenas.
+    pub frozen: bool,
+    /// First element in its arena (the trainable arenas, or the frozen one).
     pub offset: usize,
     /// Shape of the parameter.
     pub shape: Vec<usize>,
@@ -43,6 +46,12 @@ impl ParamInfo {
 
 /// All parameters and gradients of a model in two contiguous f32 arenas.
 ///
+/// A parameter may instead be **frozen** ([`ParamStore::set_trainable`] decides at
+/// registration): its value goes to a third arena and its leaf is a constant, so it gets no
+/// gradient slot, no optimizer state, no place in the gradient norm, clipping or weight decay,
+/// and the backward pass never computes its gradient (`Backward` is asked only for inputs that
+/// require one). The trainable arenas hold exactly the trainable parameters.
+///
 /// ```
 /// use yuanli_nn::{ParamKind, ParamStore};
 /// use yuanli_tensor::{DType, Tensor};
@@ -56,9 +65,14 @@ impl ParamInfo {
 pub struct ParamStore {
     values: Tensor,
     grads: Tensor,
+    frozen: Tensor,
     params: Vec<ParamInfo>,
     by_name: HashMap<String, usize>,
+    trainable: TrainableRule,
 }
+
+/// Decides from a parameter's name and kind whether it is trainable.
+type TrainableRule = Box<dyn Fn(&str, ParamKind) -> bool + Send + Sync>;
 
 impl Default for ParamStore {
     fn default() -> Self {
@@ -67,28 +81,51 @@ impl Default for ParamStore {
 }
 
 impl ParamStore {
-    /// An empty store.
+    /// An empty store; every parameter registered in it is trainable.
     pub fn new() -> Self {
         Self {
             values: Tensor::arena(DType::F32),
             grads: Tensor::arena(DType::F32),
+            frozen: Tensor::arena(DType::F32),
             params: Vec::new(),
             by_name: HashMap::new(),
+            trainable: Box::new(|_, _| true),
         }
     }
 
-    /// Registers a parameter with initial value `init` (converted to f32) and returns its leaf.
+    /// An empty store in which every parameter is frozen (a model for inference only: no
+    /// gradient arena is allocated).
+    pub fn frozen() -> Self {
+        let mut s = Self::new();
+        s.set_trainable(|_, _| false);
+        s
+    }
+
+    /// Decides, for every parameter registered from now on, whether it is trainable (`true`)
+    /// or frozen, from its dotted name and kind. Build the model after setting it.
+    pub fn set_trainable(&mut self, rule: impl Fn(&str, ParamKind) -> bool + Send + Sync + 'static) {
+        self.trainable = Box::new(rule);
+    }
+
+    /// Registers a parameter with initial value `init` (converted to f32) and returns its leaf:
+    /// trainable, or a constant when the store's rule freezes it.
     pub fn param(&mut self, name: &str, init: Tensor, kind: ParamKind) -> Result<Var> {
         if self.by_name.contains_key(name) {
             return Err(Error::DuplicateName(name.to_string()));
         }
         let shape = init.shape().to_vec();
-        let offset = self.values.arena_push(&init);
-        let goff = self.grads.arena_push(&Tensor::zeros(&shape, DType::F32));
-        debug_assert_eq!(offset, goff, "value and gradient arenas grow in lockstep");
-        let var = Var::param(self.values.view_at(offset, &shape), self.grads.view_at(offset, &shape));
+        let frozen = !(self.trainable)(name, kind);
+        let (offset, var) = if frozen {
+            let offset = self.frozen.arena_push(&init);
+            (offset, Var::constant(self.frozen.view_at(offset, &shape)))
+        } else {
+            let offset = self.values.arena_push(&init);
+            let goff = self.grads.arena_push(&Tensor::zeros(&shape, DType::F32));
+            debug_assert_eq!(offset, goff, "value and gradient arenas grow in lockstep");
+            (offset, Var::param(self.values.view_at(offset, &shape), self.grads.view_at(offset, &shape)))
+        };
         self.by_name.insert(name.to_string(), self.params.len());
-        self.params.push(ParamInfo { name: name.to_string(), kind, offset, shape, var: var.clone() });
+        self.params.push(ParamInfo { name: name.to_string(), kind, frozen, offset, shape, var: var.clone() });
         Ok(var)
     }
 
@@ -102,19 +139,36 @@ impl ParamStore {
         self.by_name.get(name).map(|&i| &self.params[i])
     }
 
-    /// Total number of scalar parameters.
+    /// Total number of scalar parameters, trainable and frozen.
     pub fn num_params(&self) -> usize {
+        self.num_trainable() + self.frozen.buffer_len()
+    }
+
+    /// Number of trainable scalars (the length of the value and gradient arenas).
+    pub fn num_trainable(&self) -> usize {
         self.values.buffer_len()
     }
 
-    /// The value arena as one contiguous 1-d tensor (a view; writes are seen by the model).
+    /// The trainable values as one contiguous 1-d tensor (a view; writes are seen by the model).
     pub fn value_arena(&self) -> Tensor {
-        self.values.view_at(0, &[self.num_params()])
+        self.values.view_at(0, &[self.num_trainable()])
     }
 
-    /// The gradient arena as one contiguous 1-d tensor.
+    /// The gradients of the trainable values, laid out as [`ParamStore::value_arena`].
     pub fn grad_arena(&self) -> Tensor {
-        self.grads.view_at(0, &[self.num_params()])
+        self.grads.view_at(0, &[self.num_trainable()])
+    }
+
+    /// The values of one parameter, trainable or frozen (a view).
+    pub fn value_of(&self, p: &ParamInfo) -> Tensor {
+        p.var.value().clone()
+    }
+
+    /// Overwrites a parameter's values (trainable or frozen) from row-major `data`.
+    #[track_caller]
+    pub fn set_values(&self, p: &ParamInfo, data: &[f32]) {
+        assert_eq!(data.len(), p.numel(), "set_values: {} values for {} {:?}", data.len(), p.name, p.shape);
+        p.var.value().with_slice_mut(|dst: &mut [f32]| dst.copy_from_slice(data));
     }
 
     /// Sets every gradient to zero: one `fill` over the gradient arena.
@@ -144,8 +198,12 @@ impl ParamStore {
         let Some((flat, value)) = bad else {
             return Ok(());
         };
-        let p =
-            self.params.iter().rev().find(|p| p.offset <= flat).expect("every arena element belongs to a parameter");
+        let p = self
+            .params
+            .iter()
+            .rev()
+            .find(|p| !p.frozen && p.offset <= flat)
+            .expect("every arena element belongs to a parameter");
         Err(Error::NonFiniteGradient { name: p.name.clone(), index: flat - p.offset, value })
     }
 }
@@ -178,6 +236,26 @@ mod tests {
             store.param("a", Tensor::zeros(&[1], DType::F32), ParamKind::Bias),
             Err(Error::DuplicateName(_))
         ));
+    }
+
+    #[test]
+    fn frozen_parameters_have_no_gradient_slot_and_receive_no_gradient() {
+        let mut store = ParamStore::new();
+        store.set_trainable(|name, _| name.starts_with("lora"));
+        let w =
+            store.param("base.weight", Tensor::new(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]), ParamKind::Weight).unwrap();
+        let a = store.param("lora.a", Tensor::new(vec![0.5f32, -1.0], &[1, 2]), ParamKind::Weight).unwrap();
+        assert_eq!((store.num_trainable(), store.num_params()), (2, 6));
+        assert!(!w.requires_grad() && a.requires_grad());
+        assert!(store.params()[0].frozen && !store.params()[1].frozen);
+        let x = Var::constant(Tensor::new(vec![1.0f32, 1.0], &[1, 2]));
+        x.linear(&w, None).linear(&a, None).sum_all().backward();
+        assert!(w.grad().is_none(), "a frozen weight gets no gradient");
+        assert_eq!(store.grad_arena().to_vec::<f32>(), vec![3.0, 7.0]);
+        // Writing a frozen value is seen by the model.
+        store.set_values(&store.params()[0].clone(), &[0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(w.value().to_vec::<f32>(), vec![0.0; 4]);
+        assert_eq!(ParamStore::frozen().num_trainable(), 0);
     }
 
     #[test]

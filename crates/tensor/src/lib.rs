@@ -35,7 +35,7 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layout::Layout;
 pub use ops::{AttentionOutput, NormStats};
-pub use quant::QuantType;
+pub use quant::{QMatrix, QuantType};
 pub use rng::Rng;
 pub use storage::{CpuStorage, Storage};
 pub use tensor::Tensor;

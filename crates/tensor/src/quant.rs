@@ -258,6 +258,103 @@ fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Where the bytes of a [`QMatrix`] live: a memory-mapped file (a GGUF), or an owned buffer.
+pub type ByteSource = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A frozen matrix `(rows, cols)` stored row by row in a GGML format (F32, F16, BF16 or a
+/// block-quantized type), read in place: the weights of a quantized model, never dequantized
+/// as a whole. Cloning shares the bytes.
+#[derive(Clone)]
+pub struct QMatrix {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    data: ByteSource,
+    start: usize,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({}×{} {})", self.rows, self.cols, self.ty)
+    }
+}
+
+impl QMatrix {
+    /// The matrix whose rows are `data[range]`. Errors (naming the sizes) when `cols` is not a
+    /// whole number of blocks or the range does not hold exactly `rows` rows.
+    pub fn new(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        data: ByteSource,
+        range: std::ops::Range<usize>,
+    ) -> Result<QMatrix, String> {
+        let row_bytes =
+            ty.bytes_for(cols).ok_or_else(|| format!("{cols} columns are not a whole number of {ty} blocks"))?;
+        let len = (*data).as_ref().len();
+        let want = row_bytes.checked_mul(rows).ok_or_else(|| format!("{rows}×{cols} {ty} overflows"))?;
+        if range.start > range.end || range.end > len || range.end - range.start != want {
+            return Err(format!(
+                "{rows}×{cols} {ty} needs {want} bytes; got bytes {}..{} of a {len}-byte buffer",
+                range.start, range.end
+            ));
+        }
+        Ok(QMatrix { ty, rows, cols, data, start: range.start })
+    }
+
+    /// Quantizes row-major `x (rows, cols)` to `ty` into an owned buffer (`None` for the
+    /// K-quants, which have no encoder here).
+    #[track_caller]
+    pub fn quantize(ty: QuantType, rows: usize, cols: usize, x: &[f32]) -> Option<QMatrix> {
+        assert_eq!(x.len(), rows * cols, "QMatrix::quantize: {} values for {rows}×{cols}", x.len());
+        let mut bytes = Vec::new();
+        for row in x.chunks(cols.max(1)) {
+            quantize_row(ty, row, &mut bytes)?;
+        }
+        let n = bytes.len();
+        QMatrix::new(ty, rows, cols, std::sync::Arc::new(bytes), 0..n).ok()
+    }
+
+    /// The storage format.
+    pub fn ty(&self) -> QuantType {
+        self.ty
+    }
+
+    /// Rows (output features of a linear map).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols).unwrap_or(0)
+    }
+
+    /// All the bytes, row by row.
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.data).as_ref()[self.start..self.start + self.rows * self.row_bytes()]
+    }
+
+    /// Dequantizes rows `r0..r1` into `out` (`(r1 − r0)·cols` values).
+    #[track_caller]
+    pub fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        dequantize_row(self.ty, &self.bytes()[r0 * rb..r1 * rb], out);
+    }
+
+    /// The whole matrix in f32, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(0, self.rows, &mut out);
+        out
+    }
+}
+
 /// Quantizes `x` (a whole number of blocks) to `ty` ∈ {F32, F16, BF16, Q8_0, Q4_0, Q4_1},
 /// appending the bytes to `out`, with GGML's reference rounding:
 /// - `Q8_0`: `d = max|x|/127`, `q = round(x/d)`;

@@ -35,7 +35,7 @@ fn runs(store: &ParamStore, groups: &[ParamGroup]) -> Vec<(usize, usize, usize)>
     let mut out: Vec<(usize, usize, usize)> = Vec::new();
     for p in store.params() {
         // A parameter no group claims is not updated (frozen).
-        let Some(g) = groups.iter().position(|g| (g.contains)(p)) else {
+        let Some(g) = groups.iter().position(|g| !p.frozen && (g.contains)(p)) else {
             continue;
         };
         let (start, end) = (p.offset, p.offset + p.numel());
@@ -91,7 +91,7 @@ impl Adam {
 
     /// One update with learning rate `lr`: one pass over the arenas.
     pub fn step(&mut self, store: &ParamStore, lr: f64) {
-        let n = store.num_params();
+        let n = store.num_trainable();
         self.m.resize(n, 0.0);
         self.v.resize(n, 0.0);
         self.t += 1;
@@ -137,7 +137,7 @@ impl Sgd {
 
     /// One update with learning rate `lr`.
     pub fn step(&mut self, store: &ParamStore, lr: f64) {
-        self.buf.resize(store.num_params(), 0.0);
+        self.buf.resize(store.num_trainable(), 0.0);
         let runs = runs(store, &self.groups);
         store.grad_arena().with_slice(|g: &[f32]| {
             store.value_arena().with_slice_mut(|p: &mut [f32]| {
@@ -156,5 +156,42 @@ impl Sgd {
                 }
             })
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yuanli_autograd::Var;
+    use yuanli_nn::{Init, Linear, Module};
+    use yuanli_tensor::{Rng, Tensor};
+
+    /// A model with a frozen base and a trainable head: AdamW keeps moments for the head only,
+    /// the frozen weights never change, and the gradient norm and clipping see only the head.
+    #[test]
+    fn frozen_parameters_get_no_optimizer_state_and_never_move() {
+        let mut store = ParamStore::new();
+        store.set_trainable(|name, _| name.starts_with("head"));
+        let mut rng = Rng::new(1);
+        let base = Linear::new(&mut store, "base", 4, 8, true, Init::Normal { std: 0.5 }, &mut rng).unwrap();
+        let head = Linear::new(&mut store, "head", 8, 2, false, Init::Normal { std: 0.5 }, &mut rng).unwrap();
+        assert_eq!((store.num_trainable(), store.num_params()), (16, 16 + 40));
+        let frozen_before: Vec<Vec<f32>> =
+            store.params().iter().filter(|p| p.frozen).map(|p| store.value_of(p).to_vec::<f32>()).collect();
+        let mut opt = Adam::adamw(0.9, 0.95, 1e-8, 0.1);
+        for step in 0..3 {
+            let x = Var::constant(Tensor::randn(&[5, 4], 0.0, 1.0, yuanli_tensor::DType::F32, &mut Rng::new(step)));
+            let y = head.forward(&base.forward(&x));
+            y.mul(&y).sum_all().backward();
+            assert!(store.grad_norm() > 0.0);
+            store.clip_grad_norm(1.0);
+            opt.step(&store, 1e-2);
+            store.zero_grad();
+        }
+        assert_eq!((opt.m.len(), opt.v.len()), (16, 16), "moments for the trainable head only");
+        let frozen_after: Vec<Vec<f32>> =
+            store.params().iter().filter(|p| p.frozen).map(|p| store.value_of(p).to_vec::<f32>()).collect();
+        assert_eq!(frozen_before, frozen_after, "frozen parameters never move");
+        assert!(base.weight.var().is_some_and(|w| w.grad().is_none()), "no gradient reaches a frozen weight");
     }
 }

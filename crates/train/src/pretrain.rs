@@ -363,7 +363,7 @@ pub fn train(
             let mut opt = Adam::adamw(config.beta1, config.beta2, 1e-8, config.weight_decay);
             let p = dir.join("optimizer.bin");
             let bytes = std::fs::read(&p).map_err(|e| TrainError::File { path: p.clone(), message: e.to_string() })?;
-            let n = t.store.num_params();
+            let n = t.store.num_trainable();
             if bytes.len() != 8 * n {
                 return Err(TrainError::File {
                     path: p,

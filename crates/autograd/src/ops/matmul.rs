@@ -1,7 +1,7 @@
 //! Matrix product, and the fused linear layer `x·Wᵀ + b`.
 
 use crate::var::{Backward, Var};
-use yuanli_tensor::Tensor;
+use yuanli_tensor::{QMatrix, Tensor};
 
 /// `Z = X·Y` with `X (…, M, K)`, `Y (…, K, N)`: `∂L/∂X = G·Yᵀ`, `∂L/∂Y = Xᵀ·G`
 /// (each summed over broadcast batch axes). The transposes are views: no copies.
@@ -55,7 +55,61 @@ impl Backward for Linear {
     }
 }
 
+/// `Y = X·Wᵀ + b` with a frozen `W (N, K)` stored in a GGML format ([`QMatrix`]: F16, BF16,
+/// Q8_0, Q4_1, …). The product is [`Linear`]'s with `W` dequantized, so `∂L/∂X = G·W` and
+/// `∂L/∂b = Σ_rows G`; `W` is no parameter and gets no gradient. It is dequantized in the
+/// forward pass and again in the backward, never kept in f32 between them: the memory QLoRA
+/// saves.
+struct LinearQ {
+    x_shape: Vec<usize>,
+    w: QMatrix,
+}
+impl Backward for LinearQ {
+    fn name(&self) -> &'static str {
+        "linear_q"
+    }
+    fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
+        let rows: usize = self.x_shape[..self.x_shape.len() - 1].iter().product();
+        let g = g.reshape(&[rows, self.w.rows()]);
+        let mut out = vec![n[0].then(|| g.matmul(&dequantized(&self.w, g.dtype())).reshape(&self.x_shape))];
+        if n.len() > 1 {
+            out.push(n[1].then(|| g.sum(&[0], false)));
+        }
+        out
+    }
+}
+
+/// `W` as a dense `(N, K)` tensor of `dtype`.
+fn dequantized(w: &QMatrix, dtype: yuanli_tensor::DType) -> Tensor {
+    Tensor::new(w.dequantize(), &[w.rows(), w.cols()]).to_dtype(dtype)
+}
+
 impl Var {
+    /// `x·Wᵀ + b` with a frozen, stored weight `W (N, K)` ([`QMatrix`]); the gradient flows to
+    /// `x` (and `b`), never to `W`. The basis of QLoRA: a quantized base passes gradients
+    /// through to the adapters.
+    #[track_caller]
+    pub fn linear_q(&self, w: &QMatrix, b: Option<&Var>) -> Var {
+        assert_eq!(
+            self.dim_last(),
+            w.cols(),
+            "linear_q: x {:?} and W {}×{} disagree on K",
+            self.shape(),
+            w.rows(),
+            w.cols()
+        );
+        let y = self.value().linear(&dequantized(w, self.value().dtype()), b.map(|b| b.value()));
+        let op = LinearQ { x_shape: self.shape().to_vec(), w: w.clone() };
+        match b {
+            Some(b) => Var::from_op(y, op, &[self, b]),
+            None => Var::from_op(y, op, &[self]),
+        }
+    }
+
+    fn dim_last(&self) -> usize {
+        self.shape().last().copied().unwrap_or(0)
+    }
+
     /// A linear layer's map `x·Wᵀ + b` for `x (…, K)`, weight `W (N, K)` (PyTorch's layout) and
     /// an optional bias `(N,)` (fused: one GEMM that starts from the bias).
     #[track_caller]

@@ -241,6 +241,18 @@ fn team(threads: usize) -> Option<MutexGuard<'static, SpinPool>> {
     (team.threads() > 1 && team.threads() <= threads).then_some(team)
 }
 
+/// Runs `f` with the spinning [`team`] when no other caller holds it, else with a team of one
+/// (the calling thread alone). The inference engine runs a whole forward step this way: one
+/// caller at a time gets every core, and concurrent callers (other threads decoding other
+/// sequences) still make progress on their own thread instead of waiting.
+pub fn with_team<R>(f: impl FnOnce(&SpinPool) -> R) -> R {
+    static ALONE: OnceLock<SpinPool> = OnceLock::new();
+    match team(crate::num_threads()) {
+        Some(team) => f(&team),
+        None => f(ALONE.get_or_init(|| SpinPool::new(1))),
+    }
+}
+
 /// Calls `body` on every item, the items dealt round-robin to the threads of the spinning
 /// team (a [`SpinPool`] of [`crate::num_threads`] threads) when it is free (no wake-ups between the many short kernels of a training step),
 /// else spread over rayon's pool. Items are independent tasks: disjoint output chunks.

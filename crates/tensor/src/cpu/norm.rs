@@ -82,6 +82,24 @@ pub fn layernorm_forward<T: Float>(
     });
 }
 
+/// LayerNorm of one row: writes `y = (x − μ)·rstd·w + b` (the inference engine's, token by
+/// token; the same arithmetic as [`layernorm_forward`]).
+#[inline]
+pub fn layernorm_row<T: Float>(y: &mut [T], x: &[T], weight: &[T], bias: Option<&[T]>, eps: T) {
+    let inv_c = T::ONE / T::from_f64(x.len() as f64);
+    let m = lane_sum(x, x, |v, _| v) * inv_c;
+    let var = lane_sum(x, x, |v, _| (v - m) * (v - m)) * inv_c;
+    let s = T::ONE / (var + eps).sqrt();
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+        *y = (x - m) * s * w;
+    }
+    if let Some(b) = bias {
+        for (y, &b) in y.iter_mut().zip(b) {
+            *y += b;
+        }
+    }
+}
+
 /// Sums per-task partial parameter gradients: `(rows, c)` tasks each produce `(k, c)` vectors.
 fn par_rows_with_partials<T: Float>(
     n: usize,
@@ -163,19 +181,24 @@ pub fn layernorm_backward<T: Float>(
 pub fn rmsnorm_forward<T: Float>(out: &mut [T], rstd: &mut [T], inp: &[T], weight: &[T], c: usize, eps: T) {
     let n = inp.len() / c;
     let per = rows_per_task(n, c);
-    let inv_c = T::ONE / T::from_f64(c as f64);
     out.par_chunks_mut(per * c).zip(rstd.par_chunks_mut(per)).enumerate().for_each(|(ci, (o, rs))| {
         for r in 0..rs.len() {
             let row = ci * per + r;
-            let x = &inp[row * c..(row + 1) * c];
-            let ms = x.iter().map(|&v| v * v).sum::<T>() * inv_c;
-            let s = T::ONE / (ms + eps).sqrt();
-            for (i, y) in o[r * c..(r + 1) * c].iter_mut().enumerate() {
-                *y = x[i] * s * weight[i];
-            }
-            rs[r] = s;
+            rs[r] = rmsnorm_row(&mut o[r * c..(r + 1) * c], &inp[row * c..(row + 1) * c], weight, eps);
         }
     });
+}
+
+/// RMSNorm of one row: writes `y = x · rstd · w` and returns `rstd` (the inference engine
+/// calls it token by token; [`rmsnorm_forward`] row by row).
+#[inline]
+pub fn rmsnorm_row<T: Float>(y: &mut [T], x: &[T], weight: &[T], eps: T) -> T {
+    let ms = lane_sum(x, x, |v, _| v * v) / T::from_f64(x.len() as f64);
+    let s = T::ONE / (ms + eps).sqrt();
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+        *y = x * s * w;
+    }
+    s
 }
 
 /// RMSNorm backward (accumulates). With `n̂ = x·rstd`, `g = dy ⊙ w`:

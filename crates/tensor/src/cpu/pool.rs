@@ -47,9 +47,15 @@ struct Shared {
 }
 
 /// A team of `n` threads (the caller and `n − 1` workers) that runs a closure on all of them.
+///
+/// Safe to share between threads: one caller at a time has the team; a second caller that
+/// arrives while a job runs does not wait and does not touch the shared job slot — it runs
+/// every index of its own job on its own thread, one after another (see [`SpinPool::run`]).
 pub struct SpinPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// Held by the caller whose job the workers run.
+    busy: AtomicBool,
 }
 
 impl SpinPool {
@@ -73,7 +79,7 @@ impl SpinPool {
                     .expect("spawning a SpinPool worker")
             })
             .collect();
-        SpinPool { shared, workers }
+        SpinPool { shared, workers, busy: AtomicBool::new(false) }
     }
 
     /// Threads in the team.
@@ -83,11 +89,27 @@ impl SpinPool {
 
     /// Calls `f(i)` once for every `i` in `0..threads()`, `f(0)` on the calling thread, and
     /// returns when all have finished. Panics if any call panicked.
+    ///
+    /// If another thread's job is running (or this is a job calling `run` on its own pool),
+    /// the calls `f(0)`, `f(1)`, … run one after another on the calling thread instead: the
+    /// same work with the same per-index split, only not in parallel. Jobs therefore never
+    /// share the job slot, and a concurrent caller can neither corrupt nor deadlock the team.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.workers.is_empty() {
             f(0);
             return;
         }
+        if self.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            (0..self.threads()).for_each(f);
+            return;
+        }
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&self.busy);
         let sh = &*self.shared;
         let job: Job<'_> = f;
         sh.job.store(&job as *const Job<'_> as *mut (), Ordering::Release);
@@ -162,6 +184,40 @@ impl Drop for SpinPool {
     }
 }
 
+/// A mutable slice that the threads of one [`SpinPool::run`] write in disjoint pieces (each
+/// item of work owns a range of the output that no other item touches: a head's columns of
+/// some rows, a block of rows). It hands out `&mut` pieces without ever making two that
+/// overlap — which is the caller's promise, hence `unsafe`.
+pub struct DisjointSlice<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: it is a `&mut [T]` split between threads; `piece`'s contract keeps the parts apart.
+unsafe impl<T: Send> Send for DisjointSlice<'_, T> {}
+// SAFETY: as above: shared references only hand out non-overlapping `&mut` pieces.
+unsafe impl<T: Send> Sync for DisjointSlice<'_, T> {}
+
+impl<'a, T> DisjointSlice<'a, T> {
+    /// Borrows `s` for the duration of the parallel job.
+    pub fn new(s: &'a mut [T]) -> Self {
+        DisjointSlice { ptr: s.as_mut_ptr(), len: s.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// Elements `start..start + len` (bounds-checked).
+    ///
+    /// # Safety
+    /// No other piece overlapping this range may be alive at the same time, on any thread.
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn piece(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start <= self.len && len <= self.len - start, "piece {start}+{len} of {}", self.len);
+        // SAFETY: in bounds (checked above) of a live `&mut [T]`; exclusive by the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
 /// The contiguous share `[start, end)` of `0..n` that thread `i` of `threads` takes, in
 /// multiples of `align` (the last share takes the remainder).
 pub fn share(n: usize, i: usize, threads: usize, align: usize) -> (usize, usize) {
@@ -206,6 +262,26 @@ mod tests {
             }
             assert_eq!(next, n);
         }
+    }
+
+    #[test]
+    fn concurrent_callers_each_get_every_index_exactly_once() {
+        let pool = SpinPool::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        let hits: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+                        pool.run(&|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                            // A job may run a job on its own pool: it runs alone, no deadlock.
+                            pool.run(&|_| {});
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
     }
 
     #[test]

@@ -19,17 +19,47 @@ pub enum RopeLayout {
 /// `cos(p·θ_i)` and `sin(p·θ_i)` for positions `pos0..pos0+t`, each `(t, D/2)`.
 pub fn rope_tables<T: Float>(pos0: usize, t: usize, d: usize, base: f64) -> (Vec<T>, Vec<T>) {
     let half = d / 2;
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in pos0..pos0 + t {
-        for i in 0..half {
-            let theta = base.powf(-2.0 * i as f64 / d as f64);
-            let a = p as f64 * theta;
-            cos.push(T::from_f64(a.cos()));
-            sin.push(T::from_f64(a.sin()));
-        }
+    let mut cos = vec![T::ZERO; t * half];
+    let mut sin = vec![T::ZERO; t * half];
+    for (r, p) in (pos0..pos0 + t).enumerate() {
+        rope_angles(p, d, base, &mut cos[r * half..(r + 1) * half], &mut sin[r * half..(r + 1) * half]);
     }
     (cos, sin)
+}
+
+/// One row of the tables: `cos[i] = cos(p·θ_i)`, `sin[i] = sin(p·θ_i)`, `θ_i = base^(−2i/D)`,
+/// computed in f64 (`i < D/2`).
+pub fn rope_angles<T: Float>(p: usize, d: usize, base: f64, cos: &mut [T], sin: &mut [T]) {
+    for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+        let a = p as f64 * base.powf(-2.0 * i as f64 / d as f64);
+        *c = T::from_f64(a.cos());
+        *s = T::from_f64(a.sin());
+    }
+}
+
+/// The channels of pair `i` (of `D/2`).
+#[inline(always)]
+fn pair(i: usize, half: usize, layout: RopeLayout) -> (usize, usize) {
+    match layout {
+        RopeLayout::HalfSplit => (i, i + half),
+        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+    }
+}
+
+/// `(x₁ cos − x₂ sin, x₁ sin + x₂ cos)`: the rotation of one pair (the inverse is `sin → −sin`).
+#[inline(always)]
+fn rotate<T: Float>(x1: T, x2: T, c: T, s: T) -> (T, T) {
+    (x1 * c - x2 * s, x1 * s + x2 * c)
+}
+
+/// Rotates one row `x` of `D` channels in place by the angles of one table row (`D/2` each):
+/// the inference engine's RoPE, one token at its own position.
+pub fn rope_row_inplace<T: Float>(x: &mut [T], cos: &[T], sin: &[T], layout: RopeLayout) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        let (i1, i2) = pair(i, half, layout);
+        (x[i1], x[i2]) = rotate(x[i1], x[i2], cos[i], sin[i]);
+    }
 }
 
 /// Rotates each row of length `d` of `inp` into `out`; row `r` sits at table row `pos_of(r)`.
@@ -50,17 +80,13 @@ fn rope_apply<T: Float>(
         let p = pos_of(r);
         let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
         for i in 0..half {
-            let (i1, i2) = match layout {
-                RopeLayout::HalfSplit => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (x1, x2) = (x[i1], x[i2]);
+            let (i1, i2) = pair(i, half, layout);
             if backward {
-                o[i1] += x1 * c[i] + x2 * s[i];
-                o[i2] += -x1 * s[i] + x2 * c[i];
+                let (y1, y2) = rotate(x[i1], x[i2], c[i], -s[i]);
+                o[i1] += y1;
+                o[i2] += y2;
             } else {
-                o[i1] = x1 * c[i] - x2 * s[i];
-                o[i2] = x1 * s[i] + x2 * c[i];
+                (o[i1], o[i2]) = rotate(x[i1], x[i2], c[i], s[i]);
             }
         }
         // An odd trailing channel (d odd) is not rotated.

@@ -279,6 +279,100 @@ fn prefetch(x: &[f32], i: usize) {
     }
 }
 
+/// Σ of 16 lanes by halving (a tree of vector adds, not a chain of 15 scalar ones).
+#[inline(always)]
+fn sum16(mut v: [f32; 16]) -> f32 {
+    for k in 0..8 {
+        v[k] += v[k + 8];
+    }
+    for k in 0..4 {
+        v[k] += v[k + 4];
+    }
+    (v[0] + v[2]) + (v[1] + v[3])
+}
+
+/// IEEE f16 bits → f32, exactly (normal, subnormal, ±0, ±∞, NaN), branch-free so that a loop
+/// over it vectorises: the exponent and mantissa move into f32 position, and one multiply by
+/// 2¹¹² re-biases the exponent (15 → 127) — exact, and right for subnormals too.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let em = h & 0x7fff;
+    let scaled = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if em >= 0x7c00 { (em << 13) | 0x7f80_0000 } else { scaled };
+    f32::from_bits(bits | ((h & 0x8000) << 16))
+}
+
+#[inline(always)]
+fn f16_to_f32_impl(src: &[u16], dst: &mut [f32]) {
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f16_bits_to_f32(h);
+    }
+}
+
+/// The 16 values at `x[at..at + 16]` as an array (its length known to the compiler, so loops
+/// over it vectorise without bounds checks).
+#[inline(always)]
+fn lanes(x: &[f32], at: usize) -> &[f32; 16] {
+    x[at..at + 16].try_into().expect("a 16-value stretch")
+}
+
+#[inline(always)]
+fn dot_rows_impl(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    // Short rows (a head of 64–128 values): four rows at a time, one 16-lane accumulator
+    // each, so four independent FMA chains run side by side.
+    let d = q.len();
+    let full = d / 16 * 16;
+    let mut j = 0;
+    while j + 4 <= out.len() {
+        let mut acc = [[0.0f32; 16]; 4];
+        for c in (0..full).step_by(16) {
+            let qc = lanes(q, c);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let rc = lanes(rows, (j + i) * d + c);
+                for k in 0..16 {
+                    a[k] = qc[k].mul_add(rc[k], a[k]);
+                }
+            }
+        }
+        for (i, (o, a)) in out[j..j + 4].iter_mut().zip(acc).enumerate() {
+            let r = &rows[(j + i) * d..(j + i + 1) * d];
+            *o = sum16(a) + (full..d).map(|c| q[c] * r[c]).sum::<f32>();
+        }
+        j += 4;
+    }
+    for (o, r) in out[j..].iter_mut().zip(rows[j * d..].chunks_exact(d)) {
+        *o = dot_impl(q, r);
+    }
+}
+
+#[inline(always)]
+fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
+    // Each 16-wide stretch of `y` stays in a register while every row is added into it.
+    let d = y.len();
+    let full = d / 16 * 16;
+    for c in (0..full).step_by(16) {
+        let mut acc = *lanes(y, c);
+        for (j, &aj) in a.iter().enumerate() {
+            let r = lanes(rows, j * d + c);
+            for k in 0..16 {
+                acc[k] = aj.mul_add(r[k], acc[k]);
+            }
+        }
+        y[c..c + 16].copy_from_slice(&acc);
+    }
+    for c in full..d {
+        y[c] = a.iter().enumerate().fold(y[c], |s, (j, &aj)| aj.mul_add(rows[j * d + c], s));
+    }
+}
+
+#[inline(always)]
+fn swiglu_inplace_impl(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_f32(-*g)) * u;
+    }
+}
+
 #[inline(always)]
 fn scale_impl(x: &mut [f32], s: f32) {
     for v in x.iter_mut() {
@@ -323,6 +417,54 @@ dispatch! {
     axpy4, axpy4_at => axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32])
 }
 dispatch! {
+    /// `dst[i] = f32(src[i])` for f16 bits (exact), in plain Rust (see [`f16_to_f32`]).
+    f16_to_f32_plain, f16_to_f32_plain_at => f16_to_f32_impl(src: &[u16], dst: &mut [f32])
+}
+
+/// `dst[i] = f32(src[i])` for f16 bits (exact): with F16C's `vcvtph2ps` (one instruction per 8
+/// values) where the CPU has it and the level is not capped to portable, else
+/// [`f16_to_f32_plain`].
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() != SimdLevel::Portable && std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU reported AVX (every level above portable has it) and F16C.
+        return unsafe { f16_to_f32_f16c(src, dst) };
+    }
+    f16_to_f32_plain(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::{_mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: values i..i + 8 exist in both slices.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    f16_to_f32_impl(&src[i..n], &mut dst[i..n]);
+}
+dispatch! {
+    /// `out[j] = q · rows[j]` for the `out.len()` consecutive rows of `q.len()` values in
+    /// `rows` (attention scores of one query against a block of keys, in one call).
+    dot_rows, dot_rows_at => dot_rows_impl(q: &[f32], rows: &[f32], out: &mut [f32])
+}
+dispatch! {
+    /// `y ← y + Σ_j a[j]·rows[j]` over the `a.len()` consecutive rows of `y.len()` values in
+    /// `rows` (attention's weighted sum of a block of values, in one call).
+    axpy_rows, axpy_rows_at => axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32])
+}
+dispatch! {
+    /// `gate ← silu(gate) ⊙ up` (SwiGLU in place, the fast exp: the inference engine's; the
+    /// autograd op uses [`super::swiglu_forward`], the same formula).
+    swiglu_inplace, swiglu_inplace_at => swiglu_inplace_impl(gate: &mut [f32], up: &[f32])
+}
+dispatch! {
     /// `x ← s·x`.
     scale, scale_at => scale_impl(x: &mut [f32], s: f32)
 }
@@ -330,6 +472,55 @@ dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact_for_every_bit_pattern() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for l in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512].into_iter().filter(|&l| level_supported(l)) {
+            let mut out = vec![0f32; all.len()];
+            f16_to_f32_plain_at(l, &all, &mut out);
+            for (&h, &got) in all.iter().zip(&out) {
+                let want = half::f16::from_bits(h).to_f32();
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{l:?}: f16 {h:#06x} → {got} ({:#x}), want {want}",
+                    got.to_bits()
+                );
+            }
+        }
+        let mut out = vec![0f32; all.len()];
+        f16_to_f32(&all, &mut out); // F16C where present
+        for (&h, &got) in all.iter().zip(&out) {
+            let want = half::f16::from_bits(h).to_f32();
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "f16 {h:#06x} → {got}");
+        }
+    }
+
+    #[test]
+    fn row_kernels_equal_the_one_row_kernels_at_every_level() {
+        let levels = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512];
+        for d in [64, 80, 7] {
+            for n in [1, 3, 4, 16, 17] {
+                let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+                let rows: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.11).cos()).collect();
+                let a: Vec<f32> = (0..n).map(|j| 0.5 - j as f32 * 0.03).collect();
+                for &l in levels.iter().filter(|&&l| level_supported(l)) {
+                    let mut out = vec![0f32; n];
+                    dot_rows_at(l, &q, &rows, &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        let want: f64 = (0..d).map(|c| q[c] as f64 * rows[j * d + c] as f64).sum();
+                        assert!((*o as f64 - want).abs() < 1e-4, "dot_rows {l:?} d {d} n {n} row {j}");
+                    }
+                    let mut y = q.clone();
+                    axpy_rows_at(l, &mut y, &a, &rows);
+                    for c in 0..d {
+                        let want = q[c] as f64 + (0..n).map(|j| a[j] as f64 * rows[j * d + c] as f64).sum::<f64>();
+                        assert!((y[c] as f64 - want).abs() < 1e-4, "axpy_rows {l:?} d {d} n {n} col {c}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_is_within_two_ulp_and_maps_minus_infinity_to_zero() {
