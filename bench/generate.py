@@ -11,6 +11,13 @@ n_batch 512, flash attention off, default KV cache (F16), mmap on. Its timing is
 llama_cpp's eval() calls; the greedy pick is numpy's argmax over the last logits row (yuanli's
 timing includes its own argmax too).
 
+Then, per model, `yuanli bench generate --batch N --json` (default N = 8): N sequences decoded
+together against one sequence alone, interleaved in the same process; it prints the aggregate
+decode rate and the speed-up (the median of the per-repetition ratios).
+
+Every line names the SIMD level of yuanli's kernels; cap it with YUANLI_SIMD=avx2 (and build
+llama.cpp with its AVX-512 options off for a fair AVX2 comparison).
+
 Run: bash bench/run_generate.sh   (or: bench/.venv/bin/python bench/generate.py MODEL.gguf ...)
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
@@ -55,6 +62,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8, help="sequences decoded together (0 = skip)")
     ap.add_argument("--yuanli", default=os.path.join(ROOT, "target", "release", "yuanli"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -73,12 +81,23 @@ def main():
         for k in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb"):
             row[k] = {"yuanli": med(ours, k), "llama_cpp": med(theirs, k), "ratio": med(ours, k) / med(theirs, k)}
         rows.append(row)
-        print(f"{row['model']} ({a.threads} threads, {a.rounds} rounds, medians): "
+        row["simd"] = ours[0].get("simd", "?")
+        print(f"{row['model']} ({a.threads} threads, yuanli {row['simd']} kernels, {a.rounds} rounds, medians): "
               f"prefill {row['prefill_tok_s']['yuanli']:.1f} vs {row['prefill_tok_s']['llama_cpp']:.1f} tok/s "
               f"(x{row['prefill_tok_s']['ratio']:.2f}); decode {row['decode_tok_s']['yuanli']:.1f} vs "
               f"{row['decode_tok_s']['llama_cpp']:.1f} tok/s (x{row['decode_tok_s']['ratio']:.2f}); peak RSS "
               f"{row['peak_rss_mb']['yuanli']:.0f} vs {row['peak_rss_mb']['llama_cpp']:.0f} MB "
               f"(x{row['peak_rss_mb']['ratio']:.2f})", flush=True)
+    if a.batch > 1:
+        for row, model in zip(rows, a.models):
+            r = run_json([a.yuanli, "--threads", str(a.threads), "bench", "generate", "--model", model,
+                          "--prompt-tokens", str(a.prompt_tokens), "--gen-tokens", str(a.gen_tokens),
+                          "--batch", str(a.batch), "--reps", str(max(3, a.rounds + 2)), "--json"])
+            row["batch"] = {k: r[k] for k in ("batch", "decode_tok_s", "single_decode_tok_s", "batch_speedup",
+                                              "prefill_tok_s", "peak_rss_mb", "simd")}
+            print(f"{row['model']} batch {a.batch} ({r['simd']} kernels): decode {r['decode_tok_s']:.1f} tok/s "
+                  f"aggregate vs {r['single_decode_tok_s']:.1f} for one sequence, same run: x{r['batch_speedup']:.2f}",
+                  flush=True)
     print(json.dumps(rows))
 
 

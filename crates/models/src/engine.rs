@@ -10,13 +10,18 @@
 //! so memory is taken a block at a time as a sequence grows, and returned when it ends. Blocks
 //! are reference-counted: [`Session::fork`] makes a second sequence with the same prefix that
 //! shares every block; the first write into a shared, partly filled last block copies it
-//! (copy on write). A block stores, for every layer and KV head, `block_size` vectors of `D`
-//! floats, so one position's key for one head is contiguous and so is a whole block (a copy
-//! on write is one `memcpy`):
+//! (copy on write). A block stores, for every layer and KV head, the keys and values of
+//! `block_size` positions; a whole block is contiguous (a copy on write is one `memcpy`).
+//! Values are stored position by position, keys *transposed* — component by component:
 //!
 //! ```text
-//! K[block][layer][kv_head][slot][d]      slot = position % block_size
+//! K[block][layer][kv_head][d][slot]      V[block][layer][kv_head][slot][d]
+//! slot = position % block_size
 //! ```
+//!
+//! so that a decoding query's scores against a block of keys, `s[slot] = Σ_d q[d]·K[d][slot]`,
+//! are `D` multiply-adds of whole rows of `block_size` lanes — no horizontal sum per key —
+//! and its output, `o[d] = Σ_slot p[slot]·V[slot][d]`, the same with the roles swapped.
 //!
 //! **Batched, ragged steps.** A [`Batch`] lists tokens from any sequences — each with its
 //! sequence and position, a prompt chunk for one, a single decoded token for another — and
@@ -36,7 +41,7 @@ use yuanli_autograd::Var;
 use yuanli_nn::Weight;
 use yuanli_tensor::cpu::pool::{share, DisjointSlice};
 use yuanli_tensor::cpu::qmatmul::{qmatmul_many, QOut};
-use yuanli_tensor::cpu::{gemm_into, qmatmul, simd, MatRef, QuantizedActs, SpinPool};
+use yuanli_tensor::cpu::{alloc_filled, gemm_into, qmatmul, simd, MatRef, QuantizedActs, SpinPool};
 use yuanli_tensor::QuantType;
 
 /// Positions per KV block unless a session asks otherwise (vLLM's default).
@@ -248,8 +253,8 @@ enum KvBuf {
 impl KvBuf {
     fn new(ty: KvType, n: usize) -> KvBuf {
         match ty {
-            KvType::F16 => KvBuf::F16(vec![0; n]),
-            KvType::F32 | KvType::Auto => KvBuf::F32(vec![0.0; n]),
+            KvType::F16 => KvBuf::F16(alloc_filled(n, 0)),
+            KvType::F32 | KvType::Auto => KvBuf::F32(alloc_filled(n, 0.0)),
         }
     }
 
@@ -267,6 +272,16 @@ impl KvBuf {
         }
     }
 
+    /// Stores `x[i]` at `at + i·stride` (rounded to nearest for f16).
+    fn write_strided(&mut self, at: usize, stride: usize, x: &[f32]) {
+        for (i, &f) in x.iter().enumerate() {
+            match self {
+                KvBuf::F32(v) => v[at + i * stride] = f,
+                KvBuf::F16(v) => v[at + i * stride] = half::f16::from_f32(f).to_bits(),
+            }
+        }
+    }
+
     /// Stores `x` at `at` (rounded to nearest for f16).
     fn write(&mut self, at: usize, x: &[f32]) {
         match self {
@@ -277,15 +292,21 @@ impl KvBuf {
         }
     }
 
-    /// `len` values from `at` as f32: borrowed in place, or converted into `tmp`.
+    /// Asks for `len` values from `at` to be brought into the cache.
     #[inline]
-    fn read<'a>(&'a self, at: usize, len: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+    fn prefetch(&self, at: usize, len: usize) {
         match self {
-            KvBuf::F32(v) => &v[at..at + len],
-            KvBuf::F16(v) => {
-                simd::f16_to_f32(&v[at..at + len], &mut tmp[..len]);
-                &tmp[..len]
-            }
+            KvBuf::F32(v) => simd::prefetch_slice(&v[at..at + len]),
+            KvBuf::F16(v) => simd::prefetch_slice(&v[at..at + len]),
+        }
+    }
+
+    /// `dst.len()` values from `at`, as f32, into `dst`.
+    #[inline]
+    fn read_into(&self, at: usize, dst: &mut [f32]) {
+        match self {
+            KvBuf::F32(v) => dst.copy_from_slice(&v[at..at + dst.len()]),
+            KvBuf::F16(v) => simd::f16_to_f32(&v[at..at + dst.len()], dst),
         }
     }
 }
@@ -373,9 +394,9 @@ pub struct Session {
     model_id: u64,
     shape: KvShape,
     block_size: usize,
-    /// Keys of every block, laid out `[block][layer][kv_head][slot][d]`.
+    /// Keys of every block, laid out `[block][layer][kv_head][d][slot]`.
     k: KvBuf,
-    /// Values, laid out as the keys.
+    /// Values, laid out `[block][layer][kv_head][slot][d]`.
     v: KvBuf,
     /// References to each block (0 = free).
     refs: Vec<u32>,
@@ -612,11 +633,11 @@ impl Session {
         Ok(())
     }
 
-    /// Offset of `(slot, layer, kv head)`'s vector in `k` / `v`.
+    /// Where `(layer, kv head)`'s part of the block holding `slot` starts in `k` / `v`.
     #[inline]
-    fn kv_at(&self, slot: usize, layer: usize, head: usize) -> usize {
+    fn block_at(&self, slot: usize, layer: usize, head: usize) -> usize {
         let (bs, s) = (self.block_size, self.shape);
-        (((slot / bs) * s.layers + layer) * s.kv_heads + head) * bs * s.head_dim + (slot % bs) * s.head_dim
+        (((slot / bs) * s.layers + layer) * s.kv_heads + head) * bs * s.head_dim
     }
 
     /// Stores the new keys and values `(t, Hk·D)` of tokens `t0..t0 + t` of the step in their
@@ -625,10 +646,11 @@ impl Session {
         let (hk, d) = (self.shape.kv_heads, self.shape.head_dim);
         for (i, (kr, vr)) in k.chunks_exact(hk * d).zip(v.chunks_exact(hk * d)).enumerate() {
             let slot = self.plan.slot[t0 + i];
+            let (bs, off) = (self.block_size, slot % self.block_size);
             for h in 0..hk {
-                let at = self.kv_at(slot, layer, h);
-                self.k.write(at, &kr[h * d..(h + 1) * d]);
-                self.v.write(at, &vr[h * d..(h + 1) * d]);
+                let at = self.block_at(slot, layer, h);
+                self.k.write_strided(at + off, bs, &kr[h * d..(h + 1) * d]); // column `off` of K[d][slot]
+                self.v.write(at + off * d, &vr[h * d..(h + 1) * d]); // row `off` of V[slot][d]
             }
         }
     }
@@ -641,9 +663,10 @@ impl Session {
     /// the block's last position are gathered from the blocks into per-thread scratch, then
     /// `S = Q·Kᵀ/√D` and `O = P·V` are two small GEMMs with the causal softmax between them.
     /// Any other token (decoding) is one item per KV head, covering the query heads that share
-    /// it (grouped-query attention): each block of keys is read once for all of them — scores
-    /// by one call per block ([`simd::dot_rows`]), softmax, then the values the same way
-    /// ([`simd::axpy_rows`]).
+    /// it (grouped-query attention): its keys and values are gathered once for all of them;
+    /// the scores of a block are `D` row updates of the block's transposed keys
+    /// ([`simd::axpy_rows`], no horizontal sums), then softmax, then the weighted sum of the
+    /// values the same way.
     pub(crate) fn attention(
         &mut self,
         layer: usize,
@@ -681,18 +704,18 @@ impl Session {
             i = j;
         }
         let threads = pool.threads();
-        let n_max = plan.max_len;
+        let n_max = plan.max_len.next_multiple_of(bs); // keys are gathered by whole blocks
         let rows = ATT_BLOCK.max(group); // score rows: a block of queries, or a query group
         let per_thread = rows * n_max + ATT_BLOCK * d + 2 * n_max * d;
-        let per_thread = per_thread + 2 * bs * d; // one block of keys and of values in f32
-        let Session { k: keys, v: values, plan, att_tls, shape, .. } = self;
-        let (keys, values, plan, layers) = (&*keys, &*values, &*plan, shape.layers);
+        let Session { k: keys, v: values, plan, att_tls, .. } = self;
+        let (keys, values, plan) = (&*keys, &*values, &*plan);
         fit(att_tls, threads * per_thread.next_power_of_two().max(1 << 14));
         let stride = att_tls.len() / threads;
         let tls = DisjointSlice::new(att_tls);
         let dst = DisjointSlice::new(&mut out[..t * qd]);
         let scale = 1.0 / (d as f32).sqrt();
         // Where block `b`'s keys (or values) of kv head `h` in this layer start.
+        let layers = self.shape.layers;
         let block_at = move |b: u32, h: usize| ((b as usize * layers + layer) * hk + h) * bs * d;
         pool.run(&|tid| {
             let (w0, w1) = share(plan.items.len(), tid, threads, 1);
@@ -701,60 +724,87 @@ impl Session {
             let (scores, rest) = mine.split_at_mut(rows * n_max);
             let (o, rest) = rest.split_at_mut(ATT_BLOCK * d);
             let (kg, rest) = rest.split_at_mut(n_max * d);
-            let (vg, rest) = rest.split_at_mut(n_max * d);
-            let (kb, vb) = rest.split_at_mut(bs * d);
+            let vg = &mut rest[..n_max * d];
+            // The keys (or values) of KV head `h` at positions 0..n, gathered from the blocks
+            // of the table into `dst` as f32 (n·D values).
+            // Each block is a separate stretch of memory the hardware prefetcher cannot
+            // foresee, so the next block is asked for while this one is converted.
+            //
+            // The values of KV head `h` at positions 0..n, gathered from the blocks of the
+            // table into `dst` as f32 (`V (n, D)`, row-major).
+            let gather_v = |table: &[u32], h: usize, n: usize, dst: &mut [f32]| {
+                let blocks = n.div_ceil(bs);
+                for (bi, blk) in table.iter().enumerate().take(blocks) {
+                    let (j, len) = (bi * bs, bs.min(n - bi * bs) * d);
+                    if bi + 1 < blocks {
+                        values.prefetch(block_at(table[bi + 1], h), bs.min(n - j - bs) * d);
+                    }
+                    values.read_into(block_at(*blk, h), &mut dst[j * d..j * d + len]);
+                }
+            };
+            // The keys of the first `blocks` blocks, each whole (`K (D, block_size)`), one
+            // after another.
+            let gather_k = |table: &[u32], h: usize, blocks: usize, dst: &mut [f32]| {
+                for (bi, blk) in table.iter().enumerate().take(blocks) {
+                    if bi + 1 < blocks {
+                        keys.prefetch(block_at(table[bi + 1], h), bs * d);
+                    }
+                    keys.read_into(block_at(*blk, h), &mut dst[bi * bs * d..(bi + 1) * bs * d]);
+                }
+            };
             for &(tok, m, h) in &plan.items[w0..w1] {
                 let (ts, tl) = plan.table[tok];
                 let table = &plan.tables[ts..ts + tl];
                 if m == 0 {
                     // Decoding: `h` is a KV head; its `group` query heads are rows
-                    // h·group .. (h+1)·group of the token's query. Each block of keys (and
-                    // values) is read once for all of them.
+                    // h·group .. (h+1)·group of the token's query. Its keys and values are
+                    // gathered once for all of them.
                     let row = (tok - t0) * qd + h * group * d;
                     let qg = &q[row..row + group * d];
                     let n = plan.pos[tok] + 1; // positions this query sees
-                    let s = &mut scores[..group * n];
-                    for (bi, blk) in table.iter().enumerate().take(n.div_ceil(bs)) {
-                        let (j0, len) = (bi * bs, bs.min(n - bi * bs));
-                        let base = block_at(*blk, h);
-                        let keys_blk = keys.read(base, len * d, kb);
-                        for (g, qv) in qg.chunks_exact(d).enumerate() {
-                            simd::dot_rows(qv, keys_blk, &mut s[g * n + j0..g * n + j0 + len]);
+                    let blocks = n.div_ceil(bs);
+                    let nr = blocks * bs; // scores for whole blocks; the tail is ignored
+                    gather_k(table, h, blocks, kg);
+                    let s = &mut scores[..group * nr];
+                    for (qv, sg) in qg.chunks_exact(d).zip(s.chunks_exact_mut(nr)) {
+                        sg.fill(0.0);
+                        for (sb, kb) in sg.chunks_exact_mut(bs).zip(kg.chunks_exact(bs * d)) {
+                            simd::axpy_rows(sb, qv, kb); // sb[slot] = Σ_d q[d]·K[d][slot]
                         }
-                    }
-                    for sg in s.chunks_exact_mut(n) {
+                        let sg = &mut sg[..n];
                         simd::scale(sg, scale);
                         let mx = simd::max(sg);
                         let z = simd::exp_sub_sum(sg, mx);
                         simd::scale(sg, 1.0 / z);
                     }
+                    gather_v(table, h, n, vg);
                     // SAFETY: item (token, KV head) is this thread's; the output of its query
                     // heads is written by no other item.
                     let out = unsafe { dst.piece(row, group * d) };
                     out.fill(0.0);
-                    for (bi, blk) in table.iter().enumerate().take(n.div_ceil(bs)) {
-                        let (j0, len) = (bi * bs, bs.min(n - bi * bs));
-                        let base = block_at(*blk, h);
-                        let vals_blk = values.read(base, len * d, vb);
-                        for (g, og) in out.chunks_exact_mut(d).enumerate() {
-                            simd::axpy_rows(og, &s[g * n + j0..g * n + j0 + len], vals_blk);
-                        }
+                    for (og, sg) in out.chunks_exact_mut(d).zip(s.chunks_exact(nr)) {
+                        simd::axpy_rows(og, &sg[..n], &vg[..n * d]);
                     }
                 } else {
                     let kvh = h / group;
                     let p0 = plan.pos[tok];
                     let n = p0 + m; // keys the block's last query sees
-                    for (bi, blk) in table.iter().enumerate().take(n.div_ceil(bs)) {
-                        let j = bi * bs;
-                        let len = bs.min(n - j) * d;
-                        let base = block_at(*blk, kvh);
-                        kg[j * d..j * d + len].copy_from_slice(keys.read(base, len, kb));
-                        vg[j * d..j * d + len].copy_from_slice(values.read(base, len, vb));
+                    let blocks = n.div_ceil(bs);
+                    let nr = blocks * bs;
+                    // Kᵀ (D, nr) row-major for the GEMM: the blocks' rows placed side by side
+                    // (gathered into `vg` first, which the values overwrite afterwards).
+                    gather_k(table, kvh, blocks, vg);
+                    for bi in 0..blocks {
+                        for c in 0..d {
+                            let src = &vg[bi * bs * d + c * bs..bi * bs * d + (c + 1) * bs];
+                            kg[c * nr + bi * bs..c * nr + (bi + 1) * bs].copy_from_slice(src);
+                        }
                     }
+                    gather_v(table, kvh, n, vg);
                     let s = &mut scores[..m * n];
                     let q_blk = MatRef { off: (tok - t0) * qd + h * d, rs: qd, cs: 1 };
-                    let k_t = MatRef { off: 0, rs: 1, cs: d };
-                    gemm_into(m, d, n, s, n, false, q, q_blk, &kg[..n * d], k_t, scale, 1);
+                    let k_t = MatRef { off: 0, rs: nr, cs: 1 };
+                    gemm_into(m, d, n, s, n, false, q, q_blk, &kg[..d * nr], k_t, scale, 1);
                     for r in 0..m {
                         let row = &mut s[r * n..(r + 1) * n];
                         let seen = p0 + r + 1;

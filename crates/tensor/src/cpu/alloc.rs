@@ -11,9 +11,15 @@ pub const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
 /// A zero-filled vector of `n` elements, huge-page backed when large (Linux).
 pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
+    alloc_filled(n, T::zero())
+}
+
+/// A vector of `n` copies of `value`, huge-page backed when large (Linux). Also what a big
+/// buffer read in scattered pieces wants (a paged KV cache): one TLB entry covers 2 MiB.
+pub fn alloc_filled<T: Clone>(n: usize, value: T) -> Vec<T> {
     let bytes = n.saturating_mul(std::mem::size_of::<T>());
     if bytes < HUGE_PAGE_MIN_BYTES {
-        return vec![T::zero(); n];
+        return vec![value; n];
     }
     let mut v: Vec<T> = Vec::with_capacity(n);
     #[cfg(target_os = "linux")]
@@ -30,7 +36,7 @@ pub fn alloc_zeroed<T: Element>(n: usize) -> Vec<T> {
             }
         }
     }
-    v.resize(n, T::zero());
+    v.resize(n, value);
     v
 }
 

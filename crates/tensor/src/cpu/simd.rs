@@ -260,6 +260,21 @@ fn axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3
     }
 }
 
+/// Asks the CPU to bring every cache line of `x` into the cache (no effect off x86-64): for
+/// data read soon from a place the hardware prefetcher cannot guess, such as the next block
+/// of a paged KV cache.
+#[inline]
+pub fn prefetch_slice<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, bytes) = (x.as_ptr() as *const i8, std::mem::size_of_val(x));
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults, and the address is inside `x` anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch(p.add(off), std::arch::x86_64::_MM_HINT_T0) };
+        }
+    }
+}
+
 /// Hints the CPU to fetch the cache lines around `x[i..i + 64]` (nothing if out of range).
 #[inline(always)]
 fn prefetch(x: &[f32], i: usize) {
@@ -277,18 +292,6 @@ fn prefetch(x: &[f32], i: usize) {
             }
         }
     }
-}
-
-/// Σ of 16 lanes by halving (a tree of vector adds, not a chain of 15 scalar ones).
-#[inline(always)]
-fn sum16(mut v: [f32; 16]) -> f32 {
-    for k in 0..8 {
-        v[k] += v[k + 8];
-    }
-    for k in 0..4 {
-        v[k] += v[k + 4];
-    }
-    (v[0] + v[2]) + (v[1] + v[3])
 }
 
 /// IEEE f16 bits → f32, exactly (normal, subnormal, ±0, ±∞, NaN), branch-free so that a loop
@@ -318,51 +321,45 @@ fn lanes(x: &[f32], at: usize) -> &[f32; 16] {
 }
 
 #[inline(always)]
-fn dot_rows_impl(q: &[f32], rows: &[f32], out: &mut [f32]) {
-    // Short rows (a head of 64–128 values): four rows at a time, one 16-lane accumulator
-    // each, so four independent FMA chains run side by side.
-    let d = q.len();
-    let full = d / 16 * 16;
+fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
+    // `y` (a head: 64–128 values) is held in up to 8 registers of 16 lanes, and the rows go by
+    // pairs into two sets of accumulators: each register's chain of fused multiply-adds is a
+    // quarter as long as one chain over every row would be (an FMA waits ~4 cycles for the
+    // previous one on the same register).
+    let d = y.len();
+    if d > 128 || !d.is_multiple_of(16) {
+        for (&aj, r) in a.iter().zip(rows.chunks_exact(d)) {
+            axpy_impl(y, aj, r);
+        }
+        return;
+    }
+    let chunks = d / 16;
+    let mut acc = [[[0.0f32; 16]; 8]; 2];
+    let mut pairs = a.chunks_exact(2);
     let mut j = 0;
-    while j + 4 <= out.len() {
-        let mut acc = [[0.0f32; 16]; 4];
-        for c in (0..full).step_by(16) {
-            let qc = lanes(q, c);
-            for (i, a) in acc.iter_mut().enumerate() {
-                let rc = lanes(rows, (j + i) * d + c);
+    for pair in &mut pairs {
+        for (half, &aj) in pair.iter().enumerate() {
+            for c in 0..chunks {
+                let r = lanes(rows, (j + half) * d + c * 16);
                 for k in 0..16 {
-                    a[k] = qc[k].mul_add(rc[k], a[k]);
+                    acc[half][c][k] = aj.mul_add(r[k], acc[half][c][k]);
                 }
             }
         }
-        for (i, (o, a)) in out[j..j + 4].iter_mut().zip(acc).enumerate() {
-            let r = &rows[(j + i) * d..(j + i + 1) * d];
-            *o = sum16(a) + (full..d).map(|c| q[c] * r[c]).sum::<f32>();
-        }
-        j += 4;
+        j += 2;
     }
-    for (o, r) in out[j..].iter_mut().zip(rows[j * d..].chunks_exact(d)) {
-        *o = dot_impl(q, r);
-    }
-}
-
-#[inline(always)]
-fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
-    // Each 16-wide stretch of `y` stays in a register while every row is added into it.
-    let d = y.len();
-    let full = d / 16 * 16;
-    for c in (0..full).step_by(16) {
-        let mut acc = *lanes(y, c);
-        for (j, &aj) in a.iter().enumerate() {
-            let r = lanes(rows, j * d + c);
+    if let [aj] = pairs.remainder() {
+        for c in 0..chunks {
+            let r = lanes(rows, j * d + c * 16);
             for k in 0..16 {
-                acc[k] = aj.mul_add(r[k], acc[k]);
+                acc[0][c][k] = aj.mul_add(r[k], acc[0][c][k]);
             }
         }
-        y[c..c + 16].copy_from_slice(&acc);
     }
-    for c in full..d {
-        y[c] = a.iter().enumerate().fold(y[c], |s, (j, &aj)| aj.mul_add(rows[j * d + c], s));
+    for c in 0..chunks {
+        for k in 0..16 {
+            y[c * 16 + k] += acc[0][c][k] + acc[1][c][k];
+        }
     }
 }
 
@@ -450,11 +447,6 @@ unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
     f16_to_f32_impl(&src[i..n], &mut dst[i..n]);
 }
 dispatch! {
-    /// `out[j] = q · rows[j]` for the `out.len()` consecutive rows of `q.len()` values in
-    /// `rows` (attention scores of one query against a block of keys, in one call).
-    dot_rows, dot_rows_at => dot_rows_impl(q: &[f32], rows: &[f32], out: &mut [f32])
-}
-dispatch! {
     /// `y ← y + Σ_j a[j]·rows[j]` over the `a.len()` consecutive rows of `y.len()` values in
     /// `rows` (attention's weighted sum of a block of values, in one call).
     axpy_rows, axpy_rows_at => axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32])
@@ -497,20 +489,15 @@ mod tests {
     }
 
     #[test]
-    fn row_kernels_equal_the_one_row_kernels_at_every_level() {
+    fn axpy_rows_equals_the_f64_sum_at_every_level() {
         let levels = [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512];
-        for d in [64, 80, 7] {
-            for n in [1, 3, 4, 16, 17] {
+        // Rows of a head (64, 80), of a block of scores (16), and a length the fast path skips.
+        for d in [64, 80, 16, 7, 144] {
+            for n in [1, 3, 4, 17, 64] {
                 let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
                 let rows: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.11).cos()).collect();
                 let a: Vec<f32> = (0..n).map(|j| 0.5 - j as f32 * 0.03).collect();
                 for &l in levels.iter().filter(|&&l| level_supported(l)) {
-                    let mut out = vec![0f32; n];
-                    dot_rows_at(l, &q, &rows, &mut out);
-                    for (j, o) in out.iter().enumerate() {
-                        let want: f64 = (0..d).map(|c| q[c] as f64 * rows[j * d + c] as f64).sum();
-                        assert!((*o as f64 - want).abs() < 1e-4, "dot_rows {l:?} d {d} n {n} row {j}");
-                    }
                     let mut y = q.clone();
                     axpy_rows_at(l, &mut y, &a, &rows);
                     for c in 0..d {
