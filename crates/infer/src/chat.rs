@@ -5,6 +5,10 @@ use crate::{InferError, Result};
 use std::ops::ControlFlow;
 use yuanli_models::{generate_in, Message, SeqId, Session, SessionOpts};
 
+/// The longest conversation a [`Chat`] keeps (positions): its KV cache is allocated up front,
+/// and a 128k-token context of a large model would take gigabytes.
+pub const CHAT_CONTEXT: usize = 8192;
+
 /// A chat with a model. Each turn renders the whole conversation with the model's template,
 /// but only the part the KV cache does not already hold is fed to the model: the longest
 /// common prefix of the new rendering and the cached tokens stays, the rest is dropped and
@@ -16,6 +20,8 @@ use yuanli_models::{generate_in, Message, SeqId, Session, SessionOpts};
 /// then shift, so the cache is reused only up to where the text changed.
 pub struct Chat<'m> {
     model: &'m Model,
+    /// Positions the conversation may take: the model's context, at most [`CHAT_CONTEXT`].
+    context: usize,
     session: Session,
     seq: SeqId,
     /// The tokens whose keys and values the cache holds (positions `0..len`).
@@ -40,13 +46,14 @@ pub struct ChatReply {
 }
 
 impl<'m> Chat<'m> {
-    /// A new conversation (the model must have a chat template). The KV cache holds the
-    /// model's whole context, for this one conversation.
+    /// A new conversation (the model must have a chat template). The KV cache is allocated
+    /// now for the model's context, or [`CHAT_CONTEXT`] positions if that is shorter.
     pub fn new(model: &'m Model, system: Option<String>) -> Result<Chat<'m>> {
         model.render_chat(&[Message::new("user", "")])?; // fail now if there is no template
-        let mut session = model.lm().new_session(SessionOpts::tokens(model.lm().context_len()));
+        let context = model.lm().context_len().min(CHAT_CONTEXT);
+        let mut session = model.lm().new_session(SessionOpts::tokens(context));
         let seq = session.add_sequence();
-        Ok(Chat { model, session, seq, cached: Vec::new(), system, history: Vec::new() })
+        Ok(Chat { model, context, session, seq, cached: Vec::new(), system, history: Vec::new() })
     }
 
     /// Forgets the conversation (the system message stays).
@@ -83,7 +90,7 @@ impl<'m> Chat<'m> {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ChatReply> {
-        let ctx = self.model.lm().context_len();
+        let ctx = self.context;
         let room = opts.max_new_tokens.clamp(1, ctx / 2);
         let before = self.history.clone();
         self.history.push(Message::new("user", text));

@@ -16,7 +16,7 @@ mod chat;
 mod model;
 mod stream;
 
-pub use chat::{Chat, ChatReply};
+pub use chat::{Chat, ChatReply, CHAT_CONTEXT};
 pub use model::{Finish, GenerateOptions, Model, ModelKind, OpenOptions, TextGeneration, Vocab};
 pub use stream::TextStream;
 

@@ -367,9 +367,9 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
         100.0 * decode_tok_s / ceiling_tok_s
     ));
     say(format!(
-        "   the KV cache read per token grows with the position: {} bytes × p — as much as the weights at p ≈ {}\n",
-        cfg.kv_bytes_per_token(4),
-        weight_bytes / cfg.kv_bytes_per_token(4)
+        "   the KV cache read per token grows with the position: {} bytes × p (f16, as the fast path keeps it) — as much as the weights at p ≈ {}\n",
+        cfg.kv_bytes_per_token(2),
+        weight_bytes / cfg.kv_bytes_per_token(2)
     ));
 
     // ANCHOR: with_without_cache

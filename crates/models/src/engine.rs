@@ -55,6 +55,9 @@ const BLOCKED_FROM: usize = 8;
 /// Queries per block of the blocked attention.
 const ATT_BLOCK: usize = 32;
 
+/// Blocks a new sequence's table has room for before it must grow.
+const TABLE_CAPACITY: usize = 256;
+
 static NEXT_MODEL: AtomicU64 = AtomicU64::new(1);
 static NEXT_SESSION: AtomicU32 = AtomicU32::new(1);
 
@@ -448,8 +451,10 @@ impl Session {
     pub fn add_sequence(&mut self) -> SeqId {
         let id = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        // Room for a table of the whole pool: growing into a new block never allocates.
-        self.seqs.insert(id, SeqEntry { blocks: Vec::with_capacity(self.refs.len()), len: 0 });
+        // Room for a table of 4,096 positions (or the whole pool): growing into a new block does
+        // not allocate before that.
+        let cap = self.refs.len().min(TABLE_CAPACITY);
+        self.seqs.insert(id, SeqEntry { blocks: Vec::with_capacity(cap), len: 0 });
         SeqId { session: self.id, id }
     }
 
@@ -464,7 +469,7 @@ impl Session {
     /// write into a shared, partly filled block copies that block).
     pub fn fork(&mut self, seq: SeqId) -> Result<SeqId, EngineError> {
         let mut e = self.entry(seq)?.clone();
-        e.blocks.reserve(self.refs.len());
+        e.blocks.reserve(self.refs.len().min(TABLE_CAPACITY));
         for &b in &e.blocks {
             self.refs[b as usize] += 1;
         }

@@ -376,31 +376,7 @@ mod x86 {
             let mut acc = [_mm512_setzero_ps(); N];
             let nibbles = _mm512_set1_epi32(0x0F);
             for (b, blk) in w.chunks_exact(bb).enumerate() {
-                let p = blk.as_ptr();
-                // The f16 scale (and Q4_1's minimum) in f32, with F16C.
-                let sc = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-                let d = _mm512_broadcastss_ps(sc);
-                let (i0, i1, c) = match ty {
-                    QuantType::Q8_0 => {
-                        let i0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2).cast()));
-                        let i1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18).cast()));
-                        (i0, i1, _mm512_setzero_ps())
-                    }
-                    _ => {
-                        // Byte j holds weight j (low nibble) and weight j + 16 (high nibble).
-                        let q4 = if ty == QuantType::Q4_0 { 2 } else { 4 };
-                        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(q4).cast()));
-                        let c = if ty == QuantType::Q4_0 {
-                            _mm512_mul_ps(d, _mm512_set1_ps(-8.0))
-                        } else {
-                            _mm512_broadcastss_ps(_mm_movehdup_ps(sc))
-                        };
-                        (_mm512_and_si512(v, nibbles), _mm512_srli_epi32(v, 4), c)
-                    }
-                };
-                let f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), d, c); // weights 0–15
-                let f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), d, c); // weights 16–31
-                let wv = _mm512_cvtne2ps_pbh(f1, f0);
+                let wv = block_bf16(ty, blk.as_ptr(), nibbles);
                 let at = a.as_ptr().add(b * QK / 2);
                 for (n, acc) in acc.iter_mut().enumerate() {
                     let av = _mm512_loadu_si512(at.add(n * pairs).cast());
@@ -411,10 +387,12 @@ mod x86 {
         }
     }
 
-    /// One 32-weight block of `blk` dequantized and rounded to 32 bf16 (see `dotn_bf16`).
+    /// The 32-weight block at `p` dequantized (`d·q + c` in f32) and rounded to 32 bf16, in
+    /// weight order.
     #[inline(always)]
     unsafe fn block_bf16(ty: QuantType, p: *const u8, nibbles: __m512i) -> __m512bh {
         unsafe {
+            // The f16 scale (and Q4_1's minimum) in f32, with F16C.
             let sc = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
             let d = _mm512_broadcastss_ps(sc);
             let (i0, i1, c) = match ty {
@@ -424,6 +402,7 @@ mod x86 {
                     (i0, i1, _mm512_setzero_ps())
                 }
                 _ => {
+                    // Byte j holds weight j (low nibble) and weight j + 16 (high nibble).
                     let q4 = if ty == QuantType::Q4_0 { 2 } else { 4 };
                     let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(q4).cast()));
                     let c = if ty == QuantType::Q4_0 {
@@ -434,8 +413,8 @@ mod x86 {
                     (_mm512_and_si512(v, nibbles), _mm512_srli_epi32(v, 4), c)
                 }
             };
-            let f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), d, c);
-            let f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), d, c);
+            let f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), d, c); // weights 0–15
+            let f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), d, c); // weights 16–31
             _mm512_cvtne2ps_pbh(f1, f0)
         }
     }
