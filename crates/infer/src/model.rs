@@ -4,9 +4,10 @@ use crate::stream::TextStream;
 use crate::{InferError, Result};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
 use yuanli_data::Shard;
 use yuanli_models::gguf::GgufFile;
-use yuanli_models::load::{load_pretrained_with, LoadOptions, GPT2_ARCH};
+use yuanli_models::load::{load_gguf_file, load_pretrained_with, LoadOptions, GPT2_ARCH};
 use yuanli_models::{generate, CausalLm, ChatTemplate, Generation, GptVocab, Message, SamplingParams};
 use yuanli_tokenizer::{SpecialMode, Tokenizer};
 use yuanli_train::pretrain::Trainee;
@@ -160,7 +161,8 @@ impl Model {
             let vocab = Vocab::of_data(&cfg.data_dir)?;
             return Ok(Model::gpt(Box::new(t.model), vocab));
         }
-        if path.is_file() {
+        let load = if opts.exact || path.is_dir() { LoadOptions::exact() } else { LoadOptions::fast() };
+        let p = if path.is_file() {
             let f = GgufFile::open(path).map_err(yuanli_models::LoadError::from)?;
             if f.get("general.architecture").and_then(|v| v.as_str()) == Some(GPT2_ARCH) {
                 let (model, _store) = yuanli_models::gpt_from_gguf(&f)?;
@@ -170,9 +172,10 @@ impl Model {
                 };
                 return Ok(Model::gpt(Box::new(model), vocab));
             }
-        }
-        let load = if opts.exact || path.is_dir() { LoadOptions::exact() } else { LoadOptions::fast() };
-        let p = load_pretrained_with(path, load)?;
+            load_gguf_file(Arc::new(f), load)?
+        } else {
+            load_pretrained_with(path, load)?
+        };
         let kind = if load == LoadOptions::fast() { ModelKind::Quantized } else { ModelKind::F32 };
         Ok(Model {
             lm: Box::new(p.model),

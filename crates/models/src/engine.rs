@@ -41,7 +41,7 @@ use yuanli_autograd::Var;
 use yuanli_nn::Weight;
 use yuanli_tensor::cpu::pool::{share, DisjointSlice};
 use yuanli_tensor::cpu::qmatmul::{qmatmul_many, QOut};
-use yuanli_tensor::cpu::{alloc_filled, gemm_into, qmatmul, simd, MatRef, QuantizedActs, SpinPool};
+use yuanli_tensor::cpu::{alloc_filled, gemm_into, qmatmul, simd, with_team, MatRef, QuantizedActs, SpinPool};
 use yuanli_tensor::QuantType;
 
 /// Positions per KV block unless a session asks otherwise (vLLM's default).
@@ -465,6 +465,13 @@ impl Session {
         self.seqs.get(&seq.id).ok_or(EngineError::UnknownSequence(seq))
     }
 
+    fn entry_mut(&mut self, seq: SeqId) -> Result<&mut SeqEntry, EngineError> {
+        if seq.session != self.id {
+            return Err(EngineError::UnknownSequence(seq));
+        }
+        self.seqs.get_mut(&seq.id).ok_or(EngineError::UnknownSequence(seq))
+    }
+
     /// A new sequence with the same positions as `seq`, sharing its blocks (no copy; the first
     /// write into a shared, partly filled block copies that block).
     pub fn fork(&mut self, seq: SeqId) -> Result<SeqId, EngineError> {
@@ -481,8 +488,8 @@ impl Session {
     /// Ends `seq`: its blocks go back to the pool (those no other sequence shares).
     pub fn remove(&mut self, seq: SeqId) -> Result<(), EngineError> {
         self.entry(seq)?;
-        let e = self.seqs.remove(&seq.id).expect("checked above");
-        for b in e.blocks {
+        let blocks = self.seqs.remove(&seq.id).map(|e| e.blocks).unwrap_or_default();
+        for b in blocks {
             self.release(b);
         }
         Ok(())
@@ -491,14 +498,13 @@ impl Session {
     /// Keeps the first `len` positions of `seq` (no-op when it is not longer): the blocks past
     /// them go back to the pool. The next token continues at position `len`.
     pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), EngineError> {
-        self.entry(seq)?;
         let keep = len.div_ceil(self.block_size);
-        let e = self.seqs.get_mut(&seq.id).expect("checked above");
+        let e = self.entry_mut(seq)?;
         if len >= e.len {
             return Ok(());
         }
         e.len = len;
-        let dropped: Vec<u32> = e.blocks.drain(keep.min(e.blocks.len())..).collect();
+        let dropped = e.blocks.split_off(keep.min(e.blocks.len()));
         for b in dropped {
             self.release(b);
         }
@@ -613,7 +619,7 @@ impl Session {
                         self.v.copy_within(src..src + per_block, dst);
                         self.refs[last as usize] -= 1;
                         self.refs[copy as usize] = 1;
-                        *e.blocks.last_mut().expect("a partly filled block exists") = copy;
+                        e.blocks[s.len / bs] = copy;
                     }
                 }
                 while e.blocks.len() < (s.len + s.n).div_ceil(bs) {
@@ -830,6 +836,42 @@ impl Session {
             }
         });
     }
+}
+
+/// The network's part of a step: tokens `t0..t1` of the planned batch through every layer,
+/// leaving their final hidden states in the session's scratch.
+pub(crate) type Body<'a> = dyn Fn(&mut Session, &Batch, (usize, usize), &SpinPool) + 'a;
+/// The LM head's part: the logits of the tokens `plan.logit_rows[rows]` (all inside the piece
+/// that starts at token `t0`) into `out`, `V` per row.
+pub(crate) type Head<'a> = dyn Fn(&mut Session, usize, std::ops::Range<usize>, &mut [f32], &SpinPool) + 'a;
+
+/// One step of any model, the shape every `forward_batch` shares: check the session, plan the
+/// batch (nothing changes on error), then, holding the team, run the batch through `body` in
+/// pieces of at most [`MAX_STEP_TOKENS`] tokens and `head` for the rows that want logits.
+pub(crate) fn run_step(
+    s: &mut Session,
+    model_id: u64,
+    batch: &Batch,
+    (vocab, context): (usize, usize),
+    logits: &mut Vec<f32>,
+    body: &Body<'_>,
+    head: &Head<'_>,
+) -> Result<(), EngineError> {
+    s.check_model(model_id)?;
+    s.plan(batch, vocab, context)?;
+    logits.resize(s.plan.logit_rows.len() * vocab, 0.0); // no allocation once it has held this many
+    with_team(|pool| {
+        for t0 in (0..batch.len()).step_by(MAX_STEP_TOKENS) {
+            let t1 = (t0 + MAX_STEP_TOKENS).min(batch.len());
+            body(s, batch, (t0, t1), pool);
+            let rows = &s.plan.logit_rows;
+            let (a, b) = (rows.partition_point(|&r| r < t0), rows.partition_point(|&r| r < t1));
+            if a < b {
+                head(s, t0, a..b, &mut logits[a * vocab..b * vocab], pool);
+            }
+        }
+    });
+    Ok(())
 }
 
 /// `y (t, w.rows) = x (t, w.cols) · Wᵀ` with the quantized kernels, whatever form the weight

@@ -10,14 +10,12 @@
 //!
 //! Shapes: `B` batch, `T` time, `C = n_embd`, `H = n_head`, `hs = C/H`, `Vp` padded vocab.
 
-use crate::engine::{
-    self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts, MAX_STEP_TOKENS,
-};
+use crate::engine::{self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, GeluKind, Var};
 use yuanli_nn::{join, Embedding, Init, LayerNorm, Linear, Module, ParamStore};
-use yuanli_tensor::cpu::{layernorm_row, simd, with_team, SpinPool};
+use yuanli_tensor::cpu::{layernorm_row, simd, SpinPool};
 use yuanli_tensor::{DType, Rng, Tensor};
 
 /// Why a configuration cannot describe a model.
@@ -336,28 +334,18 @@ impl CausalLm for Gpt {
     }
 
     fn forward_batch(&self, s: &mut Session, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        s.check_model(self.id)?;
         let (v, c) = (self.config.vocab_size, self.config.n_embd);
-        s.plan(batch, v, self.config.block_size)?;
-        logits.resize(s.plan.logit_rows.len() * v, 0.0);
-        with_team(|pool| {
-            let mut row = 0;
-            for t0 in (0..batch.len()).step_by(MAX_STEP_TOKENS) {
-                let t1 = (t0 + MAX_STEP_TOKENS).min(batch.len());
-                self.piece(s, batch, (t0, t1), pool);
-                let rows = &s.plan.logit_rows;
-                let (a, b) = (rows.partition_point(|&r| r < t0), rows.partition_point(|&r| r < t1));
-                let sc = &mut s.scratch;
-                for (j, &r) in rows[a..b].iter().enumerate() {
-                    norm_row(&self.ln_f, &sc.x[(r - t0) * c..(r - t0 + 1) * c], &mut sc.h[j * c..(j + 1) * c]);
-                }
-                // The head is tied to the embedding; only its first V rows (the real vocabulary).
-                let out = &mut logits[row * v..(row + b - a) * v];
-                engine::matmul_rows(&self.wte.weight, v, &sc.h, b - a, &mut sc.acts, out, pool);
-                row += b - a;
+        let head = |s: &mut Session, t0: usize, rows: std::ops::Range<usize>, out: &mut [f32], pool: &SpinPool| {
+            let sc = &mut s.scratch;
+            let wanted = &s.plan.logit_rows[rows];
+            for (j, &r) in wanted.iter().enumerate() {
+                norm_row(&self.ln_f, &sc.x[(r - t0) * c..(r - t0 + 1) * c], &mut sc.h[j * c..(j + 1) * c]);
             }
-        });
-        Ok(())
+            // The head is tied to the embedding; only its first V rows (the real vocabulary).
+            engine::matmul_rows(&self.wte.weight, v, &sc.h, wanted.len(), &mut sc.acts, out, pool);
+        };
+        let sizes = (v, self.config.block_size);
+        engine::run_step(s, self.id, batch, sizes, logits, &|s, b, r, p| self.piece(s, b, r, p), &head)
     }
 }
 

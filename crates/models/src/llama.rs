@@ -32,15 +32,13 @@
 //! Shapes: `B` batch, `T` time, `C` hidden size, `H`/`Hk` query/key-value heads, `D` head size,
 //! `F` MLP width, `t` tokens of an inference step (from any sequences).
 
-use crate::engine::{
-    self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts, MAX_STEP_TOKENS,
-};
+use crate::engine::{self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
 use crate::load::LoadError;
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, RopeOpts, Var};
 use yuanli_nn::{join, Init, Linear, Module, ParamKind, ParamStore, RmsNorm, Weight};
-use yuanli_tensor::cpu::{rmsnorm_row, rope_angles, rope_row_inplace, simd, with_team, SpinPool};
+use yuanli_tensor::cpu::{rmsnorm_row, rope_angles, rope_row_inplace, simd, SpinPool};
 use yuanli_tensor::{QMatrix, Rng, RopeLayout, Tensor};
 
 /// Hyper-parameters of a LLaMA-family model.
@@ -391,26 +389,20 @@ impl Llama {
         s.scratch = sc;
     }
 
-    /// Logits of the wanted tokens among `t0..t1` (final norm, then the LM head) into `out`,
-    /// from the hidden states the piece left in `s.scratch.x`; returns how many rows.
-    fn piece_logits(&self, s: &mut Session, (t0, t1): (usize, usize), out: &mut [f32], pool: &SpinPool) -> usize {
+    /// Logits of the tokens `plan.logit_rows[rows]` of the piece starting at `t0` (final norm,
+    /// then the LM head) into `out`, from the hidden states the piece left in `s.scratch.x`.
+    fn piece_logits(&self, s: &mut Session, t0: usize, rows: std::ops::Range<usize>, out: &mut [f32], pool: &SpinPool) {
         let c = &self.config;
         let dim = c.hidden_size;
         let sc = &mut s.scratch;
-        let rows = &s.plan.logit_rows;
-        let (a, b) = (rows.partition_point(|&r| r < t0), rows.partition_point(|&r| r < t1));
-        let n = b - a;
-        if n == 0 {
-            return 0;
-        }
+        let wanted = &s.plan.logit_rows[rows];
         self.norm.weight.value().with_slice(|w: &[f32]| {
-            for (j, &r) in rows[a..b].iter().enumerate() {
+            for (j, &r) in wanted.iter().enumerate() {
                 let x = &sc.x[(r - t0) * dim..(r - t0 + 1) * dim];
                 rmsnorm_row(&mut sc.h[j * dim..(j + 1) * dim], x, w, c.rms_norm_eps as f32);
             }
         });
-        engine::matmul(self.head(), &sc.h, n, &mut sc.acts, &mut out[..n * c.vocab_size], pool);
-        n
+        engine::matmul(self.head(), &sc.h, wanted.len(), &mut sc.acts, out, pool);
     }
 }
 
@@ -431,19 +423,16 @@ impl CausalLm for Llama {
     }
 
     fn forward_batch(&self, s: &mut Session, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        s.check_model(self.id)?;
-        let v = self.config.vocab_size;
-        s.plan(batch, v, self.config.max_seq_len)?;
-        logits.resize(s.plan.logit_rows.len() * v, 0.0); // no allocation once it has held this many
-        with_team(|pool| {
-            let mut row = 0;
-            for t0 in (0..batch.len()).step_by(MAX_STEP_TOKENS) {
-                let t1 = (t0 + MAX_STEP_TOKENS).min(batch.len());
-                self.piece(s, batch, (t0, t1), pool);
-                row += self.piece_logits(s, (t0, t1), &mut logits[row * v..], pool);
-            }
-        });
-        Ok(())
+        let sizes = (self.config.vocab_size, self.config.max_seq_len);
+        engine::run_step(
+            s,
+            self.id,
+            batch,
+            sizes,
+            logits,
+            &|s, b, r, p| self.piece(s, b, r, p),
+            &|s, t0, rows, out, p| self.piece_logits(s, t0, rows, out, p),
+        )
     }
 }
 

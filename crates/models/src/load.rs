@@ -220,7 +220,11 @@ fn put(store: &ParamStore, ours: &str, shape: &[usize], values: &[f32], origin: 
 /// Loads a GGUF file: config, weights (in place or dequantized to f32), tokenizer and chat
 /// template.
 pub fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Pretrained, LoadError> {
-    let f = Arc::new(GgufFile::open(path)?);
+    load_gguf_file(Arc::new(GgufFile::open(path)?), opts)
+}
+
+/// [`load_gguf`] for a file already open (a caller that looked at its metadata first).
+pub fn load_gguf_file(f: Arc<GgufFile>, opts: LoadOptions) -> Result<Pretrained, LoadError> {
     let cfg = llama_config_from_gguf(&f)?;
     let names: HashMap<String, String> = gguf_name_map(&cfg).into_iter().collect();
     let mut store = if opts.trainable { ParamStore::new() } else { ParamStore::frozen() };
@@ -249,8 +253,8 @@ pub fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Pretrained, LoadError
         put(&store, &p.name, &shape, &values, f.origin())?;
     }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, theirs) in gguf_name_map(&cfg) {
-        *counts.entry(f.tensor_info(&theirs)?.ty.name().to_string()).or_default() += 1;
+    for theirs in names.values() {
+        *counts.entry(f.tensor_info(theirs)?.ty.name().to_string()).or_default() += 1;
     }
     let weight_types: Vec<(String, usize)> = counts.into_iter().collect();
     let parts = GgufChatParts::read(&f)?;

@@ -15,7 +15,7 @@ fn reference() -> Option<Value> {
     match std::fs::read_to_string(&path) {
         Ok(s) => Some(serde_json::from_str(&s).expect("reference file is valid JSON")),
         Err(e) => {
-            eprintln!("SKIP: {} not readable ({e}); run tools/reference/tokenizer_reference.py", path.display());
+            common::skip(&format!("{} not readable ({e}); run tools/reference/tokenizer_reference.py", path.display()));
             None
         }
     }
@@ -24,7 +24,7 @@ fn reference() -> Option<Value> {
 fn gpt2() -> Option<Tokenizer> {
     let path = data("gpt2.tiktoken");
     if !path.exists() {
-        eprintln!("SKIP: {} is missing", path.display());
+        common::skip(&format!("{} is missing", path.display()));
         return None;
     }
     Some(load_tiktoken_gpt2_style(&path, Pattern::Gpt2).expect("gpt2.tiktoken loads"))
@@ -88,7 +88,7 @@ fn shakespeare_matches_tiktoken() {
     };
     let files = shakespeare_files();
     if files.is_empty() {
-        eprintln!("SKIP: no Shakespeare text in data/shakespeare or ../shared/data/shakespeare");
+        common::skip("no Shakespeare text in data/shakespeare or ../shared/data/shakespeare");
         return;
     }
     let mut checked = 0;
@@ -113,7 +113,7 @@ fn tang_poems_match_tiktoken() {
         return;
     };
     let Some(text) = tang_text() else {
-        eprintln!("SKIP: data/tang_poems.jsonl is missing");
+        common::skip("data/tang_poems.jsonl is missing");
         return;
     };
     check_summary("tang", &tok, &text, &reference["tang"]);

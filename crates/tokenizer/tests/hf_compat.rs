@@ -31,7 +31,7 @@ print(json.dumps(tok.encode(text, add_special_tokens=False).ids))
 #[test]
 fn trained_vocabulary_gives_the_same_ids_in_hf_tokenizers() {
     let Some(python) = python_with_tokenizers() else {
-        eprintln!("SKIP: no Python with the `tokenizers` package (run bench/run_tokenizer.sh once)");
+        common::skip("no Python with the `tokenizers` package (run bench/run_tokenizer.sh once)");
         return;
     };
     let mut corpus = String::new();
@@ -76,7 +76,7 @@ print(json.dumps([tok.encode(t, add_special_tokens=False).ids for t in texts]))
 #[test]
 fn gpt2_tokenizer_json_gives_tiktoken_ids_in_hf_tokenizers() {
     let Some(python) = python_with_tokenizers() else {
-        eprintln!("SKIP: no Python with the `tokenizers` package (run bench/run_tokenizer.sh once)");
+        common::skip("no Python with the `tokenizers` package (run bench/run_tokenizer.sh once)");
         return;
     };
     let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/gpt2_reference.json");
@@ -84,7 +84,7 @@ fn gpt2_tokenizer_json_gives_tiktoken_ids_in_hf_tokenizers() {
         std::fs::read_to_string(&reference),
         formats::load_tiktoken_gpt2_style(&common::data("gpt2.tiktoken"), Pattern::Gpt2),
     ) else {
-        eprintln!("SKIP: reference ids or data/gpt2.tiktoken missing");
+        common::skip("reference ids or data/gpt2.tiktoken missing");
         return;
     };
     let reference: serde_json::Value = serde_json::from_str(&reference).expect("valid JSON");

@@ -91,7 +91,7 @@ fn trained_tokenizer_round_trips_and_handles_specials() {
 #[test]
 fn decoding_strict_lossy_and_streaming() {
     let Ok(tok) = formats::load_tiktoken_gpt2_style(&data("gpt2.tiktoken"), Pattern::Gpt2) else {
-        eprintln!("SKIP: data/gpt2.tiktoken is missing");
+        common::skip("data/gpt2.tiktoken is missing");
         return;
     };
     // "日" is three bytes; GPT-2 spends more than one token on it
@@ -191,7 +191,7 @@ fn user_regex_and_no_split() {
 #[test]
 fn specials_can_be_added_with_explicit_ids() {
     let Ok(mut tok) = formats::load_tiktoken_gpt2_style(&data("gpt2.tiktoken"), Pattern::Gpt2) else {
-        eprintln!("SKIP: data/gpt2.tiktoken is missing");
+        common::skip("data/gpt2.tiktoken is missing");
         return;
     };
     assert!(tok.add_specials(&[("<|im_start|>".into(), 50_300)]).is_err());

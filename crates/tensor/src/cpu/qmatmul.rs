@@ -654,16 +654,8 @@ pub fn qmatmul_with(
     y: &mut [f32],
     pool: &SpinPool,
 ) {
-    let row_bytes = ty.bytes_for(cols);
-    assert!(
-        row_bytes.is_some_and(|rb| rb * rows == w.len()) && x.len() == t * cols && y.len() == t * rows,
-        "qmatmul: W {rows}×{cols} {ty} in {} bytes, x {} values for t = {t}, y {} values",
-        w.len(),
-        x.len(),
-        y.len()
-    );
+    let rb = check_sizes(ty, w.len(), rows, cols, x.len(), t, y.len());
     assert!(qkernel_supported(kernel), "qmatmul: kernel {kernel:?} is not supported on this CPU");
-    let rb = row_bytes.unwrap_or(0);
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
     if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(kernel, ty) {
@@ -740,6 +732,18 @@ pub fn qmatmul_with(
     }
 }
 
+/// Checks that `W (rows, cols)` of `ty` fills `w_len` bytes, `x` holds `t·cols` values and `y`
+/// `t·rows`; returns the bytes of one row.
+#[track_caller]
+fn check_sizes(ty: QuantType, w_len: usize, rows: usize, cols: usize, x_len: usize, t: usize, y_len: usize) -> usize {
+    let row_bytes = ty.bytes_for(cols);
+    assert!(
+        row_bytes.is_some_and(|rb| rb * rows == w_len) && x_len == t * cols && y_len == t * rows,
+        "qmatmul: W {rows}×{cols} {ty} in {w_len} bytes, x {x_len} values for t = {t}, y {y_len} values"
+    );
+    row_bytes.unwrap_or(0)
+}
+
 /// One product of [`qmatmul_many`]: `y (t, rows) = x · Wᵀ` with `W (rows, cols)` stored as
 /// `ty` in `w`.
 pub struct QOut<'a> {
@@ -774,17 +778,7 @@ pub fn qmatmul_many(
         return;
     }
     for o in outs.iter() {
-        assert!(
-            o.ty.bytes_for(cols).is_some_and(|rb| rb * o.rows == o.w.len())
-                && x.len() == t * cols
-                && o.y.len() == t * o.rows,
-            "qmatmul: W {}×{cols} {} in {} bytes, x {} values for t = {t}, y {} values",
-            o.rows,
-            o.ty,
-            o.w.len(),
-            x.len(),
-            o.y.len()
-        );
+        check_sizes(o.ty, o.w.len(), o.rows, cols, x.len(), t, o.y.len());
     }
     qmatmul_small(kernel, x, t, cols, outs, acts, pool)
 }
@@ -810,23 +804,32 @@ fn qmatmul_small(
     assert!(outs.len() <= 4, "qmatmul_many: {} products (at most 4)", outs.len());
     assert!(qkernel_supported(kernel), "qmatmul: kernel {kernel:?} is not supported on this CPU");
     let pairs = bf16gemm::pairs_for(cols);
-    if outs.iter().any(|o| uses_bf16_route(kernel, o.ty, t)) {
+    // Each product's route, its rows' start `first[k]` in the joint row count, its output.
+    let mut routes = [Route::F32; 4];
+    let mut first = [0usize; 5];
+    let mut ptrs = [SyncPtr(std::ptr::null_mut()); 4];
+    for (k, o) in outs.iter_mut().enumerate() {
+        routes[k] = if uses_bf16_route(kernel, o.ty, t) {
+            Route::Bf16
+        } else if uses_quantized_acts(o.ty) {
+            Route::Int16
+        } else {
+            Route::F32
+        };
+        first[k + 1] = first[k] + o.rows;
+        ptrs[k] = SyncPtr(o.y.as_mut_ptr());
+    }
+    let routes = &routes[..outs.len()];
+    if routes.contains(&Route::Bf16) {
         acts.bf16_rows.resize(t * pairs, 0);
         for (src, dst) in x.chunks_exact(cols).zip(acts.bf16_rows.chunks_exact_mut(pairs)) {
             bf16gemm::pack_row(src, dst);
         }
     }
-    if outs.iter().any(|o| !uses_bf16_route(kernel, o.ty, t) && uses_quantized_acts(o.ty)) {
+    if routes.contains(&Route::Int16) {
         acts.quantize(x, t, cols);
     }
     let acts = &*acts;
-    // Each product's rows start at `first[k]` in the joint row count.
-    let mut first = [0usize; 5];
-    let mut ptrs = [SyncPtr(std::ptr::null_mut()); 4];
-    for (k, o) in outs.iter_mut().enumerate() {
-        first[k + 1] = first[k] + o.rows;
-        ptrs[k] = SyncPtr(o.y.as_mut_ptr());
-    }
     let outs = &*outs;
     let total = first[outs.len()];
     let threads = pool.threads();
@@ -841,7 +844,7 @@ fn qmatmul_small(
             let put = |tok: usize, r: usize, v: f32| unsafe { *out.get().add(tok * o.rows + r) = v };
             let mut r0 = r0;
             #[cfg(target_arch = "x86_64")]
-            if t == TILE && uses_bf16_route(kernel, o.ty, t) {
+            if t == TILE && routes[k] == Route::Bf16 {
                 while r0 + 2 <= r1 {
                     // SAFETY: as in `tile_bf16`.
                     let v = unsafe {
@@ -861,18 +864,39 @@ fn qmatmul_small(
                 }
             }
             for r in r0..r1 {
-                row_products(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], x, t, cols, acts, pairs, &mut |tok, v| {
-                    put(tok, r, v)
-                });
+                row_products(
+                    routes[k],
+                    kernel,
+                    o.ty,
+                    &o.w[r * rb..(r + 1) * rb],
+                    x,
+                    t,
+                    cols,
+                    acts,
+                    pairs,
+                    &mut |tok, v| put(tok, r, v),
+                );
             }
         }
     });
 }
 
+/// How [`qmatmul_small`] multiplies the rows of one product (decided once per product).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// bf16 tiles of up to 8 tokens ([`uses_bf16_route`]).
+    Bf16,
+    /// 16-bit quantized activations (the 32-weight formats otherwise).
+    Int16,
+    /// f32 dot products (float weights, K-quants).
+    F32,
+}
+
 /// `Σ_k W[row, k]·x_t[k]` of one weight row `wr` for every token `t`, handed to `put(t, value)`
-/// (the routes of [`qmatmul_small`]; `acts` prepared for the route the type takes).
+/// (`acts` prepared for `route`).
 #[allow(clippy::too_many_arguments)]
 fn row_products(
+    route: Route,
     kernel: QKernel,
     ty: QuantType,
     wr: &[u8],
@@ -883,14 +907,14 @@ fn row_products(
     pairs: usize,
     put: &mut dyn FnMut(usize, f32),
 ) {
-    if uses_bf16_route(kernel, ty, t) {
+    if route == Route::Bf16 {
         for t0 in (0..t).step_by(TILE) {
             let m = TILE.min(t - t0);
             let mut v = [0f32; TILE];
             tile_bf16(ty, wr, &acts.bf16_rows[t0 * pairs..(t0 + m) * pairs], pairs, &mut v[..m]);
             v[..m].iter().enumerate().for_each(|(n, &vn)| put(t0 + n, vn));
         }
-    } else if uses_quantized_acts(ty) {
+    } else if route == Route::Int16 {
         for tile in 0..t / TILE {
             let v = dot8(kernel, ty, wr, acts, tile);
             v.iter().enumerate().for_each(|(n, &vn)| put(tile * TILE + n, vn));
@@ -1003,6 +1027,53 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn several_products_at_once_equal_each_alone() {
+        // Products on different routes share one job (bf16 or 16-bit activations for the
+        // 32-weight formats, f32 for K-quants and float weights): each must equal its own call.
+        let pool = SpinPool::new(2);
+        let mut rng = Rng::new(5);
+        let cols = 256 * 3;
+        let types = [QuantType::Q4_1, QuantType::Q8_0, QuantType::Q6K, QuantType::F32];
+        let rows = [13, 6, 9, 5];
+        let ws: Vec<Vec<u8>> = types
+            .iter()
+            .zip(rows)
+            .map(|(&ty, r)| {
+                if ty == QuantType::F32 {
+                    (0..r * cols).flat_map(|_| (rng.normal() as f32).to_le_bytes()).collect()
+                } else {
+                    random_weights(ty, r, cols, &mut rng)
+                }
+            })
+            .collect();
+        for t in [1, 3, 8, 9] {
+            let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();
+            let mut acts = QuantizedActs::default();
+            let mut ys: Vec<Vec<f32>> = rows.iter().map(|&r| vec![f32::NAN; t * r]).collect();
+            let mut outs: Vec<QOut<'_>> = types
+                .iter()
+                .zip(&ws)
+                .zip(rows)
+                .zip(ys.iter_mut())
+                .map(|(((&ty, w), rows), y)| QOut { ty, w, rows, y })
+                .collect();
+            qmatmul_many(&x, t, cols, &mut outs, &mut acts, &pool);
+            drop(outs);
+            for k in 0..types.len() {
+                let mut alone = vec![0f32; t * rows[k]];
+                qmatmul_with(best_qkernel(), types[k], &ws[k], rows[k], cols, &x, t, &mut acts, &mut alone, &pool);
+                for (i, (&a, &b)) in alone.iter().zip(&ys[k]).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                        "{} t {t}: y[{i}] together {b}, alone {a}",
+                        types[k]
+                    );
                 }
             }
         }

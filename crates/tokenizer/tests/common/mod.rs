@@ -9,6 +9,14 @@ pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Notes on stderr why a test does not run here. Under CI (`CI=true`) it fails the test
+/// instead: a test that skips in CI proves nothing, and `.ci/run` installs what they need.
+#[track_caller]
+pub(crate) fn skip(why: &str) {
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "cannot run under CI=true: {why}");
+    eprintln!("SKIP: {why}");
+}
+
 /// `data/<name>` in the repository.
 pub(crate) fn data(name: &str) -> PathBuf {
     repo_root().join("data").join(name)
