@@ -3,6 +3,12 @@
 Runs the same shapes with the same thread count in one process run and prints ratios
 (ours / theirs; > 1 means yuanli is faster). Used by bench/run_engine.sh; results go to
 docs/benchmarks.md.
+
+--level avx2 measures the AVX2 path on a machine with AVX-512: every side capped by AVX2_ENV
+(yuanli's kernels by YUANLI_SIMD, OpenBLAS by OPENBLAS_CORETYPE=Haswell, PyTorch by
+ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS), and yuanli's gemm by the
+binary built without its AVX-512 kernels (`cargo build --release -p yuanli
+--no-default-features --target-dir target/avx2`, the default --binary at this level).
 """
 import argparse
 import json
@@ -11,6 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+# Environment that caps every side at AVX2+FMA (also used by bench/train.py).
+AVX2_ENV = {"YUANLI_SIMD": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+AVX2_BINARY = "target/avx2/release/yuanli"
+AVX2_BUILD = "cargo build --release -p yuanli --no-default-features --target-dir target/avx2"
 
 
 def median_time(fn, min_secs, min_reps=3):
@@ -78,19 +91,28 @@ def ours(binary, threads, what, secs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--binary", default="target/release/yuanli")
+    ap.add_argument("--binary", default=None, help=f"yuanli binary (default: target/release/yuanli; {AVX2_BINARY} "
+                    "with --level avx2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--secs", type=float, default=1.0)
+    ap.add_argument("--level", choices=["native", "avx2"], default="native")
     ap.add_argument("--json", action="store_true", help="print one JSON object with all results")
     args = ap.parse_args()
+    if args.level == "avx2":
+        os.environ.update(AVX2_ENV)
+    args.binary = args.binary or (AVX2_BINARY if args.level == "avx2" else "target/release/yuanli")
     # Reference libraries read their thread counts from the environment at import.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
     report = {"threads": args.threads, "matmul": [], "attention": []}
     mm_ours = ours(args.binary, args.threads, "matmul", args.secs)
+    gemm = mm_ours[0].get("gemm", "?")
+    if args.level == "avx2" and gemm == "avx512":
+        sys.exit(f"{args.binary} runs gemm's AVX-512 kernels: build the capped binary with `{AVX2_BUILD}`")
     mm_np = numpy_matmul(args.threads, args.secs)
-    print(f"matmul f32, {args.threads} threads: GFLOP/s (ratio = yuanli / numpy; ≥ 0.90 required)")
+    print(f"matmul f32, {args.threads} threads, yuanli gemm {gemm} kernels, numpy capped to "
+          f"{os.environ.get('OPENBLAS_CORETYPE', 'its native kernels')}: GFLOP/s (ratio = yuanli / numpy; ≥ 0.90 required)")
     print(f"{'M':>6} {'K':>6} {'N':>6} {'yuanli':>9} {'numpy':>9} {'ratio':>7}")
     for o, r in zip(mm_ours, mm_np):
         ratio = o["gflops"] / r["gflops"]
@@ -99,7 +121,9 @@ def main():
 
     at_ours = ours(args.binary, args.threads, "attention", 2 * args.secs)
     at_torch = torch_attention(args.threads, 2 * args.secs)
-    print(f"\ncausal attention f32, {args.threads} threads: median ms (ratio = torch / yuanli; ≥ 1 means yuanli is faster)")
+    import torch
+    print(f"\ncausal attention f32, {args.threads} threads, yuanli {at_ours[0].get('simd', '?')} kernels, torch "
+          f"{torch.backends.cpu.get_cpu_capability().lower()}: median ms (ratio = torch / yuanli; ≥ 1 means yuanli is faster)")
     print(f"{'B':>3} {'H':>3} {'T':>5} {'D':>3} {'fwd yuanli':>11} {'fwd torch':>10} {'ratio':>6} {'f+b yuanli':>11} {'f+b torch':>10} {'ratio':>6}")
     for o, r in zip(at_ours, at_torch):
         rf = r["forward_ms"] / o["forward_ms"]

@@ -15,8 +15,10 @@ Then, per model, `yuanli bench generate --batch N --json` (default N = 8): N seq
 together against one sequence alone, interleaved in the same process; it prints the aggregate
 decode rate and the speed-up (the median of the per-repetition ratios).
 
-Every line names the SIMD level of yuanli's kernels; cap it with YUANLI_SIMD=avx2 (and build
-llama.cpp with its AVX-512 options off for a fair AVX2 comparison).
+Every line names the SIMD level of yuanli's kernels and the CPU features llama.cpp was built
+with (from its system info). To measure the AVX2 path on an AVX-512 machine, cap both:
+`LEVEL=avx2 bash bench/run_generate.sh` (YUANLI_SIMD=avx2, and llama.cpp built with its
+AVX-512 options off).
 
 Run: bash bench/run_generate.sh   (or: bench/.venv/bin/python bench/generate.py MODEL.gguf ...)
 """
@@ -46,8 +48,17 @@ def llama_cpp_child(model, threads, n_prompt, n_gen, reps):
         if rep > 0:
             prefill.append(n_prompt / (t1 - t0))
             decode.append(n_gen / (t2 - t1))
+    info = llama_cpp.llama_print_system_info().decode()
     print(json.dumps({"prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(decode),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "simd": simd_of(info)}))
+
+
+def simd_of(info):
+    """The x86 vector features in llama.cpp's system info ("AVX2 = 1 | ..."), e.g. "AVX2 FMA F16C"."""
+    flags = [f.split("=")[0].strip() for f in info.replace("CPU :", "|").split("|") if f.strip().endswith("= 1")]
+    keep = [f for f in flags if f.startswith(("AVX", "FMA", "F16C", "AMX"))]
+    return " ".join(keep) or "no AVX"
 
 
 def run_json(cmd):
@@ -82,12 +93,17 @@ def main():
             row[k] = {"yuanli": med(ours, k), "llama_cpp": med(theirs, k), "ratio": med(ours, k) / med(theirs, k)}
         rows.append(row)
         row["simd"] = ours[0].get("simd", "?")
-        print(f"{row['model']} ({a.threads} threads, yuanli {row['simd']} kernels, {a.rounds} rounds, medians): "
+        row["llama_cpp_simd"] = theirs[0].get("simd", "?")
+        print(f"{row['model']} ({a.threads} threads, yuanli {row['simd']} kernels, llama.cpp built with "
+              f"{row['llama_cpp_simd']}, {a.rounds} rounds, medians): "
               f"prefill {row['prefill_tok_s']['yuanli']:.1f} vs {row['prefill_tok_s']['llama_cpp']:.1f} tok/s "
               f"(x{row['prefill_tok_s']['ratio']:.2f}); decode {row['decode_tok_s']['yuanli']:.1f} vs "
               f"{row['decode_tok_s']['llama_cpp']:.1f} tok/s (x{row['decode_tok_s']['ratio']:.2f}); peak RSS "
               f"{row['peak_rss_mb']['yuanli']:.0f} vs {row['peak_rss_mb']['llama_cpp']:.0f} MB "
               f"(x{row['peak_rss_mb']['ratio']:.2f})", flush=True)
+        if row["simd"] != "avx512" and "AVX512" in row["llama_cpp_simd"]:
+            print(f"  note: yuanli ran {row['simd']} kernels but llama.cpp uses AVX-512: not a like-for-like "
+                  "comparison (LEVEL=avx2 bash bench/run_generate.sh caps both)", flush=True)
     if a.batch > 1:
         for row, model in zip(rows, a.models):
             r = run_json([a.yuanli, "--threads", str(a.threads), "bench", "generate", "--model", model,

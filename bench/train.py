@@ -4,10 +4,17 @@ The PyTorch model is bench/torch_gpt.py (nanoGPT layout: pre-LayerNorm, fused QK
 MLP, tied head, padded vocab, F.scaled_dot_product_attention).
 One step = forward, backward, global-norm clipping at 1.0, AdamW. Median step time after
 two warm-up steps; ratio = yuanli tokens/s / torch tokens/s (≥ 1 means yuanli is faster).
-Usage: bench/.venv/bin/python bench/train.py [--threads 2] [--steps 10]
+Usage: bench/.venv/bin/python bench/train.py [--threads 2] [--steps 10] [--level avx2]
+
+--level avx2 measures the AVX2 path on a machine that has AVX-512: yuanli's kernels capped with
+YUANLI_SIMD=avx2 and a binary built without gemm's AVX-512 kernels
+(`cargo build --release -p yuanli --no-default-features --target-dir target/avx2`, the default
+--binary at this level); PyTorch capped with ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2
+and MKL_ENABLE_INSTRUCTIONS=AVX2. Each line names the levels that ran.
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -50,28 +57,41 @@ def torch_bench(name, steps, threads):
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"step_ms": s * 1e3, "tokens_per_sec": B * T / s, "peak_rss_mb": rss}
+    return {"step_ms": s * 1e3, "tokens_per_sec": B * T / s, "peak_rss_mb": rss,
+            "simd": torch.backends.cpu.get_cpu_capability().lower()}
+
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--binary", default="target/release/yuanli")
+    ap.add_argument("--binary", default=None, help="yuanli binary (default: target/release/yuanli; "
+                    "target/avx2/release/yuanli with --level avx2)")
+    ap.add_argument("--level", choices=["native", "avx2"], default="native")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--presets", default="baby,char-6x384,gpt2-124m")
     args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from engine import AVX2_BINARY, AVX2_BUILD, AVX2_ENV
+    env = dict(os.environ)
+    if args.level == "avx2":
+        env.update(AVX2_ENV)
+    binary = args.binary or (AVX2_BINARY if args.level == "avx2" else "target/release/yuanli")
     print(f"GPT training step (forward, backward, clip, AdamW), fp32, {args.threads} threads; ratio = yuanli / torch tokens/s")
     print(f"{'preset':<11} {'yuanli tok/s':>13} {'torch tok/s':>12} {'ratio':>6} {'yuanli MB':>10} {'torch MB':>9}")
     rows = []
     for name in args.presets.split(","):
-        out = subprocess.run([args.binary, "--threads", str(args.threads), "bench", "train", "--preset", name, "--steps", str(args.steps), "--json"],
-                             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run([binary, "--threads", str(args.threads), "bench", "train", "--preset", name, "--steps", str(args.steps), "--json"],
+                             check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
         ours = json.loads(out)
+        if args.level == "avx2" and ours.get("gemm") == "avx512":
+            sys.exit(f"{binary} runs gemm's AVX-512 kernels: build the capped binary with `{AVX2_BUILD}`")
         # Each torch run in a fresh process so peak memory is per preset.
         code = f"import json,sys; sys.path.insert(0,'bench'); import train; print(json.dumps(train.torch_bench({name!r}, {args.steps}, {args.threads})))"
-        theirs = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        theirs = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
         ratio = ours["tokens_per_sec"] / theirs["tokens_per_sec"]
-        print(f"{name:<11} {ours['tokens_per_sec']:>13.0f} {theirs['tokens_per_sec']:>12.0f} {ratio:>6.2f} {ours['peak_rss_mb']:>10.0f} {theirs['peak_rss_mb']:>9.0f}")
+        print(f"{name:<11} {ours['tokens_per_sec']:>13.0f} {theirs['tokens_per_sec']:>12.0f} {ratio:>6.2f} {ours['peak_rss_mb']:>10.0f} {theirs['peak_rss_mb']:>9.0f}"
+              f"   yuanli {ours.get('simd', '?')} + gemm {ours.get('gemm', '?')}, torch {theirs['simd']}")
         rows.append({"preset": name, "yuanli": ours, "torch": theirs, "ratio": ratio})
     print(json.dumps(rows))
 

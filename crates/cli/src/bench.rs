@@ -6,7 +6,8 @@ use clap::Subcommand;
 use serde::Serialize;
 use std::io::Write;
 use std::time::{Duration, Instant};
-use yuanli_tensor::{DType, Rng, Tensor};
+use yuanli_tensor::quant::quantize_row;
+use yuanli_tensor::{DType, QuantType, Rng, Tensor};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -62,6 +63,24 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Quantized matrix products, kernel by kernel: `y = x·Wᵀ` with W stored in each GGUF type
+    /// (SmolLM2's MLP shapes), for 1 token (decoding: GB/s of weights read), a few tokens
+    /// (batched decoding) and a prompt (prefill: GFLOP/s). Names the SIMD level; cap it with
+    /// YUANLI_SIMD=avx2|portable to measure the other kernels on the same machine.
+    Qmatmul {
+        /// Types to measure (repeatable; default: q8_0 q4_0 q4_1 q4_k q6_k f16 bf16 f32).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Token counts (repeatable; default: 1, 8, 128).
+        #[arg(long = "tokens", value_name = "T")]
+        tokens: Vec<usize>,
+        /// Seconds to spend per measurement (median of the repetitions is reported).
+        #[arg(long, default_value_t = 0.5)]
+        secs: f64,
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fused causal attention forward and forward+backward (B, H, T, D) in milliseconds.
     Attention {
         /// Print one JSON array instead of a table.
@@ -98,6 +117,8 @@ struct MatmulResult {
     threads: usize,
     gflops: f64,
     median_ms: f64,
+    /// `gemm`'s micro-kernels ([`yuanli_tensor::cpu::gemm_level`]).
+    gemm: &'static str,
 }
 
 #[derive(Serialize)]
@@ -110,6 +131,8 @@ struct AttentionResult {
     causal: bool,
     forward_ms: f64,
     forward_backward_ms: f64,
+    /// The SIMD level of yuanli's kernels.
+    simd: String,
 }
 
 /// The shapes the engine issue asks for.
@@ -143,6 +166,13 @@ pub(crate) fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// The SIMD level of yuanli's own kernels (capped by `YUANLI_SIMD`) and of `gemm`'s f32
+/// micro-kernels (capped by building without the `gemm-avx512` feature), e.g.
+/// `("avx2", "avx512")`: every figure is printed beside them.
+fn levels() -> (String, &'static str) {
+    (format!("{:?}", yuanli_tensor::cpu::simd::simd_level()).to_lowercase(), yuanli_tensor::cpu::gemm_level())
 }
 
 fn bench_train(preset: &str, steps: usize, threads: usize) -> Result<serde_json::Value> {
@@ -189,6 +219,7 @@ fn bench_train(preset: &str, steps: usize, threads: usize) -> Result<serde_json:
     Ok(serde_json::json!({
         "preset": preset, "threads": threads, "batch": batch, "block": block, "params": store.num_params(),
         "step_ms": step_s * 1e3, "tokens_per_sec": tokens / step_s, "peak_rss_mb": peak_rss_mb(),
+        "simd": levels().0, "gemm": levels().1,
     }))
 }
 
@@ -230,7 +261,7 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
             if json {
                 writeln!(out, "{r}")?;
             } else {
-                writeln!(out, "GPT training ({preset}, {threads} thread(s)): {:.1} ms/step, {:.0} tokens/s, {} parameters, peak RSS {:.0} MB", r["step_ms"].as_f64().unwrap_or(0.0), r["tokens_per_sec"].as_f64().unwrap_or(0.0), r["params"], r["peak_rss_mb"].as_f64().unwrap_or(0.0))?;
+                writeln!(out, "GPT training ({preset}, {threads} thread(s), {} kernels, gemm {}): {:.1} ms/step, {:.0} tokens/s, {} parameters, peak RSS {:.0} MB", r["simd"].as_str().unwrap_or("?"), r["gemm"].as_str().unwrap_or("?"), r["step_ms"].as_f64().unwrap_or(0.0), r["tokens_per_sec"].as_f64().unwrap_or(0.0), r["params"], r["peak_rss_mb"].as_f64().unwrap_or(0.0))?;
             }
         }
         BenchCommand::Matmul { json, shapes, secs } => {
@@ -241,7 +272,11 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
             };
             let mut results = Vec::new();
             if !json {
-                writeln!(out, "f32 matmul, {threads} thread(s), median of repeated runs")?;
+                writeln!(
+                    out,
+                    "f32 matmul (gemm {} kernels), {threads} thread(s), median of repeated runs",
+                    levels().1
+                )?;
                 writeln!(out, "{:>6} {:>6} {:>6} {:>10} {:>10}", "M", "K", "N", "ms", "GFLOP/s")?;
             }
             let mut rng = Rng::new(0);
@@ -251,8 +286,15 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 let t = time_median(secs, 3, || {
                     std::hint::black_box(a.matmul(&b));
                 });
-                let r =
-                    MatmulResult { m, k, n, threads, gflops: 2.0 * (m * k * n) as f64 / t / 1e9, median_ms: t * 1e3 };
+                let r = MatmulResult {
+                    m,
+                    k,
+                    n,
+                    threads,
+                    gflops: 2.0 * (m * k * n) as f64 / t / 1e9,
+                    median_ms: t * 1e3,
+                    gemm: levels().1,
+                };
                 if !json {
                     writeln!(out, "{:>6} {:>6} {:>6} {:>10.3} {:>10.1}", m, k, n, r.median_ms, r.gflops)?;
                 }
@@ -262,10 +304,11 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 writeln!(out, "{}", serde_json::to_string(&results)?)?;
             }
         }
+        BenchCommand::Qmatmul { types, tokens, secs, json } => bench_qmatmul(&types, &tokens, secs, json, threads)?,
         BenchCommand::Attention { json, secs } => {
             let mut results = Vec::new();
             if !json {
-                writeln!(out, "fused causal attention, f32, {threads} thread(s), median ms")?;
+                writeln!(out, "fused causal attention, f32, {} kernels, {threads} thread(s), median ms", levels().0)?;
                 writeln!(
                     out,
                     "{:>3} {:>3} {:>5} {:>3} {:>12} {:>16}",
@@ -294,6 +337,7 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                     causal: true,
                     forward_ms: fwd * 1e3,
                     forward_backward_ms: fwd_bwd * 1e3,
+                    simd: levels().0,
                 };
                 if !json {
                     writeln!(
@@ -308,6 +352,116 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 writeln!(out, "{}", serde_json::to_string(&results)?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Weights of `ty` for a benchmark: normal values quantized where we can quantize to `ty`,
+/// else random bytes with small f16 scales in the places the K-quants keep them (the speed of
+/// a kernel does not depend on the values, but NaNs and infinities could).
+fn bench_weights(ty: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+    let mut w = Vec::new();
+    if quantize_row(ty, &x, &mut w).is_some() {
+        return w;
+    }
+    let bb = ty.block_bytes();
+    let mut w: Vec<u8> = (0..rows * cols / ty.block_len() * bb).map(|_| rng.below(256) as u8).collect();
+    let small = |rng: &mut Rng| yuanli_tensor::f16::from_f32(rng.uniform_range(0.0, 0.01) as f32).to_le_bytes();
+    for blk in w.chunks_exact_mut(bb) {
+        // Every f16 field of the block: d (and dmin) at the start, or d at the end for Q6_K.
+        let fields: &[usize] = match ty {
+            QuantType::Q6K => &[bb - 2],
+            QuantType::Q4K => &[0, 2],
+            _ => &[0],
+        };
+        for &at in fields {
+            blk[at..at + 2].copy_from_slice(&small(rng));
+        }
+    }
+    w
+}
+
+#[derive(Serialize)]
+struct QmatmulResult {
+    ty: String,
+    simd: String,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    threads: usize,
+    median_us: f64,
+    /// Weight bytes read per second (what bounds decoding).
+    weight_gb_s: f64,
+    gflops: f64,
+}
+
+fn bench_qmatmul(types: &[String], tokens: &[usize], secs: f64, json: bool, threads: usize) -> Result<()> {
+    use yuanli_tensor::cpu::qmatmul::{best_qkernel, qmatmul};
+    use yuanli_tensor::cpu::{with_team, QuantizedActs};
+    let mut out = std::io::stdout().lock();
+    let default_types = ["q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "f16", "bf16", "f32"];
+    let names: Vec<&str> =
+        if types.is_empty() { default_types.to_vec() } else { types.iter().map(String::as_str).collect() };
+    let types: Vec<QuantType> = names
+        .iter()
+        .map(|n| {
+            QuantType::from_name(n).ok_or_else(|| {
+                anyhow::anyhow!("--type {n:?}: not a type the kernels read (one of {})", default_types.join(", "))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let tokens = if tokens.is_empty() { vec![1, 8, 128] } else { tokens.to_vec() };
+    if tokens.contains(&0) {
+        anyhow::bail!("--tokens must be at least 1");
+    }
+    let simd = format!("{:?}", best_qkernel()).to_lowercase();
+    // SmolLM2-135M's MLP: gate/up (1536×576) and down (576×1536).
+    let shapes = [(1536usize, 576usize), (576, 1536)];
+    if !json {
+        writeln!(out, "quantized matmul y = x·Wᵀ, {simd} kernels, {threads} thread(s), median of repeated runs")?;
+        writeln!(
+            out,
+            "{:>5} {:>5} {:>5} {:>4} {:>10} {:>12} {:>9}",
+            "type", "rows", "cols", "t", "µs", "weight GB/s", "GFLOP/s"
+        )?;
+    }
+    let mut rng = Rng::new(0);
+    let mut results = Vec::new();
+    for (&ty, name) in types.iter().zip(&names) {
+        for &(rows, cols) in &shapes {
+            let w = bench_weights(ty, rows, cols, &mut rng);
+            for &t in &tokens {
+                let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();
+                let mut y = vec![0f32; t * rows];
+                let mut acts = QuantizedActs::default();
+                let sec = with_team(|pool| {
+                    time_median(secs, 5, || qmatmul(ty, &w, rows, cols, &x, t, &mut acts, &mut y, pool))
+                });
+                let r = QmatmulResult {
+                    ty: name.to_string(),
+                    simd: simd.clone(),
+                    rows,
+                    cols,
+                    tokens: t,
+                    threads,
+                    median_us: sec * 1e6,
+                    weight_gb_s: w.len() as f64 / sec / 1e9,
+                    gflops: 2.0 * (rows * cols * t) as f64 / sec / 1e9,
+                };
+                if !json {
+                    writeln!(
+                        out,
+                        "{:>5} {:>5} {:>5} {:>4} {:>10.1} {:>12.1} {:>9.1}",
+                        name, rows, cols, t, r.median_us, r.weight_gb_s, r.gflops
+                    )?;
+                }
+                results.push(r);
+            }
+        }
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&results)?)?;
     }
     Ok(())
 }

@@ -2,12 +2,29 @@
 //!
 //! `gemm` takes a row stride and a column stride for every operand, so a transposed view
 //! (`b.t()`) costs nothing: `A·Bᵀ` with weights stored `[out, in]` runs as fast as `A·B`. It
-//! picks AVX-512 / AVX2 / scalar micro-kernels at run time from the CPU's features.
+//! picks AVX-512 / AVX2 / scalar micro-kernels at run time from the CPU's features (AVX-512
+//! only when built with the `gemm-avx512` feature: [`gemm_level`]).
 
 use super::pool::SpinPool;
 use crate::dtype::Float;
 use std::any::TypeId;
 use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
+
+/// The micro-kernels `gemm` runs on this CPU for f32 products: `"avx512"` (built with the
+/// `gemm-avx512` feature, CPU with AVX-512F), `"avx2"` (FMA), else `"portable"`. `YUANLI_SIMD`
+/// does not cap them: build without the feature for that.
+pub fn gemm_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "gemm-avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "portable"
+}
 
 /// A strided matrix operand: element `(i, j)` is `data[off + i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]

@@ -28,7 +28,14 @@
 //! of stack memory and take an f32 dot product with the (unquantized) activations.
 //!
 //! Decoding (`t = 1`) is memory-bound: the kernel's job is to stream the weight bytes once at
-//! full bandwidth; a few tokens reuse each unpacked weight block across a tile of 8.
+//! full bandwidth; a few tokens reuse each unpacked weight block across a tile of 8. The
+//! one-token kernel takes two blocks per step: a 4-bit block's 16 bytes widen to 16 bits in
+//! one instruction (low nibbles by a mask, high ones by a shift), and both blocks' f16 scales
+//! convert together (F16C) and meet the activations' `(d_a, d_a Σ q_a)` pairs in one multiply.
+//! 256-bit vectors already reach the memory's speed here, so the AVX-512 level runs the same
+//! kernel (measured: 512-bit vectors were slower, not faster). The portable kernel is the same
+//! arithmetic in plain Rust shaped for the compiler's vectorizer (integer sums of eight blocks
+//! first, then their scales, from a table of the 65,536 f16 values).
 //!
 //! **Prefill** (`t ≥` [`GEMM_MIN_TOKENS`]) is compute-bound, so each thread dequantizes panels
 //! of its weight rows once per call and multiplies them with all tokens: in bf16 with
@@ -40,7 +47,6 @@ use super::bf16gemm;
 use super::pool::{share, SpinPool};
 use super::simd::{self, SimdLevel};
 use crate::quant::{dequantize_row, QuantType};
-use half::f16;
 
 /// Weights per block of the quantized activations (and of Q8_0, Q4_0, Q4_1).
 pub const QK: usize = 32;
@@ -63,6 +69,9 @@ pub struct QuantizedActs {
     pub dt: Vec<f32>,
     /// `sd` transposed the same way.
     pub sdt: Vec<f32>,
+    /// `d` and `sd` interleaved, `(rows, cols/32, 2)`: the decode kernels read two blocks'
+    /// scales as one vector.
+    pub dsd: Vec<f32>,
     /// The activations rounded to bf16 and packed for the prefill route ([`bf16gemm`]).
     pub bf16: bf16gemm::PackedActs,
     /// The activations rounded to bf16, row by row as pairs (the small-batch bf16 route).
@@ -77,6 +86,7 @@ pub const TILE: usize = 8;
 pub struct ActRow<'a> {
     d: &'a [f32],
     sd: &'a [f32],
+    dsd: &'a [f32],
     q: &'a [i16],
 }
 
@@ -95,6 +105,7 @@ impl QuantizedActs {
         self.cols = cols;
         self.d.resize(rows * nb, 0.0);
         self.sd.resize(rows * nb, 0.0);
+        self.dsd.resize(2 * rows * nb, 0.0);
         self.q.resize(rows * cols, 0);
         for (i, blk) in x.chunks_exact(QK).enumerate() {
             let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -110,6 +121,8 @@ impl QuantizedActs {
             }
             self.d[i] = d;
             self.sd[i] = d * sum as f32;
+            self.dsd[2 * i] = d;
+            self.dsd[2 * i + 1] = d * sum as f32;
         }
         let tiles = rows / TILE;
         self.dt.resize(tiles * nb * TILE, 0.0);
@@ -124,11 +137,13 @@ impl QuantizedActs {
     }
 
     /// Row `t`.
+    #[inline]
     pub fn row(&self, t: usize) -> ActRow<'_> {
         let nb = self.cols / QK;
         ActRow {
             d: &self.d[t * nb..(t + 1) * nb],
             sd: &self.sd[t * nb..(t + 1) * nb],
+            dsd: &self.dsd[2 * t * nb..2 * (t + 1) * nb],
             q: &self.q[t * self.cols..(t + 1) * self.cols],
         }
     }
@@ -139,53 +154,111 @@ impl QuantizedActs {
     }
 }
 
-#[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
 /// Whether `ty` takes the integer route with quantized activations.
 pub fn uses_quantized_acts(ty: QuantType) -> bool {
     matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Portable kernels: the formulas above, scalar.
+// Portable kernels: the formulas above in plain Rust, written so that the compiler vectorizes
+// them (fixed-size arrays, no bounds checks in the inner loops, integer sums): SSE2 on any
+// x86-64, NEON on ARM.
 
-/// `Σ_k W[row, k] · a[k]` for `N` activation rows at once (portable path).
-fn dot_rows_portable<const N: usize>(ty: QuantType, w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+/// `Σ_j w[j]·q_a[j]` of 32 weights already widened to 16 bits: a multiply of 16-bit pairs
+/// summed into 32 bits, the pattern compilers turn into `pmaddwd` (x86) or `smlal` (ARM).
+#[inline(always)]
+fn isum16(w: &[i16; 32], qa: &[i16; 32]) -> i32 {
+    let mut s = 0i32;
+    for j in 0..32 {
+        s += w[j] as i32 * qa[j] as i32;
+    }
+    s
+}
+
+/// `Σ_j q_w[j]·q_a[j]` of a Q8_0 block's 32 signed bytes.
+#[inline(always)]
+fn isum_q8(qw: &[u8; 32], qa: &[i16; 32]) -> i32 {
+    isum16(&qw.map(|q| q as i8 as i16), qa)
+}
+
+/// `Σ_j q_w[j]·q_a[j]` of a 4-bit block: low nibbles are weights 0–15, high nibbles 16–31.
+#[inline(always)]
+fn isum_q4(qs: &[u8; 16], qa: &[i16; 32]) -> i32 {
+    let mut w = [0i16; 32];
+    for j in 0..16 {
+        w[j] = (qs[j] & 0x0F) as i16;
+        w[j + 16] = (qs[j] >> 4) as i16;
+    }
+    isum16(&w, qa)
+}
+
+/// The portable kernel for blocks of `BB` bytes: `isum` takes a block's integer dot product,
+/// `scales` its `(d, c)`: the weight scale and what multiplies `d_a Σ q_a`.
+#[inline(always)]
+fn rows_portable<const N: usize, const BB: usize>(
+    w: &[u8],
+    a: &[ActRow<'_>; N],
+    isum: impl Fn(&[u8; BB], &[i16; QK]) -> i32,
+    scales: impl Fn(&[u8; BB]) -> (f32, f32),
+) -> [f32; N] {
     let mut out = [0f32; N];
-    let bb = ty.block_bytes();
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
-        for (n, a) in a.iter().enumerate() {
-            let qa = &a.q[b * QK..(b + 1) * QK];
-            out[n] += match ty {
-                QuantType::Q8_0 => {
-                    let isum: i32 = blk[2..34].iter().zip(qa).map(|(&w, &x)| (w as i8 as i32) * x as i32).sum();
-                    f16_at(blk, 0) * a.d[b] * isum as f32
-                }
-                QuantType::Q4_0 | QuantType::Q4_1 => {
-                    let qs = if ty == QuantType::Q4_0 { &blk[2..18] } else { &blk[4..20] };
-                    let isum: i32 = (0..16)
-                        .map(|j| (qs[j] & 0x0F) as i32 * qa[j] as i32 + (qs[j] >> 4) as i32 * qa[j + 16] as i32)
-                        .sum();
-                    let d = f16_at(blk, 0);
-                    let c = if ty == QuantType::Q4_0 { -8.0 * d } else { f16_at(blk, 2) };
-                    d * a.d[b] * isum as f32 + c * a.sd[b]
-                }
-                _ => unreachable!("dot_rows_portable: {ty} does not use quantized activations"),
-            };
+    let (blocks, rest) = w.as_chunks::<BB>();
+    assert!(rest.is_empty(), "dot_rows_portable: a row of {} bytes is not whole {BB}-byte blocks", w.len());
+    for (n, a) in a.iter().enumerate() {
+        let (qa, _) = a.q.as_chunks::<QK>();
+        assert!(
+            qa.len() >= blocks.len() && a.d.len() >= blocks.len(),
+            "dot_rows_portable: activations shorter than the row"
+        );
+        let (mut acc, mut corr) = (0f32, 0f32);
+        // Eight blocks at a time: their integer sums first, then their scales. (With both in
+        // one loop body, LLVM pairs up the scale conversions and leaves the sums scalar.)
+        for (g, grp) in blocks.chunks(8).enumerate() {
+            let mut is = [0i32; 8];
+            for (k, blk) in grp.iter().enumerate() {
+                is[k] = isum(blk, &qa[g * 8 + k]);
+            }
+            for (k, blk) in grp.iter().enumerate() {
+                let b = g * 8 + k;
+                let (d, c) = scales(blk);
+                acc += d * a.d[b] * is[k] as f32;
+                corr += c * a.sd[b];
+            }
         }
+        out[n] = acc + corr;
     }
     out
 }
 
+/// `Σ_k W[row, k] · a[k]` for `N` activation rows at once (portable path).
+fn dot_rows_portable<const N: usize>(ty: QuantType, w: &[u8], a: &[ActRow<'_>; N]) -> [f32; N] {
+    fn sub<const M: usize>(blk: &[u8], at: usize) -> &[u8; M] {
+        blk[at..at + M].try_into().expect("a block holds its fields")
+    }
+    let f16 = simd::f16_table();
+    let h = |b: &[u8], at: usize| f16[u16::from_le_bytes([b[at], b[at + 1]]) as usize];
+    match ty {
+        QuantType::Q8_0 => rows_portable::<N, 34>(w, a, |b, qa| isum_q8(sub(b, 2), qa), |b| (h(b, 0), 0.0)),
+        QuantType::Q4_0 => rows_portable::<N, 18>(
+            w,
+            a,
+            |b, qa| isum_q4(sub(b, 2), qa),
+            |b| {
+                let d = h(b, 0);
+                (d, -8.0 * d)
+            },
+        ),
+        QuantType::Q4_1 => rows_portable::<N, 20>(w, a, |b, qa| isum_q4(sub(b, 4), qa), |b| (h(b, 0), h(b, 2))),
+        _ => unreachable!("dot_rows_portable: {ty} does not use quantized activations"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// x86 kernels: one macro body, instantiated for AVX2 (maddubs + madd) and AVX-512 VNNI (dpbusd).
+// x86 kernels: 16-bit multiply-adds (`vpmaddwd`) on 256-bit (AVX2) and 512-bit (AVX-512BW) vectors.
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16_at, ActRow, QuantType, QK};
+    use super::{ActRow, QuantType, QK};
     use std::arch::x86_64::*;
 
     // SAFETY (every function in this module): it runs only inside functions compiled with the
@@ -219,14 +292,17 @@ mod x86 {
     }
 
     /// `(d, c)` of a block: the weight scale, and what multiplies `d_a Σ q_a` (−8d for
-    /// Q4_0, the minimum for Q4_1, 0 for Q8_0).
+    /// Q4_0, the minimum for Q4_1, 0 for Q8_0); the f16 header converted with F16C.
     #[inline(always)]
-    fn block_scales(ty: QuantType, blk: &[u8]) -> (f32, f32) {
-        let d = f16_at(blk, 0);
-        match ty {
-            QuantType::Q8_0 => (d, 0.0),
-            QuantType::Q4_0 => (d, -8.0 * d),
-            _ => (d, f16_at(blk, 2)),
+    unsafe fn block_scales(ty: QuantType, blk: &[u8]) -> (f32, f32) {
+        unsafe {
+            let f = _mm_cvtph_ps(_mm_cvtsi32_si128((blk.as_ptr() as *const i32).read_unaligned()));
+            let d = _mm_cvtss_f32(f);
+            match ty {
+                QuantType::Q8_0 => (d, 0.0),
+                QuantType::Q4_0 => (d, -8.0 * d),
+                _ => (d, _mm_cvtss_f32(_mm_movehdup_ps(f))),
+            }
         }
     }
 
@@ -257,40 +333,82 @@ mod x86 {
         }
     }
 
-    /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX2.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot1_avx2(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+    /// `Σ_j q_w[j]·q_a[j]` of one 32-weight block at `p` and its activations at `qa`, as 8
+    /// partial sums (AVX2): the weights widened to 16 bits, `vpmaddwd` against the 16-bit
+    /// activations. A 4-bit block's 16 bytes widen in one instruction; the low nibbles are
+    /// weights 0–15 and the high nibbles (a shift: the byte is < 256) weights 16–31.
+    #[inline(always)]
+    unsafe fn block_isum_avx2(ty: QuantType, p: *const u8, qa: *const i16) -> __m256i {
         unsafe {
-            let bb = ty.block_bytes();
-            let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
-            for (b, blk) in w.chunks_exact(bb).enumerate() {
-                let (d, c) = block_scales(ty, blk);
-                let (w0, w1) = widen_avx2(ty, blk.as_ptr());
-                let p = a.q.as_ptr().add(b * QK);
-                let a0 = _mm256_loadu_si256(p as *const __m256i);
-                let a1 = _mm256_loadu_si256(p.add(16) as *const __m256i);
-                let sum = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * a.d[b]), acc);
-                corr += c * a.sd[b];
-            }
-            hsum(acc) + corr
+            let (w0, w1) = match ty {
+                QuantType::Q8_0 => (
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2).cast())),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18).cast())),
+                ),
+                _ => {
+                    let v =
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(if ty == QuantType::Q4_0 { 2 } else { 4 }).cast()));
+                    (_mm256_and_si256(v, _mm256_set1_epi16(0x0F)), _mm256_srli_epi16(v, 4))
+                }
+            };
+            let a0 = _mm256_loadu_si256(qa.cast());
+            let a1 = _mm256_loadu_si256(qa.add(16).cast());
+            _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1))
         }
     }
 
-    /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX-512BW.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn dot1_avx512(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+    /// The scales of two blocks at `p0` and `p1` times the activations' `(d_a, d_a·Σq_a)` pairs
+    /// `ds`: `[d_w·d_a, c·d_a·Σq_a]` for each block (`c` as in [`block_scales`]), from one
+    /// F16C conversion of both blocks' f16 headers.
+    #[inline(always)]
+    unsafe fn pair_scales(ty: QuantType, p0: *const u8, p1: *const u8, ds: __m128) -> __m128 {
+        unsafe {
+            let h0 = (p0 as *const i32).read_unaligned();
+            let h1 = (p1 as *const i32).read_unaligned();
+            // [d0, m0, d1, m1] for Q4_1; for Q4_0 and Q8_0 the odd lanes are weight bytes.
+            let f = _mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0));
+            let f = match ty {
+                QuantType::Q4_1 => f,
+                QuantType::Q4_0 => _mm_mul_ps(_mm_moveldup_ps(f), _mm_set_ps(-8.0, 1.0, -8.0, 1.0)),
+                _ => _mm_and_ps(f, _mm_castsi128_ps(_mm_set_epi32(0, -1, 0, -1))),
+            };
+            _mm_mul_ps(f, ds)
+        }
+    }
+
+    /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX2: two blocks per step,
+    /// their scales converted and multiplied as one vector, the offset terms `c·d_a·Σq_a`
+    /// summed in the odd lanes of another.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot1_avx2(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
         unsafe {
             let bb = ty.block_bytes();
-            let (mut acc, mut corr) = (_mm512_setzero_ps(), 0f32);
-            for (b, blk) in w.chunks_exact(bb).enumerate() {
-                let (d, c) = block_scales(ty, blk);
-                let w16 = widen_avx512(ty, blk.as_ptr());
-                let sum = _mm512_madd_epi16(w16, _mm512_loadu_si512(a.q.as_ptr().add(b * QK) as *const __m512i));
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * a.d[b]), acc);
-                corr += c * a.sd[b];
+            let nb = w.len() / bb;
+            assert!(a.q.len() >= nb * QK && a.dsd.len() >= 2 * nb, "dot1: activations shorter than the row");
+            let (wp, qp, dsp) = (w.as_ptr(), a.q.as_ptr(), a.dsd.as_ptr());
+            let (mut acc0, mut acc1, mut corr) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
+            let mut b = 0;
+            while b + 2 <= nb {
+                let (p0, p1) = (wp.add(b * bb), wp.add((b + 1) * bb));
+                let s = pair_scales(ty, p0, p1, _mm_loadu_ps(dsp.add(2 * b)));
+                corr = _mm_add_ps(corr, s);
+                let i0 = block_isum_avx2(ty, p0, qp.add(b * QK));
+                let i1 = block_isum_avx2(ty, p1, qp.add((b + 1) * QK));
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_broadcastss_ps(s), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_broadcastss_ps(_mm_movehl_ps(s, s)), acc1);
+                b += 2;
             }
-            _mm512_reduce_add_ps(acc) + corr
+            if b < nb {
+                // The last block alone: its pair is itself, the second half of `ds` zero.
+                let p0 = wp.add(b * bb);
+                let s = pair_scales(ty, p0, p0, _mm_castpd_ps(_mm_load_sd(dsp.add(2 * b).cast())));
+                corr = _mm_add_ps(corr, s);
+                let i0 = block_isum_avx2(ty, p0, qp.add(b * QK));
+                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_broadcastss_ps(s), acc0);
+            }
+            // The odd lanes of `corr` hold the offset terms (its even lanes the scales).
+            let c = _mm_add_ss(_mm_movehdup_ps(corr), _mm_movehl_ps(corr, _mm_movehdup_ps(corr)));
+            hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(c)
         }
     }
 
@@ -306,7 +424,7 @@ mod x86 {
 
     /// `Σ_k W[row, k]·a_n[k]` for a tile of 8 rows (prefill), AVX2: each block is widened once
     /// and its 8 rescales `d_w·d_a[n]` are one vector multiply.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot8_avx2(ty: QuantType, w: &[u8], t: Tile<'_>) -> [f32; 8] {
         unsafe {
             let bb = ty.block_bytes();
@@ -337,7 +455,7 @@ mod x86 {
     }
 
     /// The tile kernel with AVX-512BW.
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn dot8_avx512(ty: QuantType, w: &[u8], t: Tile<'_>) -> [f32; 8] {
         unsafe {
             let bb = ty.block_bytes();
@@ -493,12 +611,12 @@ pub fn qkernel_supported(k: QKernel) -> bool {
 #[inline]
 fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
     match k {
+        // One row is bound by reading the weights: the AVX2 kernel (two blocks per step, their
+        // scales as one vector) streams them as fast as 512-bit vectors do (measured), so both
+        // levels run it.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`.
-        QKernel::Avx512 => unsafe { x86::dot1_avx512(ty, w, a) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        QKernel::Avx2 => unsafe { x86::dot1_avx2(ty, w, a) },
+        // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`; AVX-512 implies AVX2.
+        QKernel::Avx512 | QKernel::Avx2 => unsafe { x86::dot1_avx2(ty, w, a) },
         _ => dot_rows_portable(ty, w, &[a])[0],
     }
 }
@@ -863,6 +981,14 @@ fn qmatmul_small(
                     r0 += 2;
                 }
             }
+            if t == 1 && routes[k] == Route::Int16 {
+                // Decoding one token: the activation row is taken once, not once per weight row.
+                let a = acts.row(0);
+                for r in r0..r1 {
+                    put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a));
+                }
+                continue;
+            }
             for r in r0..r1 {
                 row_products(
                     routes[k],
@@ -958,6 +1084,7 @@ mod tests {
     use super::*;
     use crate::quant::quantize_row;
     use crate::Rng;
+    use half::f16;
 
     /// Random weights of `ty`: quantized from normals for the 32-formats; random bytes with
     /// tame f16 scales for the K-quants.

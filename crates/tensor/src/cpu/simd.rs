@@ -12,7 +12,7 @@
 pub enum SimdLevel {
     /// AVX-512F (16 f32 lanes).
     Avx512,
-    /// AVX2 + FMA (8 f32 lanes).
+    /// AVX2 + FMA + F16C (8 f32 lanes; every AVX2 CPU has F16C).
     Avx2,
     /// Whatever the baseline target gives (SSE2 on x86-64).
     Portable,
@@ -39,13 +39,18 @@ pub fn level_supported(level: SimdLevel) -> bool {
     match level {
         SimdLevel::Portable => true,
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+        SimdLevel::Avx2 => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        }
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 => {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => false,
@@ -54,8 +59,17 @@ pub fn level_supported(level: SimdLevel) -> bool {
 
 /// Defines `pub fn $name(args)`, which runs `$imp` compiled for the best level, and
 /// `pub fn ${name}_at(level, args)` for an explicit level (tests run every supported one).
+///
+/// `=> fused imp(…)` is for an `imp` generic over `const FUSED: bool` (see [`fmadd`]): the AVX
+/// levels run `imp::<true>`, the portable path `imp::<PORTABLE_FUSED>`.
 macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $name_at:ident => fused $imp:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?) => {
+        dispatch!(@body $(#[$doc])* $name, $name_at, $imp::<true>, $imp::<PORTABLE_FUSED>, ($($arg: $ty),*) $(-> $ret)?);
+    };
     ($(#[$doc:meta])* $name:ident, $name_at:ident => $imp:ident ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?) => {
+        dispatch!(@body $(#[$doc])* $name, $name_at, $imp, $imp, ($($arg: $ty),*) $(-> $ret)?);
+    };
+    (@body $(#[$doc:meta])* $name:ident, $name_at:ident, $fast:path, $portable:path, ( $($arg:ident : $ty:ty),* ) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[inline]
         pub fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -69,9 +83,9 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $imp($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $fast($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $imp($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $fast($($arg),*) }
                 match level {
                     SimdLevel::Avx512 => {
                         assert!(level_supported(level), "simd: AVX-512 requested on a CPU without it");
@@ -87,7 +101,7 @@ macro_rules! dispatch {
                 }
             }
             let _ = level;
-            $imp($($arg),*)
+            $portable($($arg),*)
         }
     };
 }
@@ -215,32 +229,48 @@ fn max_impl(x: &[f32]) -> f32 {
     m
 }
 
+/// Whether the portable path's multiply-adds are fused: on aarch64 (every CPU has FMA) and
+/// where the whole program is built with FMA; not on a plain x86-64 build.
+const PORTABLE_FUSED: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+
+/// `a·b + c`: one fused multiply-add (`FUSED`, for code compiled with FMA), else a multiply and
+/// an add. (`f32::mul_add` in code compiled without FMA calls a software routine, one value
+/// at a time: measured, it made the portable decoding step 1.6× slower.)
 #[inline(always)]
-fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+fn fmadd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn dot_impl<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..16 {
-            acc[k] = x[k].mul_add(y[k], acc[k]);
+            acc[k] = fmadd::<F>(x[k], y[k], acc[k]);
         }
     }
     let mut s = 0.0;
     for (x, y) in ra.iter().zip(rb) {
-        s = x.mul_add(*y, s);
+        s = fmadd::<F>(*x, *y, s);
     }
     acc.iter().sum::<f32>() + s
 }
 
 #[inline(always)]
-fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
+fn axpy_impl<const F: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = a.mul_add(x, *y);
+        *y = fmadd::<F>(a, x, *y);
     }
 }
 
 #[inline(always)]
-fn axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) {
+fn axpy4_impl<const F: bool>(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32]) {
     let n = y.len();
     let (x0, x1, x2, x3) = (&x0[..n], &x1[..n], &x2[..n], &x3[..n]);
     // Blocks of 64 floats (one 256-byte stretch per row) with a software prefetch of the
@@ -254,7 +284,11 @@ fn axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3
         prefetch(x2, i0 + 2 * BLK);
         prefetch(x3, i0 + 2 * BLK);
         for i in i0..i1 {
-            y[i] = a[3].mul_add(x3[i], a[2].mul_add(x2[i], a[1].mul_add(x1[i], a[0].mul_add(x0[i], y[i]))));
+            y[i] = fmadd::<F>(
+                a[3],
+                x3[i],
+                fmadd::<F>(a[2], x2[i], fmadd::<F>(a[1], x1[i], fmadd::<F>(a[0], x0[i], y[i]))),
+            );
         }
         i0 = i1;
     }
@@ -306,6 +340,18 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits | ((h & 0x8000) << 16))
 }
 
+/// Every f16 value as f32, indexed by its bits (256 KiB, built on first use): the portable
+/// kernels' conversion of block scales, one load instead of a dozen integer operations (only
+/// the few cache lines of the scales' exponent range are ever touched).
+pub fn f16_table() -> &'static [f32; 65536] {
+    use std::sync::OnceLock;
+    static TABLE: OnceLock<Box<[f32; 65536]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let v: Vec<f32> = (0..=u16::MAX).map(f16_bits_to_f32).collect();
+        v.into_boxed_slice().try_into().expect("65,536 values")
+    })
+}
+
 #[inline(always)]
 fn f16_to_f32_impl(src: &[u16], dst: &mut [f32]) {
     for (d, &h) in dst.iter_mut().zip(src) {
@@ -321,7 +367,7 @@ fn lanes(x: &[f32], at: usize) -> &[f32; 16] {
 }
 
 #[inline(always)]
-fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
+fn axpy_rows_impl<const F: bool>(y: &mut [f32], a: &[f32], rows: &[f32]) {
     // `y` (a head: 64–128 values) is held in up to 8 registers of 16 lanes, and the rows go by
     // pairs into two sets of accumulators: each register's chain of fused multiply-adds is a
     // quarter as long as one chain over every row would be (an FMA waits ~4 cycles for the
@@ -329,7 +375,7 @@ fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
     let d = y.len();
     if d > 128 || !d.is_multiple_of(16) {
         for (&aj, r) in a.iter().zip(rows.chunks_exact(d)) {
-            axpy_impl(y, aj, r);
+            axpy_impl::<F>(y, aj, r);
         }
         return;
     }
@@ -342,7 +388,7 @@ fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
             for c in 0..chunks {
                 let r = lanes(rows, (j + half) * d + c * 16);
                 for k in 0..16 {
-                    acc[half][c][k] = aj.mul_add(r[k], acc[half][c][k]);
+                    acc[half][c][k] = fmadd::<F>(aj, r[k], acc[half][c][k]);
                 }
             }
         }
@@ -352,7 +398,7 @@ fn axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32]) {
         for c in 0..chunks {
             let r = lanes(rows, j * d + c * 16);
             for k in 0..16 {
-                acc[0][c][k] = aj.mul_add(r[k], acc[0][c][k]);
+                acc[0][c][k] = fmadd::<F>(*aj, r[k], acc[0][c][k]);
             }
         }
     }
@@ -402,16 +448,16 @@ dispatch! {
     max, max_at => max_impl(x: &[f32]) -> f32
 }
 dispatch! {
-    /// `Σ a_i b_i` with fused multiply-adds.
-    dot, dot_at => dot_impl(a: &[f32], b: &[f32]) -> f32
+    /// `Σ a_i b_i` (fused multiply-adds where the level has them).
+    dot, dot_at => fused dot_impl(a: &[f32], b: &[f32]) -> f32
 }
 dispatch! {
     /// `y ← y + a·x`.
-    axpy, axpy_at => axpy_impl(y: &mut [f32], a: f32, x: &[f32])
+    axpy, axpy_at => fused axpy_impl(y: &mut [f32], a: f32, x: &[f32])
 }
 dispatch! {
     /// `y ← y + a₀x₀ + a₁x₁ + a₂x₂ + a₃x₃` (one load and store of `y` per four rows).
-    axpy4, axpy4_at => axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32])
+    axpy4, axpy4_at => fused axpy4_impl(y: &mut [f32], a: [f32; 4], x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32])
 }
 dispatch! {
     /// `dst[i] = f32(src[i])` for f16 bits (exact), in plain Rust (see [`f16_to_f32`]).
@@ -449,7 +495,7 @@ unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
 dispatch! {
     /// `y ← y + Σ_j a[j]·rows[j]` over the `a.len()` consecutive rows of `y.len()` values in
     /// `rows` (attention's weighted sum of a block of values, in one call).
-    axpy_rows, axpy_rows_at => axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32])
+    axpy_rows, axpy_rows_at => fused axpy_rows_impl(y: &mut [f32], a: &[f32], rows: &[f32])
 }
 dispatch! {
     /// `gate ← silu(gate) ⊙ up` (SwiGLU in place, the fast exp: the inference engine's; the
@@ -482,8 +528,11 @@ mod tests {
         }
         let mut out = vec![0f32; all.len()];
         f16_to_f32(&all, &mut out); // F16C where present
+        let table = f16_table(); // the portable quantized kernels' scales
         for (&h, &got) in all.iter().zip(&out) {
+            let t = table[h as usize];
             let want = half::f16::from_bits(h).to_f32();
+            assert!(t.to_bits() == want.to_bits() || (t.is_nan() && want.is_nan()), "f16 table {h:#06x} → {t}");
             assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "f16 {h:#06x} → {got}");
         }
     }
