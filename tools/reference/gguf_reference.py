@@ -2,8 +2,9 @@
 
 Writes, with the `gguf` package (llama.cpp's own Python reader/writer, from PyPI):
 - crates/gguf/testdata/quants.gguf: one tensor per supported type (F32, F16, BF16, Q8_0, Q4_0,
-  Q4_1, Q4_K, Q6_K) holding random blocks, plus metadata of every value type incl. nested
-  arrays;
+  Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0) holding random
+  blocks (every byte random except the f16 scales, kept finite), plus metadata of every value
+  type incl. nested arrays;
 - crates/gguf/testdata/quants_f32.gguf: the same tensors as `gguf.quants.dequantize` decodes
   them, stored as F32 — what our dequantisation must reproduce exactly.
 
@@ -27,14 +28,12 @@ def random_blocks(qtype, rows, cols):
     def scale(col):  # overwrite 2 bytes at `col` with a modest f16
         raw[:, col:col + 2] = np.frombuffer(
             rng.uniform(-0.1, 0.1, n_blocks).astype(np.float16).tobytes(), dtype=np.uint8).reshape(n_blocks, 2)
-    if qtype in (T.Q8_0, T.Q4_0):
-        scale(0)
-    elif qtype == T.Q4_1:
-        scale(0); scale(2)
-    elif qtype == T.Q4_K:
-        scale(0); scale(2)
-    elif qtype == T.Q6_K:
-        scale(208)
+    # Byte offsets of each block's f16 fields (as QuantType::f16_fields in crates/tensor).
+    fields = {T.Q8_0: [0], T.Q4_0: [0], T.Q5_0: [0], T.IQ4_NL: [0], T.IQ4_XS: [0],
+              T.Q4_1: [0, 2], T.Q5_1: [0, 2], T.Q4_K: [0, 2], T.Q5_K: [0, 2],
+              T.Q2_K: [80, 82], T.Q3_K: [108], T.Q6_K: [208], T.TQ1_0: [52], T.TQ2_0: [64]}
+    for col in fields[qtype]:
+        scale(col)
     return raw.reshape(rows, cols // block * nbytes)
 
 w = gguf.GGUFWriter(os.path.join(out_dir, "quants.gguf"), arch="test")
@@ -49,6 +48,9 @@ for name, qtype, rows, cols in [
     ("f32", T.F32, 3, 5), ("f16", T.F16, 2, 7), ("bf16", T.BF16, 2, 6),
     ("q8_0", T.Q8_0, 3, 64), ("q4_0", T.Q4_0, 2, 96), ("q4_1", T.Q4_1, 4, 32),
     ("q4_k", T.Q4_K, 2, 512), ("q6_k", T.Q6_K, 3, 256),
+    ("q5_0", T.Q5_0, 3, 64), ("q5_1", T.Q5_1, 2, 96), ("q2_k", T.Q2_K, 2, 512), ("q3_k", T.Q3_K, 3, 256),
+    ("q5_k", T.Q5_K, 2, 512), ("iq4_nl", T.IQ4_NL, 3, 64), ("iq4_xs", T.IQ4_XS, 2, 512),
+    ("tq1_0", T.TQ1_0, 3, 256), ("tq2_0", T.TQ2_0, 2, 512),
 ]:
     if qtype == T.F32:
         data = rng.standard_normal((rows, cols)).astype(np.float32)

@@ -68,7 +68,8 @@ pub(crate) enum BenchCommand {
     /// (batched decoding) and a prompt (prefill: GFLOP/s). Names the SIMD level; cap it with
     /// YUANLI_SIMD=avx2|portable to measure the other kernels on the same machine.
     Qmatmul {
-        /// Types to measure (repeatable; default: q8_0 q4_0 q4_1 q4_k q6_k f16 bf16 f32).
+        /// Types to measure (repeatable; default: q8_0 q4_0 q4_1 q5_0 q4_k q5_k q6_k f16 bf16
+        /// f32; any GGUF type yuanli reads).
         #[arg(long = "type", value_name = "TYPE")]
         types: Vec<String>,
         /// Token counts (repeatable; default: 1, 8, 128).
@@ -369,13 +370,7 @@ fn bench_weights(ty: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<
     let mut w: Vec<u8> = (0..rows * cols / ty.block_len() * bb).map(|_| rng.below(256) as u8).collect();
     let small = |rng: &mut Rng| yuanli_tensor::f16::from_f32(rng.uniform_range(0.0, 0.01) as f32).to_le_bytes();
     for blk in w.chunks_exact_mut(bb) {
-        // Every f16 field of the block: d (and dmin) at the start, or d at the end for Q6_K.
-        let fields: &[usize] = match ty {
-            QuantType::Q6K => &[bb - 2],
-            QuantType::Q4K => &[0, 2],
-            _ => &[0],
-        };
-        for &at in fields {
+        for &at in ty.f16_fields() {
             blk[at..at + 2].copy_from_slice(&small(rng));
         }
     }
@@ -400,14 +395,15 @@ fn bench_qmatmul(types: &[String], tokens: &[usize], secs: f64, json: bool, thre
     use yuanli_tensor::cpu::qmatmul::{best_qkernel, qmatmul};
     use yuanli_tensor::cpu::{with_team, QuantizedActs};
     let mut out = std::io::stdout().lock();
-    let default_types = ["q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "f16", "bf16", "f32"];
+    let default_types = ["q8_0", "q4_0", "q4_1", "q5_0", "q4_k", "q5_k", "q6_k", "f16", "bf16", "f32"];
     let names: Vec<&str> =
         if types.is_empty() { default_types.to_vec() } else { types.iter().map(String::as_str).collect() };
     let types: Vec<QuantType> = names
         .iter()
         .map(|n| {
             QuantType::from_name(n).ok_or_else(|| {
-                anyhow::anyhow!("--type {n:?}: not a type the kernels read (one of {})", default_types.join(", "))
+                let all: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
+                anyhow::anyhow!("--type {n:?}: not a type the kernels read (one of {})", all.join(", "))
             })
         })
         .collect::<Result<_>>()?;
@@ -416,8 +412,9 @@ fn bench_qmatmul(types: &[String], tokens: &[usize], secs: f64, json: bool, thre
         anyhow::bail!("--tokens must be at least 1");
     }
     let simd = format!("{:?}", best_qkernel()).to_lowercase();
-    // SmolLM2-135M's MLP: gate/up (1536×576) and down (576×1536).
-    let shapes = [(1536usize, 576usize), (576, 1536)];
+    // SmolLM2-135M's MLP: gate/up (1536×576) and down (576×1536); for the 256-weight types the
+    // 576 columns round up to 768 (a row must be whole blocks: llama.cpp stores such tensors
+    // in another type).
     if !json {
         writeln!(out, "quantized matmul y = x·Wᵀ, {simd} kernels, {threads} thread(s), median of repeated runs")?;
         writeln!(
@@ -429,7 +426,8 @@ fn bench_qmatmul(types: &[String], tokens: &[usize], secs: f64, json: bool, thre
     let mut rng = Rng::new(0);
     let mut results = Vec::new();
     for (&ty, name) in types.iter().zip(&names) {
-        for &(rows, cols) in &shapes {
+        let whole = |n: usize| n.div_ceil(ty.block_len()) * ty.block_len();
+        for (rows, cols) in [(1536, whole(576)), (576, whole(1536))] {
             let w = bench_weights(ty, rows, cols, &mut rng);
             for &t in &tokens {
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();

@@ -51,7 +51,7 @@ enum Command {
     Chat(llm_cmd::ChatArgs),
     /// Perplexity of a model on a text file, measured as llama.cpp measures it.
     Perplexity(llm_cmd::PerplexityArgs),
-    /// Write a model as GGUF with its matrices in a smaller type (q8_0, q4_0, q4_1, f16, f32).
+    /// Write a model as GGUF with its matrices in a smaller type (q8_0, q5_1, q5_0, q4_1, q4_0, f16, f32).
     Quantize(quantize_cmd::QuantizeArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),

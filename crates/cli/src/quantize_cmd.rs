@@ -1,5 +1,5 @@
 //! `yuanli quantize`: rewrite a model as a GGUF file whose matrices are stored in a smaller
-//! type (q8_0, q4_0, q4_1, f16) — or in f32, to turn a checkpoint into a GGUF file as it is.
+//! type (q8_0, q5_1, q5_0, q4_1, q4_0, f16) — or in f32, to turn a checkpoint into a GGUF file as it is.
 //!
 //! Two inputs:
 //! - a `.gguf` file of any architecture: every metadata key is copied in order (only
@@ -14,7 +14,8 @@
 //! (dequantizing and quantizing again could only add error).
 //!
 //! Bits per weight = 8 · (tensor bytes) / (weights): f32 32, f16 16, q8_0 8.5 (32 int8 + an
-//! f16 scale per block), q4_1 5 (32 nibbles + f16 scale and minimum), q4_0 4.5.
+//! f16 scale per block), q5_1 6, q5_0 5.5 (a fifth bit per weight), q4_1 5 (32 nibbles + f16
+//! scale and minimum), q4_0 4.5.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -34,7 +35,7 @@ pub(crate) struct QuantizeArgs {
     /// A .gguf file (any architecture) or a checkpoint directory from `yuanli train`.
     #[arg(long = "in", value_name = "PATH")]
     input: PathBuf,
-    /// Storage type of the 2-D weights: q8_0, q4_0, q4_1, f16 or f32.
+    /// Storage type of the 2-D weights: q8_0, q5_1, q5_0, q4_1, q4_0, f16 or f32.
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
     ty: QuantType,
     /// The GGUF file to write.
@@ -52,12 +53,15 @@ pub(crate) struct QuantizeArgs {
 }
 
 /// The target types `--type` accepts and llama.cpp's `general.file_type` code of each
-/// (`enum llama_ftype`: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q4_1 3, MOSTLY_Q8_0 7).
-const TARGETS: [(&str, QuantType, u32); 5] = [
+/// (`enum llama_ftype`: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q4_1 3, MOSTLY_Q8_0 7,
+/// MOSTLY_Q5_0 8, MOSTLY_Q5_1 9).
+const TARGETS: [(&str, QuantType, u32); 7] = [
     ("f32", QuantType::F32, 0),
     ("f16", QuantType::F16, 1),
     ("q4_0", QuantType::Q4_0, 2),
     ("q4_1", QuantType::Q4_1, 3),
+    ("q5_0", QuantType::Q5_0, 8),
+    ("q5_1", QuantType::Q5_1, 9),
     ("q8_0", QuantType::Q8_0, 7),
 ];
 

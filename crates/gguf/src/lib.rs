@@ -470,10 +470,11 @@ impl GgufFile {
             let ty_id = c.u32(&name)?;
             let Some(ty) = QuantType::from_ggml_id(ty_id) else {
                 c.pos -= 4;
+                let supported: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
                 return c.err(format!(
-                    "tensor {name:?} has type {} (id {ty_id}), which yuanli cannot read (supported: F32, F16, BF16, \
-                     Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
-                    ggml_type_name(ty_id)
+                    "tensor {name:?} has type {} (id {ty_id}), which yuanli cannot read (supported: {})",
+                    ggml_type_name(ty_id),
+                    supported.join(", ")
                 ));
             };
             let offset = c.u64(&name)?;

@@ -67,9 +67,9 @@ fn unsupported_tensor_type_is_named() {
     // The type id follows name (8 + 1 bytes), n_dims (4) and two dims (16) after the 24-byte header.
     let at = 24 + 9 + 4 + 16;
     assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 8);
-    b[at..at + 4].copy_from_slice(&13u32.to_le_bytes()); // Q5_K
+    b[at..at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS (a grid i-quant)
     let e = err(b);
-    assert!(e.contains("tensor \"w\" has type Q5_K (id 13), which yuanli cannot read"), "{e}");
+    assert!(e.contains("tensor \"w\" has type IQ2_XXS (id 16), which yuanli cannot read"), "{e}");
 }
 
 #[test]

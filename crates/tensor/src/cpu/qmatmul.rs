@@ -2,7 +2,7 @@
 //!
 //! `y[t, r] = Σ_k W[r, k] · x[t, k]` with `W` stored as GGML blocks ([`crate::quant`]).
 //!
-//! **The 32-weight formats** (Q8_0, Q4_0, Q4_1) take an integer route: the activations are
+//! **The 32-weight formats** (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) take an integer route: the activations are
 //! quantized on the fly to 16 bits per block of 32 (`x ≈ d_a·q_a`, `d_a = max|x|/32767`), and
 //! each block product becomes one integer dot product and a rescale:
 //!
@@ -11,6 +11,8 @@
 //! Q4_0:  Σ d_w (q_w − 8)(d_a q_a)   = d_w d_a · Σ q_w q_a − 8 d_w · (d_a Σ q_a)
 //! Q4_1:  Σ (d_w q_w + m_w)(d_a q_a) = d_w d_a · Σ q_w q_a + m_w · (d_a Σ q_a)
 //! ```
+//!
+//! (Q5_0 and Q5_1 are Q4_0 and Q4_1 with a fifth bit per weight and −16 for −8.)
 //!
 //! `d_a Σ q_a` is computed once per activation block ([`QuantizedActs::sd`]). The integer dot
 //! `Σ q_w q_a` widens the weights to 16 bits and multiplies pairs into 32-bit sums
@@ -156,7 +158,7 @@ impl QuantizedActs {
 
 /// Whether `ty` takes the integer route with quantized activations.
 pub fn uses_quantized_acts(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
+    matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,6 +190,19 @@ fn isum_q4(qs: &[u8; 16], qa: &[i16; 32]) -> i32 {
     for j in 0..16 {
         w[j] = (qs[j] & 0x0F) as i16;
         w[j + 16] = (qs[j] >> 4) as i16;
+    }
+    isum16(&w, qa)
+}
+
+/// `Σ_j q_w[j]·q_a[j]` of a 5-bit block: the 4-bit layout plus bit `j` of `qh` as weight `j`'s
+/// fifth bit.
+#[inline(always)]
+fn isum_q5(qh: &[u8; 4], qs: &[u8; 16], qa: &[i16; 32]) -> i32 {
+    let h = u32::from_le_bytes(*qh);
+    let mut w = [0i16; 32];
+    for j in 0..16 {
+        w[j] = ((qs[j] & 0x0F) as u32 | (((h >> j) & 1) << 4)) as i16;
+        w[j + 16] = ((qs[j] >> 4) as u32 | (((h >> (j + 16)) & 1) << 4)) as i16;
     }
     isum16(&w, qa)
 }
@@ -249,6 +264,18 @@ fn dot_rows_portable<const N: usize>(ty: QuantType, w: &[u8], a: &[ActRow<'_>; N
             },
         ),
         QuantType::Q4_1 => rows_portable::<N, 20>(w, a, |b, qa| isum_q4(sub(b, 4), qa), |b| (h(b, 0), h(b, 2))),
+        QuantType::Q5_0 => rows_portable::<N, 22>(
+            w,
+            a,
+            |b, qa| isum_q5(sub(b, 2), sub(b, 6), qa),
+            |b| {
+                let d = h(b, 0);
+                (d, -16.0 * d)
+            },
+        ),
+        QuantType::Q5_1 => {
+            rows_portable::<N, 24>(w, a, |b, qa| isum_q5(sub(b, 4), sub(b, 8), qa), |b| (h(b, 0), h(b, 2)))
+        }
         _ => unreachable!("dot_rows_portable: {ty} does not use quantized activations"),
     }
 }
@@ -276,12 +303,27 @@ mod x86 {
     }
 
     /// The 32 weights of a block as bytes in weight order: for the 4-bit formats, the low
-    /// nibbles are weights 0–15 (low lane) and the high nibbles 16–31 (high lane).
+    /// nibbles are weights 0–15 (low lane) and the high nibbles 16–31 (high lane); the 5-bit
+    /// formats add bit `j` of `qh` as bit 4 of byte `j` (byte `j/8` of `qh` spread over eight
+    /// lanes, each testing its own bit).
     #[inline(always)]
     unsafe fn block_bytes(ty: QuantType, blk: *const u8) -> __m256i {
         unsafe {
             match ty {
                 QuantType::Q8_0 => _mm256_loadu_si256(blk.add(2) as *const __m256i),
+                QuantType::Q5_0 | QuantType::Q5_1 => {
+                    let (qh_at, qs_at) = if ty == QuantType::Q5_0 { (2, 6) } else { (4, 8) };
+                    let qs = _mm_loadu_si128(blk.add(qs_at) as *const __m128i);
+                    let low = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(0x0F));
+                    let qh = _mm256_set1_epi32((blk.add(qh_at) as *const i32).read_unaligned());
+                    let spread = _mm256_shuffle_epi8(
+                        qh,
+                        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+                    );
+                    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+                    _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                }
                 _ => {
                     let qs = _mm_loadu_si128(blk.add(if ty == QuantType::Q4_0 { 2 } else { 4 }) as *const __m128i);
                     let both = _mm256_set_m128i(_mm_srli_epi16(qs, 4), qs);
@@ -292,7 +334,8 @@ mod x86 {
     }
 
     /// `(d, c)` of a block: the weight scale, and what multiplies `d_a Σ q_a` (−8d for
-    /// Q4_0, the minimum for Q4_1, 0 for Q8_0); the f16 header converted with F16C.
+    /// Q4_0, −16d for Q5_0, the minimum for Q4_1 and Q5_1, 0 for Q8_0); the f16 header
+    /// converted with F16C.
     #[inline(always)]
     unsafe fn block_scales(ty: QuantType, blk: &[u8]) -> (f32, f32) {
         unsafe {
@@ -301,6 +344,7 @@ mod x86 {
             match ty {
                 QuantType::Q8_0 => (d, 0.0),
                 QuantType::Q4_0 => (d, -8.0 * d),
+                QuantType::Q5_0 => (d, -16.0 * d),
                 _ => (d, _mm_cvtss_f32(_mm_movehdup_ps(f))),
             }
         }
@@ -345,6 +389,13 @@ mod x86 {
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(2).cast())),
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(18).cast())),
                 ),
+                QuantType::Q5_0 | QuantType::Q5_1 => {
+                    let wb = block_bytes(ty, p);
+                    (
+                        _mm256_cvtepu8_epi16(_mm256_castsi256_si128(wb)),
+                        _mm256_cvtepu8_epi16(_mm256_extracti128_si256(wb, 1)),
+                    )
+                }
                 _ => {
                     let v =
                         _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(if ty == QuantType::Q4_0 { 2 } else { 4 }).cast()));
@@ -365,11 +416,12 @@ mod x86 {
         unsafe {
             let h0 = (p0 as *const i32).read_unaligned();
             let h1 = (p1 as *const i32).read_unaligned();
-            // [d0, m0, d1, m1] for Q4_1; for Q4_0 and Q8_0 the odd lanes are weight bytes.
+            // [d0, m0, d1, m1] for Q4_1 and Q5_1; for the others the odd lanes are other bytes.
             let f = _mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0));
             let f = match ty {
-                QuantType::Q4_1 => f,
+                QuantType::Q4_1 | QuantType::Q5_1 => f,
                 QuantType::Q4_0 => _mm_mul_ps(_mm_moveldup_ps(f), _mm_set_ps(-8.0, 1.0, -8.0, 1.0)),
+                QuantType::Q5_0 => _mm_mul_ps(_mm_moveldup_ps(f), _mm_set_ps(-16.0, 1.0, -16.0, 1.0)),
                 _ => _mm_and_ps(f, _mm_castsi128_ps(_mm_set_epi32(0, -1, 0, -1))),
             };
             _mm_mul_ps(f, ds)
@@ -518,6 +570,19 @@ mod x86 {
                     let i0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2).cast()));
                     let i1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18).cast()));
                     (i0, i1, _mm512_setzero_ps())
+                }
+                QuantType::Q5_0 | QuantType::Q5_1 => {
+                    let wb = block_bytes(ty, p);
+                    let c = if ty == QuantType::Q5_0 {
+                        _mm512_mul_ps(d, _mm512_set1_ps(-16.0))
+                    } else {
+                        _mm512_broadcastss_ps(_mm_movehdup_ps(sc))
+                    };
+                    (
+                        _mm512_cvtepu8_epi32(_mm256_castsi256_si128(wb)),
+                        _mm512_cvtepu8_epi32(_mm256_extracti128_si256(wb, 1)),
+                        c,
+                    )
                 }
                 _ => {
                     // Byte j holds weight j (low nibble) and weight j + 16 (high nibble).
@@ -674,19 +739,10 @@ fn tile_bf16(ty: QuantType, w: &[u8], a: &[u32], pairs: usize, out: &mut [f32]) 
     unreachable!("the bf16 tile route exists only on x86_64");
 }
 
-/// `Σ_k W[row, k] · x[k]` for a K-quant (or float) row: one block at a time dequantized to the
-/// stack, then an f32 dot product.
+/// `Σ_k W[row, k] · x[k]` for a K-quant (or other non-integer-route) row: 256 weights at a
+/// time decoded to the stack, then an f32 dot product ([`simd::dequant_dot`]).
 fn dot_row_f32(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
-    let (bl, bb) = (ty.block_len(), ty.block_bytes());
-    let chunk = 256usize.div_ceil(bl) * bl; // whole blocks, ≥ 256 weights
-    let mut buf = [0f32; 256];
-    let mut sum = 0f32;
-    for (wc, xc) in w.chunks(chunk / bl * bb).zip(x.chunks(chunk)) {
-        let y = &mut buf[..xc.len()];
-        dequantize_row(ty, wc, y);
-        sum += simd::dot(y, xc);
-    }
-    sum
+    simd::dequant_dot(ty, w, x)
 }
 
 /// From this many tokens on, [`qmatmul`] dequantizes panels of weights and runs an f32 GEMM.
@@ -1098,11 +1154,9 @@ mod tests {
         let n = rows * cols / ty.block_len();
         let mut w: Vec<u8> = (0..n * bb).map(|_| rng.below(256) as u8).collect();
         for blk in w.chunks_exact_mut(bb) {
-            let at = if ty == QuantType::Q6K { 208 } else { 0 };
-            let d = f16::from_f32(rng.uniform_range(-0.05, 0.05) as f32).to_le_bytes();
-            blk[at..at + 2].copy_from_slice(&d);
-            if ty == QuantType::Q4K {
-                blk[2..4].copy_from_slice(&f16::from_f32(rng.uniform_range(0.0, 0.05) as f32).to_le_bytes());
+            for &at in ty.f16_fields() {
+                let d = f16::from_f32(rng.uniform_range(-0.05, 0.05) as f32).to_le_bytes();
+                blk[at..at + 2].copy_from_slice(&d);
             }
         }
         w
@@ -1116,7 +1170,19 @@ mod tests {
             [QKernel::Portable, QKernel::Avx2, QKernel::Avx512].into_iter().filter(|&k| qkernel_supported(k)).collect();
         // Rows and tokens that are not multiples of the thread share (4) or the token tile (4);
         // columns an odd number of blocks.
-        for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1, QuantType::Q4K, QuantType::Q6K, QuantType::F16] {
+        for ty in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+            QuantType::Q4K,
+            QuantType::Q5K,
+            QuantType::Q6K,
+            QuantType::IQ4XS,
+            QuantType::Q3K,
+            QuantType::F16,
+        ] {
             // An odd number of blocks, and more blocks than a scale chunk holds (64).
             let cols_list: &[usize] = if ty.block_len() == 256 { &[768] } else { &[32 * 7, 32 * 67] };
             // Token counts below and above the GEMM route's threshold.

@@ -7,6 +7,8 @@
 //! The portable path is the same code without the extra features, so all paths compute the
 //! same formula and the tests compare each one to a scalar reference.
 
+use crate::quant::{dequantize_blocks, QuantType};
+
 /// Which instruction-set path the dispatcher picked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimdLevel {
@@ -262,6 +264,121 @@ fn dot_impl<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
+/// Weights per chunk of [`dequant_dot`]: one K-quant block, or eight 32-weight blocks.
+const DEQUANT_CHUNK: usize = 256;
+
+/// `acc[k] += (q[k]·ds − dm)·x[k]` for 32 weights: one sub-block of a K-quant, decoded and
+/// multiplied in registers (no trip through memory). 32 running sums: four independent chains
+/// of AVX2 multiply-adds, so each waits less on the one before.
+#[inline(always)]
+fn subblock_dot<const F: bool>(acc: &mut [f32; 32], q: &[u8; 32], ds: f32, dm: f32, x: &[f32]) {
+    let x: &[f32; 32] = x.try_into().expect("32 activations");
+    for k in 0..32 {
+        let w = fmadd::<F>(q[k] as f32, ds, -dm);
+        acc[k] = fmadd::<F>(w, x[k], acc[k]);
+    }
+}
+
+/// `Q4_K` (see [`crate::quant`]): sub-block `j` is `d·scⱼ·q − dmin·mⱼ`, its 4-bit `q` the low
+/// (even `j`) or high (odd `j`) nibbles of a 32-byte group.
+#[inline(always)]
+fn dot_q4_k<const F: bool>(acc: &mut [f32; 32], b: &[u8], x: &[f32]) {
+    let (d, dmin) =
+        (f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])), f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])));
+    for j in 0..8 {
+        let (sc, m) = crate::quant::q4_k_scale_min(&b[4..16], j);
+        let g: &[u8; 32] = b[16 + 32 * (j / 2)..48 + 32 * (j / 2)].try_into().expect("a 32-byte group");
+        let shift = 4 * (j % 2) as u32;
+        let mut q = [0u8; 32];
+        for l in 0..32 {
+            q[l] = (g[l] >> shift) & 0x0F;
+        }
+        subblock_dot::<F>(acc, &q, d * sc as f32, dmin * m as f32, &x[32 * j..32 * j + 32]);
+    }
+}
+
+/// `Q5_K`: `Q4_K` with bit `j` of `qh[l]` as weight `l`'s fifth bit in sub-block `j`.
+#[inline(always)]
+fn dot_q5_k<const F: bool>(acc: &mut [f32; 32], b: &[u8], x: &[f32]) {
+    let (d, dmin) =
+        (f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])), f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])));
+    let qh: &[u8; 32] = b[16..48].try_into().expect("32 high-bit bytes");
+    for j in 0..8 {
+        let (sc, m) = crate::quant::q4_k_scale_min(&b[4..16], j);
+        let g: &[u8; 32] = b[48 + 32 * (j / 2)..80 + 32 * (j / 2)].try_into().expect("a 32-byte group");
+        let shift = 4 * (j % 2) as u32;
+        let mut q = [0u8; 32];
+        for l in 0..32 {
+            q[l] = ((g[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4);
+        }
+        subblock_dot::<F>(acc, &q, d * sc as f32, dmin * m as f32, &x[32 * j..32 * j + 32]);
+    }
+}
+
+/// `Q6_K`: 16 sub-blocks of 16 with signed scales; `q` (6 bits, minus 32) from `ql` and `qh`.
+/// Weight `l` (0..32) of quarter `r` (0..4) of half `h` takes nibble `r div 2` of
+/// `ql[64h + 32(r mod 2) + l]` and bits `2r` of `qh[32h + l]`.
+#[inline(always)]
+fn dot_q6_k<const F: bool>(acc: &mut [f32; 32], b: &[u8], x: &[f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([b[208], b[209]]));
+    for h in 0..2 {
+        let qh: &[u8; 32] = b[128 + 32 * h..160 + 32 * h].try_into().expect("32 high-bit bytes");
+        for r in 0..4 {
+            let at = 64 * h + 32 * (r % 2);
+            let ql: &[u8; 32] = b[at..at + 32].try_into().expect("32 low-bit bytes");
+            let mut q = [0u8; 32];
+            for l in 0..32 {
+                q[l] = ((ql[l] >> (4 * (r / 2))) & 0x0F) | (((qh[l] >> (2 * r)) & 3) << 4);
+            }
+            let x = &x[128 * h + 32 * r..128 * h + 32 * r + 32];
+            // Two sub-blocks of 16, each with its own scale: the first 16 weights, then the next.
+            let (s0, s1) = (b[192 + 8 * h + 2 * r] as i8 as f32, b[192 + 8 * h + 2 * r + 1] as i8 as f32);
+            for k in 0..32 {
+                let ds = if k < 16 { d * s0 } else { d * s1 };
+                let w = fmadd::<F>(q[k] as f32, ds, -32.0 * ds);
+                acc[k] = fmadd::<F>(w, x[k], acc[k]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dequant_dot_impl<const F: bool>(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
+    // The K-quants that fill most downloaded files: decoded and multiplied in registers.
+    // (Called directly, not through a function pointer: each must be inlined into the
+    // wrapper compiled for the level.)
+    if matches!(ty, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K) {
+        let mut acc = [0f32; 32];
+        for (b, xb) in w.chunks_exact(ty.block_bytes()).zip(x.chunks_exact(256)) {
+            match ty {
+                QuantType::Q4K => dot_q4_k::<F>(&mut acc, b, xb),
+                QuantType::Q5K => dot_q5_k::<F>(&mut acc, b, xb),
+                _ => dot_q6_k::<F>(&mut acc, b, xb),
+            }
+        }
+        return acc.iter().sum();
+    }
+    let (bl, bb) = (ty.block_len(), ty.block_bytes());
+    let blocks = DEQUANT_CHUNK.div_ceil(bl);
+    let mut buf = [0f32; DEQUANT_CHUNK];
+    // 16 running sums for the whole row, reduced once at the end.
+    let (mut acc, mut tail) = ([0f32; 16], 0f32);
+    for (wc, xc) in w.chunks(blocks * bb).zip(x.chunks(blocks * bl)) {
+        let y = &mut buf[..xc.len()];
+        dequantize_blocks(ty, wc, y);
+        let ((ys, yr), (xs, xr)) = (y.as_chunks::<16>(), xc.as_chunks::<16>());
+        for (a, b) in ys.iter().zip(xs) {
+            for k in 0..16 {
+                acc[k] = fmadd::<F>(a[k], b[k], acc[k]);
+            }
+        }
+        for (a, b) in yr.iter().zip(xr) {
+            tail = fmadd::<F>(*a, *b, tail);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[inline(always)]
 fn axpy_impl<const F: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
@@ -450,6 +567,12 @@ dispatch! {
 dispatch! {
     /// `Σ a_i b_i` (fused multiply-adds where the level has them).
     dot, dot_at => fused dot_impl(a: &[f32], b: &[f32]) -> f32
+}
+dispatch! {
+    /// `Σ_k W[k]·x[k]` for one row `w` of weights stored as `ty` (whole blocks; `x` as long as
+    /// the row): 256 weights at a time decoded to the stack, then a dot product — both compiled
+    /// for the level, so the decoding loops vectorize too.
+    dequant_dot, dequant_dot_at => fused dequant_dot_impl(ty: QuantType, w: &[u8], x: &[f32]) -> f32
 }
 dispatch! {
     /// `y ← y + a·x`.
