@@ -26,8 +26,11 @@
 //! 2000/2000 — and decoding is bound by reading the *weights*, so the wider activations cost
 //! almost nothing.
 //!
-//! **The K-quants** (Q4_K, Q6_K) dequantize one 256-weight block at a time into registers-worth
-//! of stack memory and take an f32 dot product with the (unquantized) activations.
+//! **The K-quants** Q4_K, Q5_K and Q6_K take the integer route for one token (decoding) on x86:
+//! each of their 32- or 16-weight sub-blocks lies inside one 32-value activation block, so a
+//! sub-block's product is `d·sⱼ·d_a·Σ q·q_a` (minus `dmin·mⱼ·d_a Σ q_a`). Otherwise — other
+//! types, several tokens, the portable path — rows are decoded 256 weights at a time in
+//! registers or on the stack and multiplied with the f32 activations ([`simd::dequant_dot`]).
 //!
 //! Decoding (`t = 1`) is memory-bound: the kernel's job is to stream the weight bytes once at
 //! full bandwidth; a few tokens reuse each unpacked weight block across a tile of 8. The
@@ -159,6 +162,17 @@ impl QuantizedActs {
 /// Whether `ty` takes the integer route with quantized activations.
 pub fn uses_quantized_acts(ty: QuantType) -> bool {
     matches!(ty, QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1)
+}
+
+/// Whether `t` tokens of `ty` are multiplied on the integer route by `kernel`: the 32-weight
+/// formats at any `t` below the GEMM routes, and, with the x86 kernels, Q4_K, Q5_K and Q6_K
+/// for one token (decoding). A K-quant sub-block (32 or 16 weights) lies inside one 32-value
+/// activation block, so its product is `d·sⱼ·d_a·Σ q·q_a` (minus `dmin·mⱼ·d_a Σ q_a` for Q4_K
+/// and Q5_K). (The portable path keeps the K-quants in f32, decoded in registers: the
+/// compiler did not vectorize the integer version, 4× slower.)
+pub fn uses_int16_route(kernel: QKernel, ty: QuantType, t: usize) -> bool {
+    uses_quantized_acts(ty)
+        || (kernel != QKernel::Portable && t == 1 && matches!(ty, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,6 +478,96 @@ mod x86 {
         }
     }
 
+    /// `Σ_k W[row, k]·a[k]` for a Q4_K, Q5_K or Q6_K row and one row of 16-bit activations
+    /// (AVX2): each 32-weight sub-block's codes widened to 16 bits and multiplied with its
+    /// activation block by `vpmaddwd`; Q6_K's two 16-weight halves keep separate sums for their
+    /// two scales.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot1_k_avx2(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+        unsafe {
+            let bb = ty.block_bytes();
+            let nb = w.len() / bb;
+            assert!(a.q.len() >= nb * 256 && a.d.len() >= nb * 8, "dot1_k: activations shorter than the row");
+            let qp = a.q.as_ptr();
+            let (mut acc, mut corr) = (_mm256_setzero_ps(), 0f32);
+            let low4 = _mm256_set1_epi8(0x0F);
+            // One sub-block of 32 codes (bytes) times activation block `ab`, scaled by `s`.
+            let madd32 = |acc: __m256, q: __m256i, ab: usize, s: f32| {
+                let p = qp.add(ab * QK);
+                let i0 =
+                    _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(q)), _mm256_loadu_si256(p.cast()));
+                let i1 = _mm256_madd_epi16(
+                    _mm256_cvtepu8_epi16(_mm256_extracti128_si256(q, 1)),
+                    _mm256_loadu_si256(p.add(16).cast()),
+                );
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(i0, i1)), _mm256_set1_ps(s), acc)
+            };
+            for (i, b) in w.chunks_exact(bb).enumerate() {
+                let bp = b.as_ptr();
+                let hd = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (bp.add(if ty == QuantType::Q6K { 208 } else { 0 }) as *const i32).read_unaligned(),
+                ));
+                let d = _mm_cvtss_f32(hd);
+                if ty == QuantType::Q6K {
+                    let m32 = _mm256_set1_epi16(32);
+                    for h in 0..2 {
+                        let qh = _mm256_loadu_si256(bp.add(128 + 32 * h).cast());
+                        for r in 0..4 {
+                            let ql = _mm256_loadu_si256(bp.add(64 * h + 32 * (r % 2)).cast());
+                            let lo =
+                                _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (r as i32 / 2))), low4);
+                            let hi = _mm256_and_si256(
+                                _mm256_slli_epi16(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * r as i32)), 4),
+                                _mm256_set1_epi8(0x30),
+                            );
+                            let q = _mm256_or_si256(lo, hi);
+                            let ab = 8 * i + 4 * h + r;
+                            let p = qp.add(ab * QK);
+                            let w0 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(q)), m32);
+                            let w1 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(q, 1)), m32);
+                            let i0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w0, _mm256_loadu_si256(p.cast())));
+                            let i1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w1, _mm256_loadu_si256(p.add(16).cast())));
+                            let da = d * a.d[ab];
+                            let (s0, s1) =
+                                (*bp.add(192 + 8 * h + 2 * r) as i8 as f32, *bp.add(193 + 8 * h + 2 * r) as i8 as f32);
+                            acc = _mm256_fmadd_ps(i0, _mm256_set1_ps(da * s0), acc);
+                            acc = _mm256_fmadd_ps(i1, _mm256_set1_ps(da * s1), acc);
+                        }
+                    }
+                } else {
+                    let dmin = _mm_cvtss_f32(_mm_movehdup_ps(hd));
+                    let scales = &b[4..16];
+                    let (qs_at, qh) = if ty == QuantType::Q4K {
+                        (16, _mm256_setzero_si256())
+                    } else {
+                        (48, _mm256_loadu_si256(bp.add(16).cast()))
+                    };
+                    for pair in 0..4 {
+                        let v = _mm256_loadu_si256(bp.add(qs_at + 32 * pair).cast());
+                        let (mut q0, mut q1) =
+                            (_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+                        if ty == QuantType::Q5K {
+                            // Bit j of qh[l] is the fifth bit of weight l of sub-block j.
+                            let one = _mm256_set1_epi8(1);
+                            let b0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * pair as i32)), one);
+                            let b1 =
+                                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * pair as i32 + 1)), one);
+                            q0 = _mm256_or_si256(q0, _mm256_slli_epi16(b0, 4));
+                            q1 = _mm256_or_si256(q1, _mm256_slli_epi16(b1, 4));
+                        }
+                        for (j, q) in [(2 * pair, q0), (2 * pair + 1, q1)] {
+                            let (sc, m) = crate::quant::q4_k_scale_min(scales, j);
+                            let ab = 8 * i + j;
+                            acc = madd32(acc, q, ab, d * sc as f32 * a.d[ab]);
+                            corr += dmin * m as f32 * a.sd[ab];
+                        }
+                    }
+                }
+            }
+            hsum(acc) - corr
+        }
+    }
+
     /// A tile of 8 activation rows: the 16-bit values of row `n` at `q + n·cols`, and the
     /// transposed scales (see [`super::QuantizedActs::dt`]).
     #[derive(Clone, Copy)]
@@ -681,7 +785,12 @@ fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
         // levels run it.
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`; AVX-512 implies AVX2.
-        QKernel::Avx512 | QKernel::Avx2 => unsafe { x86::dot1_avx2(ty, w, a) },
+        QKernel::Avx512 | QKernel::Avx2 => unsafe {
+            match ty {
+                QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => x86::dot1_k_avx2(ty, w, a),
+                _ => x86::dot1_avx2(ty, w, a),
+            }
+        },
         _ => dot_rows_portable(ty, w, &[a])[0],
     }
 }
@@ -985,7 +1094,7 @@ fn qmatmul_small(
     for (k, o) in outs.iter_mut().enumerate() {
         routes[k] = if uses_bf16_route(kernel, o.ty, t) {
             Route::Bf16
-        } else if uses_quantized_acts(o.ty) {
+        } else if uses_int16_route(kernel, o.ty, t) {
             Route::Int16
         } else {
             Route::F32
@@ -1195,13 +1304,10 @@ mod tests {
                 let mut acts = QuantizedActs::default();
                 // The reference multiplies the dequantized weights by the activations the
                 // kernel sees: quantized ones on the integer route, the inputs otherwise.
-                let xs = if uses_quantized_acts(ty) {
-                    acts.quantize(&x, t, cols);
-                    acts.dequantized()
-                } else {
-                    x.clone()
-                };
+                acts.quantize(&x, t, cols);
+                let x_int16 = acts.dequantized();
                 for &k in &kernels {
+                    let xs = if uses_int16_route(k, ty, t) { &x_int16 } else { &x };
                     let mut y = vec![0f32; t * rows];
                     qmatmul_with(k, ty, &w, rows, cols, &x, t, &mut acts, &mut y, &pool);
                     for tok in 0..t {
