@@ -6,7 +6,10 @@ Writes, with the `gguf` package (llama.cpp's own Python reader/writer, from PyPI
   blocks (every byte random except the f16 scales, kept finite), plus metadata of every value
   type incl. nested arrays;
 - crates/gguf/testdata/quants_f32.gguf: the same tensors as `gguf.quants.dequantize` decodes
-  them, stored as F32 — what our dequantisation must reproduce exactly.
+  them, stored as F32 — what our dequantisation must reproduce exactly;
+- crates/gguf/testdata/quantize_ref.gguf: random normal values (`x_<type>`, F32) and what
+  `gguf.quants.quantize` makes of them in each type we encode (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) —
+  what our encoders must reproduce byte for byte.
 
 Run: bench/.venv/bin/python tools/reference/gguf_reference.py   (needs gguf==0.19.0, numpy)
 """
@@ -69,4 +72,12 @@ for name, qtype, rows, cols in [
     wf.add_tensor(name, ref.reshape(rows, cols))
 for x in (w, wf):
     x.write_header_to_file(); x.write_kv_data_to_file(); x.write_tensors_to_file(); x.close()
+from gguf.quants import quantize
+wq = gguf.GGUFWriter(os.path.join(out_dir, "quantize_ref.gguf"), arch="test")
+for name, qtype in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_1", T.Q4_1), ("q5_0", T.Q5_0), ("q5_1", T.Q5_1)]:
+    x = rng.standard_normal((4, 96)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block (d = 0)
+    wq.add_tensor("x_" + name, x)
+    wq.add_tensor(name, quantize(x, qtype), raw_dtype=qtype)
+wq.write_header_to_file(); wq.write_kv_data_to_file(); wq.write_tensors_to_file(); wq.close()
 print("wrote", out_dir)

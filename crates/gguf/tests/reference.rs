@@ -1,5 +1,6 @@
 //! The reader against files written by the `gguf` Python package (llama.cpp's own writer):
-//! metadata of every type, and every tensor type dequantized exactly as `gguf.quants` does.
+//! metadata of every type, every tensor type dequantized exactly as `gguf.quants` does, and
+//! every type we encode quantized to the same bytes.
 //! Regenerate with `bench/.venv/bin/python tools/reference/gguf_reference.py`.
 
 use std::path::PathBuf;
@@ -75,5 +76,26 @@ fn a_written_file_reads_back_with_identical_metadata_and_tensors() {
         let b = back.tensor_info(&t.name).unwrap();
         assert_eq!((b.ty, b.shape()), (t.ty, t.shape()));
         assert_eq!(back.tensor_bytes(b), q.tensor_bytes(t), "{}", t.name);
+    }
+}
+
+#[test]
+fn every_encoder_writes_the_bytes_gguf_quants_writes() {
+    let f = GgufFile::open(testdata("quantize_ref.gguf")).unwrap();
+    for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q5_1] {
+        let name = ty.name().to_lowercase();
+        let (_, x) = f.tensor_f32(&format!("x_{name}")).unwrap();
+        let want = f.tensor_bytes(f.tensor_info(&name).unwrap());
+        let mut ours = Vec::new();
+        yuanli_tensor::quant::quantize_row(ty, &x, &mut ours).unwrap();
+        assert_eq!(ours.len(), want.len(), "{ty}: length");
+        if let Some(i) = ours.iter().zip(want).position(|(a, b)| a != b) {
+            panic!(
+                "{ty}: byte {i} (block {}) is {:#04x}, gguf.quants wrote {:#04x}",
+                i / ty.block_bytes(),
+                ours[i],
+                want[i]
+            );
+        }
     }
 }
