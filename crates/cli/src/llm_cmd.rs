@@ -274,10 +274,11 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     );
     let n_chunks = ids.len() / args.ctx;
     bar.set_length(if args.chunks > 0 { n_chunks.min(args.chunks) } else { n_chunks } as u64);
-    let p = yuanli_models::eval::perplexity(model.lm(), &ids, args.ctx, args.chunks, &mut |_, ppl| {
-        bar.inc(1);
-        bar.set_message(format!("ppl {ppl:.4}"));
-    })?;
+    let p =
+        yuanli_models::eval::perplexity(model.lm(), &ids, model.bos_token(), args.ctx, args.chunks, &mut |_, ppl| {
+            bar.inc(1);
+            bar.set_message(format!("ppl {ppl:.4}"));
+        })?;
     bar.finish_and_clear();
     if args.json {
         println!(

@@ -1,10 +1,13 @@
 //! `yuanli quantize`, end to end through the built binary: a tiny trained GPT survives the trip
-//! to GGUF (greedy generation gives the same tokens), and a real GGUF re-quantizes to q8_0
-//! with its metadata intact.
+//! to GGUF (greedy generation gives the same tokens), a real GGUF re-quantizes to q8_0 with its
+//! metadata intact, and every preset writes, tensor for tensor, the types and bytes llama.cpp's
+//! own quantizer writes (testdata/quantize_presets.json, from
+//! tools/reference/quantize_reference.py).
 
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use yuanli_models::gguf::{GgufFile, Value};
+use yuanli_models::gguf::{GgufFile, GgufWriter, Value};
 use yuanli_tensor::QuantType;
 
 fn repo() -> PathBuf {
@@ -134,5 +137,144 @@ fn smollm2_q4_1_requantizes_to_q8_0() {
     };
     assert!(strip(&a) == strip(&b), "metadata other than general.file_type must be copied unchanged");
     assert_eq!(b.get("general.file_type"), Some(&Value::U32(7)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The xorshift32 values of tools/reference/quantize_reference.py: tensor `t` of `shape`.
+fn reference_values(t: usize, shape: &[usize]) -> Vec<f32> {
+    let (n, cols) = (shape.iter().product::<usize>(), shape[shape.len() - 1]);
+    let mut s: u32 = 0x9E37_79B9 ^ (t as u32 + 1);
+    (0..n)
+        .map(|k| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let mut x = ((s >> 8) as f32 / 16_777_216.0 - 0.5) * (-((k / cols % 5) as f32)).exp2();
+            if k % 97 == 0 {
+                x *= 8.0;
+            }
+            if t.is_multiple_of(2) && k < 256 {
+                x = 0.0;
+            }
+            x
+        })
+        .collect()
+}
+
+/// The reference script's tiny LLaMA as an F32 GGUF: hidden 256, 4 heads, 2 KV heads,
+/// feed-forward 320, vocabulary 320; norms all ones.
+fn reference_model(path: &Path, n_layer: usize, tied: bool) {
+    let (d, kv, ff, vocab) = (256, 128, 320, 320);
+    let mut names: Vec<(String, Vec<usize>)> =
+        vec![("token_embd.weight".into(), vec![vocab, d]), ("output_norm.weight".into(), vec![d])];
+    if !tied {
+        names.push(("output.weight".into(), vec![vocab, d]));
+    }
+    for i in 0..n_layer {
+        for (part, shape) in [
+            ("attn_norm", vec![d]),
+            ("attn_q", vec![d, d]),
+            ("attn_k", vec![kv, d]),
+            ("attn_v", vec![kv, d]),
+            ("attn_output", vec![d, d]),
+            ("ffn_norm", vec![d]),
+            ("ffn_gate", vec![ff, d]),
+            ("ffn_up", vec![ff, d]),
+            ("ffn_down", vec![d, ff]),
+        ] {
+            names.push((format!("blk.{i}.{part}.weight"), shape));
+        }
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.context_length", Value::U32(512)),
+        ("llama.embedding_length", Value::U32(d as u32)),
+        ("llama.block_count", Value::U32(n_layer as u32)),
+        ("llama.feed_forward_length", Value::U32(ff as u32)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.attention.head_count_kv", Value::U32(2)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("general.file_type", Value::U32(0)),
+    ] {
+        w.set(k, v);
+    }
+    for (t, (name, shape)) in names.iter().enumerate() {
+        let x = if shape.len() == 2 { reference_values(t, shape) } else { vec![1.0; shape[0]] };
+        w.add_tensor(name, shape, QuantType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    w.write(path).expect("write the reference model");
+}
+
+#[test]
+fn every_preset_writes_what_llama_cpp_writes() {
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("crates/cli/testdata/quantize_presets.json")).expect("testdata"),
+    )
+    .expect("JSON");
+    let dir = scratch("presets");
+    for (model, spec) in want["models"].as_object().expect("models") {
+        let n_layer = spec["n_layer"].as_u64().expect("n_layer") as usize;
+        let src = dir.join(format!("{model}.f32.gguf"));
+        reference_model(&src, n_layer, spec["tied"].as_bool().expect("tied"));
+        for (preset, rows) in spec["presets"].as_object().expect("presets") {
+            let out = dir.join(format!("{model}.{preset}.gguf"));
+            yuanli(&[
+                "quantize",
+                "--in",
+                &src.display().to_string(),
+                "--type",
+                preset,
+                "--out",
+                &out.display().to_string(),
+            ]);
+            let f = GgufFile::open(&out).expect("the output opens");
+            let rows = rows.as_array().expect("rows");
+            assert_eq!(f.tensors().len(), rows.len(), "{model} {preset}: tensor count");
+            for row in rows {
+                let name = row["name"].as_str().expect("name");
+                let info = f.tensor_info(name).unwrap_or_else(|_| panic!("{model} {preset}: no {name}"));
+                assert_eq!(info.ty.name(), row["type"].as_str().expect("type"), "{model} {preset}: type of {name}");
+                let digest: String = Sha256::digest(f.tensor_bytes(info)).iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(
+                    digest,
+                    row["sha256"].as_str().expect("sha256"),
+                    "{model} {preset}: bytes of {name} ({})",
+                    info.ty
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
+    use yuanli_models::load::{load_pretrained_with, LoadOptions};
+    use yuanli_tensor::Tensor;
+    let dir = scratch("hf");
+    // LLaMA (q/k rows reordered for llama.cpp's interleaved RoPE, untied head) and Qwen2
+    // (biases, half-split RoPE kept)
+    for name in ["llama", "qwen2"] {
+        let src = repo().join("crates/models/testdata/tiny_hf").join(name);
+        let out = dir.join(format!("{name}.f32.gguf"));
+        yuanli(&["quantize", "--in", &src.display().to_string(), "--type", "f32", "--out", &out.display().to_string()]);
+        let (a, b) = (
+            load_pretrained_with(&src, LoadOptions::exact()).unwrap(),
+            load_pretrained_with(&out, LoadOptions::exact()).unwrap(),
+        );
+        let ids = a.tokenizer.encode("To be, or not to be", yuanli_tokenizer::SpecialMode::AsText).unwrap();
+        assert_eq!(b.tokenizer.encode("To be, or not to be", yuanli_tokenizer::SpecialMode::AsText).unwrap(), ids);
+        assert_eq!((a.bos, &a.eos, a.add_bos), (b.bos, &b.eos, b.add_bos), "{name}: special ids");
+        assert!(b.chat_template.is_some(), "{name}: the chat template is carried over");
+        let x = Tensor::new(ids.clone(), &[1, ids.len()]);
+        let (la, lb) = (a.model.forward(&x).value().to_vec::<f32>(), b.model.forward(&x).value().to_vec::<f32>());
+        let worst = la.iter().zip(&lb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: logits differ by {worst}");
+        // and a quantized preset of it loads and runs
+        let q = dir.join(format!("{name}.q8_0.gguf"));
+        yuanli(&["quantize", "--in", &src.display().to_string(), "--type", "q8_0", "--out", &q.display().to_string()]);
+        assert_eq!(GgufFile::open(&q).unwrap().get("general.file_type"), Some(&Value::U32(7)));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

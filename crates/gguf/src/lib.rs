@@ -598,6 +598,15 @@ impl GgufFile {
         }
     }
 
+    /// A required array of numbers.
+    pub fn get_floats(&self, key: &str) -> Result<Vec<f64>> {
+        let v = self.get(key).and_then(Value::as_array);
+        match v.map(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<_>>>()) {
+            Some(Some(v)) => Ok(v),
+            _ => self.missing(key, "an array of numbers"),
+        }
+    }
+
     /// Every tensor's header entry, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors

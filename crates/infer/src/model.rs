@@ -218,10 +218,15 @@ impl Model {
         &*self.lm
     }
 
+    /// The BOS token [`Model::encode`] puts first, if it puts one.
+    pub fn bos_token(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos)
+    }
+
     /// Token ids of `text`, with the BOS token first when the model asks for it; `specials`
     /// parses special tokens written in the text (for a rendered chat).
     pub fn encode(&self, text: &str, specials: bool) -> Result<Vec<u32>> {
-        let mut ids: Vec<u32> = self.bos.filter(|_| self.add_bos).into_iter().collect();
+        let mut ids: Vec<u32> = self.bos_token().into_iter().collect();
         ids.extend(self.vocab.encode(text, specials)?);
         Ok(ids)
     }

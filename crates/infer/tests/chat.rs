@@ -28,6 +28,7 @@ fn model(ctx: usize) -> Model {
         max_seq_len: ctx,
         tie_word_embeddings: true,
         attention_bias: false,
+        extras: Default::default(),
     };
     let mut store = ParamStore::frozen();
     let llama = Llama::new(cfg, &mut store).unwrap();

@@ -33,6 +33,7 @@ pub fn smollm2_135m() -> LlamaConfig {
         max_seq_len: 8192,
         tie_word_embeddings: true,
         attention_bias: false,
+        extras: Default::default(),
     }
 }
 

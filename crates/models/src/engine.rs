@@ -379,6 +379,9 @@ pub(crate) struct Scratch {
     /// RoPE angles of each token, `(t, D/2)` each.
     pub(crate) cos: Vec<f32>,
     pub(crate) sin: Vec<f32>,
+    /// The angles of the local (sliding-window) layers when their RoPE base differs (Gemma 3).
+    pub(crate) cos_local: Vec<f32>,
+    pub(crate) sin_local: Vec<f32>,
     /// Quantized activations of the matrix products.
     pub(crate) acts: QuantizedActs,
 }
@@ -685,6 +688,7 @@ impl Session {
         (t0, t1): (usize, usize),
         q: &[f32],
         out: &mut [f32],
+        spec: AttnSpec,
         pool: &SpinPool,
     ) {
         let (hk, d, bs) = (self.shape.kv_heads, self.shape.head_dim, self.block_size);
@@ -724,7 +728,10 @@ impl Session {
         let stride = att_tls.len() / threads;
         let tls = DisjointSlice::new(att_tls);
         let dst = DisjointSlice::new(&mut out[..t * qd]);
-        let scale = 1.0 / (d as f32).sqrt();
+        let AttnSpec { scale, window } = spec;
+        let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
+        // The first key a query at position `p` sees: all of them, or the last `window`.
+        let first_key = move |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
         // Where block `b`'s keys (or values) of kv head `h` in this layer start.
         let layers = self.shape.layers;
         let block_at = move |b: u32, h: usize| ((b as usize * layers + layer) * hk + h) * bs * d;
@@ -782,7 +789,9 @@ impl Session {
                         for (sb, kb) in sg.chunks_exact_mut(bs).zip(kg.chunks_exact(bs * d)) {
                             simd::axpy_rows(sb, qv, kb); // sb[slot] = Σ_d q[d]·K[d][slot]
                         }
-                        let sg = &mut sg[..n];
+                        let lo = first_key(n - 1);
+                        sg[..lo].fill(0.0);
+                        let sg = &mut sg[lo..n];
                         simd::scale(sg, scale);
                         let mx = simd::max(sg);
                         let z = simd::exp_sub_sum(sg, mx);
@@ -819,9 +828,11 @@ impl Session {
                     for r in 0..m {
                         let row = &mut s[r * n..(r + 1) * n];
                         let seen = p0 + r + 1;
-                        let mx = simd::max(&row[..seen]);
-                        let z = simd::exp_sub_sum(&mut row[..seen], mx);
-                        simd::scale(&mut row[..seen], 1.0 / z);
+                        let lo = first_key(seen - 1);
+                        row[..lo].fill(0.0);
+                        let mx = simd::max(&row[lo..seen]);
+                        let z = simd::exp_sub_sum(&mut row[lo..seen], mx);
+                        simd::scale(&mut row[lo..seen], 1.0 / z);
                         row[seen..].fill(0.0);
                     }
                     let p = MatRef { off: 0, rs: n, cs: 1 };
@@ -836,6 +847,14 @@ impl Session {
             }
         });
     }
+}
+
+/// How a layer's queries see the keys: the score scale (`None`: `1/√D`) and, for a
+/// sliding-window layer, how many positions back (the query's own included) it looks.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AttnSpec {
+    pub(crate) scale: Option<f32>,
+    pub(crate) window: Option<usize>,
 }
 
 /// The network's part of a step: tokens `t0..t1` of the planned batch through every layer,

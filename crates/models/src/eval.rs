@@ -19,11 +19,14 @@ pub struct Perplexity {
 /// Perplexity as llama.cpp's `perplexity` tool measures it: `ids` is cut into chunks of `ctx`
 /// tokens, each evaluated from an empty context, and only the predictions made from positions
 /// `ctx/2 .. ctx−1` are scored — so every scored token sees at least `ctx/2` tokens of
-/// context and none is scored twice. At most `max_chunks` chunks (0 = all); `on_chunk` hears
-/// after each one (chunk index, running perplexity).
+/// context and none is scored twice. For a model that starts every text with a BOS token,
+/// `ids` starts with it and `bos` is it: each chunk's first token is replaced by BOS, as
+/// llama.cpp does. At most `max_chunks` chunks (0 = all); `on_chunk` hears after each one
+/// (chunk index, running perplexity).
 pub fn perplexity(
     model: &dyn CausalLm,
     ids: &[u32],
+    bos: Option<u32>,
     ctx: usize,
     max_chunks: usize,
     on_chunk: &mut dyn FnMut(usize, f64),
@@ -43,7 +46,7 @@ pub fn perplexity(
         let seq = session.add_sequence();
         batch.clear();
         for (j, &t) in chunk.iter().enumerate() {
-            batch.add(seq, j, t, j >= first);
+            batch.add(seq, j, if j == 0 { bos.unwrap_or(t) } else { t }, j >= first);
         }
         model.forward_batch(&mut session, &batch, &mut logits)?;
         session.remove(seq)?;

@@ -299,7 +299,7 @@ impl Gpt {
                 sc.v[i * c..(i + 1) * c].copy_from_slice(&qkv[2 * c..]);
             }
             s.write_kv(l, t0, &sc.k[..t * c], &sc.v[..t * c]);
-            s.attention(l, self.config.n_head, (t0, t1), &sc.q, &mut sc.att, pool);
+            s.attention(l, self.config.n_head, (t0, t1), &sc.q, &mut sc.att, engine::AttnSpec::default(), pool);
             linear(&blk.attn.c_proj, &sc.att, &mut sc.acts, &mut sc.h);
             engine::add(&mut sc.x[..t * c], &sc.h[..t * c]);
             norm_rows(&blk.ln_2, &sc.x, &mut sc.h);

@@ -32,14 +32,14 @@
 //! Shapes: `B` batch, `T` time, `C` hidden size, `H`/`Hk` query/key-value heads, `D` head size,
 //! `F` MLP width, `t` tokens of an inference step (from any sequences).
 
-use crate::engine::{self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
+use crate::engine::{self, fit, next_model_id, AttnSpec, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
 use crate::load::LoadError;
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, RopeOpts, Var};
 use yuanli_nn::{join, Init, Linear, Module, ParamKind, ParamStore, RmsNorm, Weight};
 use yuanli_tensor::cpu::{rmsnorm_row, rope_angles, rope_row_inplace, simd, SpinPool};
-use yuanli_tensor::{QMatrix, Rng, RopeLayout, Tensor};
+use yuanli_tensor::{GeluKind, QMatrix, Rng, RopeLayout, Tensor};
 
 /// Hyper-parameters of a LLaMA-family model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +73,64 @@ pub struct LlamaConfig {
     /// Biases on the q, k, v projections (Qwen2).
     #[serde(default)]
     pub attention_bias: bool,
+    /// The extras of other families (all off for LLaMA itself).
+    #[serde(default)]
+    pub extras: Extras,
+}
+
+/// What some LLaMA-family models add (Gemma 3 uses all of them; Qwen3 the QK-norm).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extras {
+    /// Multiply the token embeddings by `√C` (Gemma).
+    pub embed_scale: bool,
+    /// RMSNorm over each query and key head (gain `(D,)`) before RoPE (Gemma 3, Qwen3).
+    pub qk_norm: bool,
+    /// "Sandwich" norms: the attention's and the MLP's outputs are RMS-normalised too before
+    /// they join the residual stream (Gemma 2/3).
+    pub sandwich_norm: bool,
+    /// The MLP's gate non-linearity: SiLU (SwiGLU, LLaMA) or tanh-GELU (GeGLU, Gemma).
+    pub gelu_gate: bool,
+    /// Attention scores scaled by `1/√s` instead of `1/√D` (Gemma's `query_pre_attn_scalar`).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Local layers attend to the last this many positions (their own included).
+    pub sliding_window: Option<usize>,
+    /// With a sliding window: layer `l` is global when `l % pattern == pattern − 1`, local
+    /// otherwise (Gemma 3: 6 — five local layers, then a global one); 0 = every layer local.
+    pub sliding_window_pattern: usize,
+    /// RoPE base θ of the local layers, when it differs from `rope_theta` (Gemma 3: 10 000).
+    pub rope_local_theta: Option<f64>,
+}
+
+impl LlamaConfig {
+    /// Whether layer `l` attends through a sliding window.
+    pub fn is_local(&self, l: usize) -> bool {
+        let p = self.extras.sliding_window_pattern;
+        self.extras.sliding_window.is_some() && (p == 0 || l % p != p - 1)
+    }
+
+    /// RoPE base of layer `l`.
+    pub fn rope_theta_of(&self, l: usize) -> f64 {
+        match self.extras.rope_local_theta {
+            Some(local) if self.is_local(l) => local,
+            _ => self.rope_theta,
+        }
+    }
+
+    /// Names of the block-`i` norms: (before attention, after attention, before the MLP, after
+    /// the MLP) under Hugging Face's names — LLaMA calls the pre-MLP norm
+    /// `post_attention_layernorm`, Gemma uses that name for the norm of the attention output.
+    fn norm_names(&self) -> [Option<&'static str>; 4] {
+        if self.extras.sandwich_norm {
+            [
+                Some("input_layernorm"),
+                Some("post_attention_layernorm"),
+                Some("pre_feedforward_layernorm"),
+                Some("post_feedforward_layernorm"),
+            ]
+        } else {
+            [Some("input_layernorm"), None, Some("post_attention_layernorm"), None]
+        }
+    }
 }
 
 mod layout_name {
@@ -123,7 +181,8 @@ impl LlamaConfig {
         let (c, d) = (self.hidden_size, self.head_dim);
         let (q, kv) = (self.n_head * d, self.n_kv_head * d);
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-        let per_layer = 2 * c + c * (q + 2 * kv) + bias + q * c + 3 * c * self.intermediate_size;
+        let norms = c * self.norm_names().iter().flatten().count() + if self.extras.qk_norm { 2 * d } else { 0 };
+        let per_layer = norms + c * (q + 2 * kv) + bias + q * c + 3 * c * self.intermediate_size;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
         self.vocab_size * c + self.n_layer * per_layer + c + head
     }
@@ -141,8 +200,16 @@ struct Block {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
+    /// Per-head norms of queries and keys (QK-norm).
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     o_proj: Linear,
-    post_attention_layernorm: RmsNorm,
+    /// Norm of the attention output (sandwich norm).
+    attn_out_norm: Option<RmsNorm>,
+    /// Norm before the MLP.
+    mlp_norm: RmsNorm,
+    /// Norm of the MLP output (sandwich norm).
+    mlp_out_norm: Option<RmsNorm>,
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
@@ -232,20 +299,32 @@ impl Llama {
                 };
                 Ok(Linear { weight: w, bias })
             };
-            let input_layernorm = RmsNorm::new(store, &join(&p, "input_layernorm"), c.hidden_size, c.rms_norm_eps)?;
+            let [pre_attn, post_attn, pre_mlp, post_mlp] = c.norm_names();
+            let norm = |store: &mut ParamStore, name: Option<&str>, dim: usize| {
+                name.map(|n| RmsNorm::new(store, &join(&p, n), dim, c.rms_norm_eps)).transpose()
+            };
+            let input_layernorm = norm(store, pre_attn, c.hidden_size)?.expect("every block has a pre-attention norm");
             let q_proj = lin(store, "self_attn.q_proj", q, c.hidden_size, c.attention_bias)?;
             let k_proj = lin(store, "self_attn.k_proj", kv, c.hidden_size, c.attention_bias)?;
             let v_proj = lin(store, "self_attn.v_proj", kv, c.hidden_size, c.attention_bias)?;
+            let qk = |n: &'static str| c.extras.qk_norm.then_some(n);
+            let q_norm = norm(store, qk("self_attn.q_norm"), c.head_dim)?;
+            let k_norm = norm(store, qk("self_attn.k_norm"), c.head_dim)?;
             let o_proj = lin(store, "self_attn.o_proj", c.hidden_size, q, false)?;
-            let post_attention_layernorm =
-                RmsNorm::new(store, &join(&p, "post_attention_layernorm"), c.hidden_size, c.rms_norm_eps)?;
+            let attn_out_norm = norm(store, post_attn, c.hidden_size)?;
+            let mlp_norm = norm(store, pre_mlp, c.hidden_size)?.expect("every block has a pre-MLP norm");
+            let mlp_out_norm = norm(store, post_mlp, c.hidden_size)?;
             layers.push(Block {
                 input_layernorm,
                 q_proj,
                 k_proj,
                 v_proj,
+                q_norm,
+                k_norm,
                 o_proj,
-                post_attention_layernorm,
+                attn_out_norm,
+                mlp_norm,
+                mlp_out_norm,
                 gate_proj: lin(store, "mlp.gate_proj", c.intermediate_size, c.hidden_size, false)?,
                 up_proj: lin(store, "mlp.up_proj", c.intermediate_size, c.hidden_size, false)?,
                 down_proj: lin(store, "mlp.down_proj", c.hidden_size, c.intermediate_size, false)?,
@@ -264,14 +343,34 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// `(B, t, C)` → heads `(B, n, t, D)` of projection `p`, rotated when `rope`.
-    fn heads(&self, p: &Linear, x: &Var, n: usize, rope: bool) -> Var {
+    /// `(B, t, C)` → heads `(B, n, t, D)` of projection `p`, each normalised by `norm` (QK-norm)
+    /// and then rotated with RoPE base `rope` when given.
+    fn heads(&self, p: &Linear, x: &Var, n: usize, norm: Option<&RmsNorm>, rope: Option<f64>) -> Var {
         let c = &self.config;
         let (b, t) = (x.shape()[0], x.shape()[1]);
-        let y = p.forward(x).reshape(&[b, t, n, c.head_dim]); // (B, t, n, D)
-        let y =
-            if rope { y.rope(RopeOpts { seq_axis: 1, pos0: 0, base: c.rope_theta, layout: c.rope_layout }) } else { y };
+        let mut y = p.forward(x).reshape(&[b, t, n, c.head_dim]); // (B, t, n, D)
+        if let Some(g) = norm {
+            y = g.forward(&y);
+        }
+        if let Some(base) = rope {
+            y = y.rope(RopeOpts { seq_axis: 1, pos0: 0, base, layout: c.rope_layout });
+        }
         y.permute(&[0, 2, 1, 3])
+    }
+
+    /// The MLP's `down(act(gate h) ⊙ up h)` with SiLU (SwiGLU) or tanh-GELU (GeGLU).
+    fn mlp(&self, blk: &Block, h: &Var) -> Var {
+        let (g, u) = (blk.gate_proj.forward(h), blk.up_proj.forward(h));
+        let a = if self.config.extras.gelu_gate { g.gelu(GeluKind::Tanh).mul(&u) } else { g.swiglu(&u) };
+        blk.down_proj.forward(&a)
+    }
+
+    /// The additive mask of a sliding-window layer over `t` positions: `−∞` where key `j` is
+    /// `window` or more positions before query `i` (the causal part is the attention's own).
+    fn window_mask(t: usize, window: usize) -> Tensor {
+        let m: Vec<f32> =
+            (0..t * t).map(|k| if (k / t).saturating_sub(k % t) >= window { f32::NEG_INFINITY } else { 0.0 }).collect();
+        Tensor::new(m, &[t, t])
     }
 
     /// Logits `(B, T, V)` for token ids `(B, T)`, positions from 0, under autograd: the
@@ -280,16 +379,32 @@ impl Llama {
         let c = &self.config;
         let (b, t) = (idx.dim(0), idx.dim(1));
         let mut x = self.embed_tokens.embedding(idx); // (B, T, C)
-        for blk in &self.layers {
+        if c.extras.embed_scale {
+            x = x.scale((c.hidden_size as f64).sqrt());
+        }
+        let scale = c.extras.query_pre_attn_scalar.map(|s| 1.0 / s.sqrt());
+        for (l, blk) in self.layers.iter().enumerate() {
             let h = blk.input_layernorm.forward(&x);
-            let q = self.heads(&blk.q_proj, &h, c.n_head, true); // (B, H, T, D)
-            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, true); // (B, Hk, T, D)
-            let v = self.heads(&blk.v_proj, &h, c.n_kv_head, false);
-            let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, ..Default::default() });
+            let theta = Some(c.rope_theta_of(l));
+            let q = self.heads(&blk.q_proj, &h, c.n_head, blk.q_norm.as_ref(), theta); // (B, H, T, D)
+            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, blk.k_norm.as_ref(), theta); // (B, Hk, T, D)
+            let v = self.heads(&blk.v_proj, &h, c.n_kv_head, None, None);
+            let mask = match c.extras.sliding_window {
+                Some(w) if c.is_local(l) && t > w => Some(Self::window_mask(t, w)),
+                _ => None,
+            };
+            let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, mask, scale });
             let y = y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c.n_head * c.head_dim]);
-            x = x.add(&blk.o_proj.forward(&y));
-            let h = blk.post_attention_layernorm.forward(&x);
-            x = x.add(&blk.down_proj.forward(&blk.gate_proj.forward(&h).swiglu(&blk.up_proj.forward(&h))));
+            let mut a = blk.o_proj.forward(&y);
+            if let Some(g) = &blk.attn_out_norm {
+                a = g.forward(&a);
+            }
+            x = x.add(&a);
+            let mut m = self.mlp(blk, &blk.mlp_norm.forward(&x));
+            if let Some(g) = &blk.mlp_out_norm {
+                m = g.forward(&m);
+            }
+            x = x.add(&m);
         }
         self.head().linear(&self.norm.forward(&x), None) // (B, T, V); tied: x·Eᵀ
     }
@@ -319,10 +434,12 @@ impl Llama {
     /// final hidden states in `s.scratch.x`.
     fn piece(&self, s: &mut Session, batch: &Batch, (t0, t1): (usize, usize), pool: &SpinPool) {
         let c = &self.config;
+        let x = &c.extras;
         let t = t1 - t0;
         let (dim, hd, nh, nkv, ffn) = (c.hidden_size, c.head_dim, c.n_head, c.n_kv_head, c.intermediate_size);
         let (qd, kvd, half) = (nh * hd, nkv * hd, hd / 2);
         let eps = c.rms_norm_eps as f32;
+        let local_angles = x.rope_local_theta.is_some();
         let mut sc = std::mem::take(&mut s.scratch);
         for (buf, w) in [
             (&mut sc.x, dim),
@@ -330,31 +447,47 @@ impl Llama {
             (&mut sc.q, qd),
             (&mut sc.k, kvd),
             (&mut sc.v, kvd),
-            (&mut sc.att, qd),
+            (&mut sc.att, qd.max(dim)),
             (&mut sc.g, ffn),
             (&mut sc.u, ffn),
             (&mut sc.cos, half),
             (&mut sc.sin, half),
+            (&mut sc.cos_local, if local_angles { half } else { 0 }),
+            (&mut sc.sin_local, if local_angles { half } else { 0 }),
         ] {
             fit(buf, t * w);
         }
+        let embed_scale = (dim as f32).sqrt();
         for (i, &tok) in batch.tokens()[t0..t1].iter().enumerate() {
-            self.embed_tokens.row_into(tok as usize, &mut sc.x[i * dim..(i + 1) * dim]);
-            let p = s.plan.pos[t0 + i];
-            rope_angles(
-                p,
-                hd,
-                c.rope_theta,
-                &mut sc.cos[i * half..(i + 1) * half],
-                &mut sc.sin[i * half..(i + 1) * half],
-            );
-        }
-        let rotate = |buf: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]| {
-            for (i, row) in buf[..t * heads * hd].chunks_exact_mut(heads * hd).enumerate() {
-                let (cr, sr) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
-                row.chunks_exact_mut(hd).for_each(|head| rope_row_inplace(head, cr, sr, c.rope_layout));
+            let row = &mut sc.x[i * dim..(i + 1) * dim];
+            self.embed_tokens.row_into(tok as usize, row);
+            if x.embed_scale {
+                simd::scale(row, embed_scale);
             }
-        };
+            let p = s.plan.pos[t0 + i];
+            let r = i * half..(i + 1) * half;
+            rope_angles(p, hd, c.rope_theta, &mut sc.cos[r.clone()], &mut sc.sin[r.clone()]);
+            if let Some(theta) = x.rope_local_theta {
+                rope_angles(p, hd, theta, &mut sc.cos_local[r.clone()], &mut sc.sin_local[r]);
+            }
+        }
+        // QK-norm (when `g`), then RoPE, over each head of `heads` per token; `tmp` holds a head.
+        let rotate =
+            |buf: &mut [f32], heads: usize, g: Option<&RmsNorm>, (cos, sin): (&[f32], &[f32]), tmp: &mut [f32]| {
+                let norm = |head: &mut [f32], tmp: &mut [f32]| {
+                    if let Some(g) = g {
+                        tmp[..hd].copy_from_slice(head);
+                        g.weight.value().with_slice(|w: &[f32]| rmsnorm_row(head, &tmp[..hd], w, eps));
+                    }
+                };
+                for (i, row) in buf[..t * heads * hd].chunks_exact_mut(heads * hd).enumerate() {
+                    let (cr, sr) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                    for head in row.chunks_exact_mut(hd) {
+                        norm(head, tmp);
+                        rope_row_inplace(head, cr, sr, c.rope_layout);
+                    }
+                }
+            };
         let norm_rows = |g: &RmsNorm, x: &[f32], y: &mut [f32]| {
             g.weight.value().with_slice(|w: &[f32]| {
                 for (xr, yr) in x[..t * dim].chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
@@ -362,6 +495,7 @@ impl Llama {
                 }
             });
         };
+        let scale = x.query_pre_attn_scalar.map(|q| 1.0 / (q as f32).sqrt());
         for (l, blk) in self.layers.iter().enumerate() {
             // attention half: x += Wo · attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x)
             norm_rows(&blk.input_layernorm, &sc.x, &mut sc.h);
@@ -372,19 +506,37 @@ impl Llama {
                     engine::add_bias(&mut out[..t * p.weight.rows()], b);
                 }
             }
-            rotate(&mut sc.q, nh, &sc.cos, &sc.sin);
-            rotate(&mut sc.k, nkv, &sc.cos, &sc.sin);
+            let local = c.is_local(l);
+            let angles =
+                if local && local_angles { (&sc.cos_local[..], &sc.sin_local[..]) } else { (&sc.cos[..], &sc.sin[..]) };
+            rotate(&mut sc.q, nh, blk.q_norm.as_ref(), angles, &mut sc.h);
+            rotate(&mut sc.k, nkv, blk.k_norm.as_ref(), angles, &mut sc.h);
             s.write_kv(l, t0, &sc.k[..t * kvd], &sc.v[..t * kvd]);
-            s.attention(l, nh, (t0, t1), &sc.q, &mut sc.att, pool);
+            let spec = AttnSpec { scale, window: if local { x.sliding_window } else { None } };
+            s.attention(l, nh, (t0, t1), &sc.q, &mut sc.att, spec, pool);
             engine::matmul(&blk.o_proj.weight, &sc.att, t, &mut sc.acts, &mut sc.h, pool);
-            engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
-            // MLP half: x += down(silu(gate h) ⊙ up h), h = rmsnorm(x)
-            norm_rows(&blk.post_attention_layernorm, &sc.x, &mut sc.h);
+            if let Some(g) = &blk.attn_out_norm {
+                norm_rows(g, &sc.h, &mut sc.att);
+                engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
+            } else {
+                engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
+            }
+            // MLP half: x += down(act(gate h) ⊙ up h), h = rmsnorm(x)
+            norm_rows(&blk.mlp_norm, &sc.x, &mut sc.h);
             let gate_up = [&blk.gate_proj.weight, &blk.up_proj.weight];
             engine::matmul_many(&gate_up, &sc.h, t, &mut sc.acts, &mut [&mut sc.g, &mut sc.u], pool);
-            simd::swiglu_inplace(&mut sc.g[..t * ffn], &sc.u[..t * ffn]);
+            if x.gelu_gate {
+                simd::geglu_tanh_inplace(&mut sc.g[..t * ffn], &sc.u[..t * ffn]);
+            } else {
+                simd::swiglu_inplace(&mut sc.g[..t * ffn], &sc.u[..t * ffn]);
+            }
             engine::matmul(&blk.down_proj.weight, &sc.g, t, &mut sc.acts, &mut sc.h, pool);
-            engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
+            if let Some(g) = &blk.mlp_out_norm {
+                norm_rows(g, &sc.h, &mut sc.att);
+                engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
+            } else {
+                engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
+            }
         }
         s.scratch = sc;
     }
@@ -455,6 +607,7 @@ mod tests {
             max_seq_len: 32,
             tie_word_embeddings: tie,
             attention_bias: bias,
+            extras: Extras::default(),
         }
     }
 
@@ -468,8 +621,10 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_the_store() {
-        for (bias, tie) in [(false, true), (true, false)] {
-            let cfg = tiny(RopeLayout::HalfSplit, bias, tie);
+        for (bias, tie, gemma) in [(false, true, false), (true, false, false), (false, true, true)] {
+            let mut cfg = tiny(RopeLayout::HalfSplit, bias, tie);
+            cfg.extras.qk_norm = gemma;
+            cfg.extras.sandwich_norm = gemma;
             let mut store = ParamStore::new();
             Llama::new(cfg.clone(), &mut store).unwrap();
             assert_eq!(store.num_params(), cfg.num_params());
@@ -480,17 +635,33 @@ mod tests {
 
     /// The engine (paged KV cache, blocks of 4, a prefill of 5 with every row's logits, then
     /// one token at a time) gives the training forward's logits at every position — with f32
-    /// parameters and with the matrices stored as Q8_0 (the forward then uses the same
+    /// parameters, with Gemma 3's extras (sliding window included), and with the matrices
+    /// stored as Q8_0 (the forward then uses the same
     /// dequantized values; the engine's 16-bit activations differ by rounding).
     #[test]
     fn engine_decoding_matches_the_training_forward_at_every_step() {
         use crate::engine::{Batch, Logits, SessionOpts};
-        for (layout, bias, tie, quantized) in [
-            (RopeLayout::HalfSplit, true, false, false),
-            (RopeLayout::Interleaved, false, true, false),
-            (RopeLayout::HalfSplit, true, false, true),
+        for (layout, bias, tie, quantized, gemma) in [
+            (RopeLayout::HalfSplit, true, false, false, false),
+            (RopeLayout::Interleaved, false, true, false, false),
+            (RopeLayout::HalfSplit, true, false, true, false),
+            (RopeLayout::HalfSplit, false, true, false, true),
         ] {
             let mut cfg = tiny(layout, bias, tie);
+            if gemma {
+                // every Gemma 3 extra, with a 3-position window on every other layer (the
+                // 11-token sequence outgrows it) and a different RoPE base there
+                cfg.extras = Extras {
+                    embed_scale: true,
+                    qk_norm: true,
+                    sandwich_norm: true,
+                    gelu_gate: true,
+                    query_pre_attn_scalar: Some(2.0),
+                    sliding_window: Some(3),
+                    sliding_window_pattern: 2,
+                    rope_local_theta: Some(100.0),
+                };
+            }
             if quantized {
                 cfg.hidden_size = 32; // whole blocks of 32 for Q8_0
                 cfg.intermediate_size = 64;

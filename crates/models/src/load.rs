@@ -13,7 +13,7 @@
 
 use crate::chat::ChatTemplate;
 use crate::gpt::{Gpt, GptConfig};
-use crate::llama::{Llama, LlamaConfig};
+use crate::llama::{Extras, Llama, LlamaConfig};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -127,9 +127,9 @@ pub fn load_pretrained_with(path: &Path, opts: LoadOptions) -> Result<Pretrained
 /// The model configuration a GGUF file describes (`{arch}.*` keys, llama.cpp's names).
 pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let arch = f.get_str("general.architecture")?;
-    if !matches!(arch, "llama" | "qwen2" | "mistral") {
+    if !matches!(arch, "llama" | "qwen2" | "mistral" | "gemma3") {
         return Err(LoadError::Config(format!(
-            "{}: architecture {arch:?} is not LLaMA-family (llama, qwen2, mistral are supported)",
+            "{}: architecture {arch:?} is not LLaMA-family (llama, qwen2, mistral, gemma3 are supported)",
             f.origin()
         )));
     }
@@ -151,25 +151,56 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     let rope_theta =
         if f.get(&key("rope.freq_base")).is_some() { f.get_f64(&key("rope.freq_base"))? } else { 10_000.0 };
+    let n_layer = f.get_usize(&key("block_count"))?;
+    let extras = if arch == "gemma3" { gemma3_extras(f, n_layer, hidden_size, n_head)? } else { Extras::default() };
     let cfg = LlamaConfig {
         vocab_size,
         hidden_size,
         intermediate_size: f.get_usize(&key("feed_forward_length"))?,
-        n_layer: f.get_usize(&key("block_count"))?,
+        n_layer,
         n_head,
         n_kv_head,
         head_dim,
         rope_theta,
-        // llama.cpp's converter permutes q/k rows so that RoPE rotates adjacent pairs; Qwen2
-        // files keep the Hugging Face order and llama.cpp runs them in "NeoX" (half-split) mode.
-        rope_layout: if arch == "qwen2" { RopeLayout::HalfSplit } else { RopeLayout::Interleaved },
+        // llama.cpp's converter permutes LLaMA's and Mistral's q/k rows so that RoPE rotates
+        // adjacent pairs; Qwen2 and Gemma files keep the Hugging Face order, which llama.cpp
+        // runs in "NeoX" (half-split) mode.
+        rope_layout: if matches!(arch, "qwen2" | "gemma3") { RopeLayout::HalfSplit } else { RopeLayout::Interleaved },
         rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
         max_seq_len: f.get_usize(&key("context_length"))?,
         tie_word_embeddings: f.tensor_info("output.weight").is_err(),
         attention_bias: f.tensor_info("blk.0.attn_q.bias").is_ok(),
+        extras,
     };
     cfg.validate().map_err(|e| LoadError::Config(format!("{}: {e}", f.origin())))?;
     Ok(cfg)
+}
+
+/// Gemma 3's additions, as llama.cpp reads them: `√C` embedding scale, QK-norm, sandwich
+/// norms, GeGLU, and local layers (five of every six) with a sliding window and RoPE base
+/// 10 000 — the pattern and the local base are fixed by the architecture, not stored in the
+/// file. The attention scale is `1/√D`, except for the 27B model (62 layers: `1/√(C/H)`).
+/// Gemma 3 has no logit soft-capping; a file that asks for it is refused.
+fn gemma3_extras(f: &GgufFile, n_layer: usize, hidden: usize, n_head: usize) -> Result<Extras, LoadError> {
+    for k in ["gemma3.final_logit_softcapping", "gemma3.attn_logit_softcapping"] {
+        if f.get(k).is_some() && f.get_f64(k)? != 0.0 {
+            return Err(LoadError::Config(format!("{}: {k} is set; logit soft-capping is not supported", f.origin())));
+        }
+    }
+    let window = match f.get("gemma3.attention.sliding_window") {
+        Some(_) => Some(f.get_usize("gemma3.attention.sliding_window")?).filter(|&w| w > 0),
+        None => None,
+    };
+    Ok(Extras {
+        embed_scale: true,
+        qk_norm: true,
+        sandwich_norm: true,
+        gelu_gate: true,
+        query_pre_attn_scalar: (n_layer == 62).then(|| (hidden / n_head.max(1)) as f64),
+        sliding_window: window,
+        sliding_window_pattern: 6,
+        rope_local_theta: window.map(|_| 10_000.0),
+    })
 }
 
 /// The one name table: llama.cpp's GGUF tensor name for each of ours (Hugging Face's).
@@ -183,11 +214,25 @@ pub fn gguf_name_map(cfg: &LlamaConfig) -> Vec<(String, String)> {
             ("self_attn.k_proj.weight", "attn_k.weight"),
             ("self_attn.v_proj.weight", "attn_v.weight"),
             ("self_attn.o_proj.weight", "attn_output.weight"),
-            ("post_attention_layernorm.weight", "ffn_norm.weight"),
             ("mlp.gate_proj.weight", "ffn_gate.weight"),
             ("mlp.up_proj.weight", "ffn_up.weight"),
             ("mlp.down_proj.weight", "ffn_down.weight"),
         ];
+        if cfg.extras.sandwich_norm {
+            pairs.extend([
+                ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+                ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+                ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+            ]);
+        } else {
+            pairs.push(("post_attention_layernorm.weight", "ffn_norm.weight"));
+        }
+        if cfg.extras.qk_norm {
+            pairs.extend([
+                ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+                ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+            ]);
+        }
         if cfg.attention_bias {
             pairs.extend([
                 ("self_attn.q_proj.bias", "attn_q.bias"),
@@ -285,6 +330,12 @@ impl GgufChatParts {
         let bos = opt_id("tokenizer.ggml.bos_token_id")?;
         let mut eos: Vec<u32> = opt_id("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         eos.extend(opt_id("tokenizer.ggml.eot_token_id")?.filter(|e| !eos.contains(e)));
+        // llama.cpp also ends generation at any token whose text says so (Gemma's <end_of_turn>).
+        for &(ref text, id) in tokenizer.specials() {
+            if EOG_TEXTS.contains(&text.as_str()) && !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
         let add_bos = matches!(f.get("tokenizer.ggml.add_bos_token"), Some(yuanli_gguf::Value::Bool(true)));
         let token_text = |id: Option<u32>| id.map(|i| token_text(&tokenizer, i)).unwrap_or_default();
         let chat_template = match f.get("tokenizer.chat_template") {
@@ -320,13 +371,56 @@ fn token_text(t: &Tokenizer, id: u32) -> String {
     }
 }
 
-/// The byte-level BPE tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys.
+/// Token texts llama.cpp treats as ending generation wherever they appear in a vocabulary,
+/// and as control tokens even when the file types them otherwise (Gemma's `</s>` is
+/// "user-defined" in the file).
+pub const EOG_TEXTS: [&str; 11] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "</s>",
+];
+
+/// GGUF token types with llama.cpp's override: an end-of-generation text is a control token (3).
+fn token_types(f: &GgufFile, tokens: &[String]) -> Result<Vec<i64>, LoadError> {
+    let mut types = match f.get("tokenizer.ggml.token_type") {
+        Some(_) => f.get_ints("tokenizer.ggml.token_type")?,
+        None => vec![1; tokens.len()],
+    };
+    if types.len() != tokens.len() {
+        return Err(LoadError::Config(format!(
+            "{}: {} token types for {} tokens",
+            f.origin(),
+            types.len(),
+            tokens.len()
+        )));
+    }
+    for (t, ty) in tokens.iter().zip(types.iter_mut()) {
+        if EOG_TEXTS.contains(&t.as_str()) {
+            *ty = 3;
+        }
+    }
+    Ok(types)
+}
+
+/// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys: byte-level BPE (`gpt2`) or
+/// SentencePiece-style BPE by scores (`llama`: LLaMA 1/2, Mistral, Gemma).
 pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer, LoadError> {
     let origin = f.origin().to_string();
     let model = f.get_str("tokenizer.ggml.model")?;
+    if model == "llama" {
+        return spm_tokenizer_from_gguf(f);
+    }
     if model != "gpt2" {
         return Err(LoadError::Config(format!(
-            "{origin}: tokenizer.ggml.model = {model:?}; only byte-level BPE (\"gpt2\") is supported"
+            "{origin}: tokenizer.ggml.model = {model:?}; byte-level BPE (\"gpt2\") and SentencePiece (\"llama\") are supported"
         )));
     }
     let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
@@ -341,13 +435,7 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer, LoadError> {
     };
     let tokens = f.get_strings("tokenizer.ggml.tokens")?;
     let merges = f.get_strings("tokenizer.ggml.merges")?;
-    let types = match f.get("tokenizer.ggml.token_type") {
-        Some(_) => f.get_ints("tokenizer.ggml.token_type")?,
-        None => vec![1; tokens.len()],
-    };
-    if types.len() != tokens.len() {
-        return Err(LoadError::Config(format!("{origin}: {} token types for {} tokens", types.len(), tokens.len())));
-    }
+    let types = token_types(f, &tokens)?;
     // Control (3) and user-defined (4) tokens are specials: matched whole in text, never merged.
     let specials: Vec<(String, u32)> = tokens
         .iter()
@@ -357,6 +445,18 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer, LoadError> {
         .map(|(id, (tok, _))| (tok.clone(), id as u32))
         .collect();
     yuanli_tokenizer::formats::from_byte_level_strings(&tokens, &merges, pattern, &specials)
+        .map_err(|source| LoadError::Tokenizer { origin, source })
+}
+
+/// A SentencePiece-style tokenizer from `tokenizer.ggml.tokens`, `scores` and `token_type`;
+/// `add_space_prefix` as the file says (llama.cpp's default for this model: true).
+fn spm_tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer, LoadError> {
+    let origin = f.origin().to_string();
+    let tokens = f.get_strings("tokenizer.ggml.tokens")?;
+    let scores: Vec<f32> = f.get_floats("tokenizer.ggml.scores")?.into_iter().map(|x| x as f32).collect();
+    let types: Vec<i32> = token_types(f, &tokens)?.into_iter().map(|t| t.clamp(0, 255) as i32).collect();
+    let add_space_prefix = !matches!(f.get("tokenizer.ggml.add_space_prefix"), Some(yuanli_gguf::Value::Bool(false)));
+    Tokenizer::from_spm(&tokens, &scores, &types, add_space_prefix)
         .map_err(|source| LoadError::Tokenizer { origin, source })
 }
 
@@ -393,6 +493,7 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
         max_seq_len: get("max_position_embeddings")?,
         tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
         attention_bias: model_type == "qwen2" || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
+        extras: Extras::default(),
     };
     if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
         return Err(bad("rope_scaling is not supported yet".into()));

@@ -26,6 +26,7 @@ fn config() -> LlamaConfig {
         max_seq_len: 64,
         tie_word_embeddings: false,
         attention_bias: true,
+        extras: Default::default(),
     }
 }
 

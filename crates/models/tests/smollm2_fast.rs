@@ -62,7 +62,7 @@ fn fast_path_perplexity_is_within_half_a_percent_of_llama_cpp_on_the_q4_1_file()
     let ids = fast.tokenizer.encode(&text, SpecialMode::AsText).unwrap();
     // Four chunks keep the test short; `yuanli perplexity` runs all sixteen (37.633 vs 37.646).
     let chunks = 4;
-    let p = yuanli_models::eval::perplexity(&fast.model, &ids, 512, chunks, &mut |_, _| {}).unwrap();
+    let p = yuanli_models::eval::perplexity(&fast.model, &ids, None, 512, chunks, &mut |_, _| {}).unwrap();
     let want: f64 = q["chunk_nll"].as_array().unwrap()[..chunks].iter().map(|x| x.as_f64().unwrap()).sum();
     let want_ppl = (want / p.count as f64).exp();
     let rel = (p.ppl / want_ppl - 1.0).abs();

@@ -181,7 +181,7 @@ fn perplexity_matches_llama_cpp_chunk_by_chunk() {
     let ctx = r["ctx"].as_u64().unwrap() as usize;
     // Four of the sixteen chunks keep the test short; `yuanli perplexity` runs them all.
     let chunks = 4;
-    let p = yuanli_models::eval::perplexity(&m.model, &ids, ctx, chunks, &mut |_, _| {}).unwrap();
+    let p = yuanli_models::eval::perplexity(&m.model, &ids, None, ctx, chunks, &mut |_, _| {}).unwrap();
     for (i, (ours, want)) in p.chunk_nll.iter().zip(r["chunk_nll"].as_array().unwrap()).enumerate() {
         let want = want.as_f64().unwrap();
         // 0.5% in perplexity is 0.005 nats per token: 255 tokens make 1.3 nats a chunk.

@@ -41,6 +41,7 @@ fn eight_threads_on_a_small_random_model_decode_as_if_alone() {
         max_seq_len: 128,
         tie_word_embeddings: true,
         attention_bias: false,
+        extras: Default::default(),
     };
     let mut store = ParamStore::frozen();
     let m = Llama::new(cfg, &mut store).unwrap();

@@ -35,6 +35,8 @@
 
 use half::{bf16, f16};
 
+mod kquant;
+
 /// A storage format for weights, numbered as GGML numbers them (`ggml_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuantType {
@@ -640,14 +642,18 @@ impl QMatrix {
 }
 
 /// Quantizes `x` (a whole number of blocks) to `ty` ∈ {F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
-/// Q5_1}, appending the bytes to `out`, with GGML's reference rounding:
+/// Q5_1, Q4_K, Q5_K, Q6_K}, appending the bytes to `out`, with GGML's reference rounding:
 /// - `Q8_0`: `d = max|x|/127`, `q = round(x/d)`;
 /// - `Q4_0`: `d = x_m/−8` with `x_m` the value of largest magnitude (sign kept), so that
 ///   value maps to the end of the range; `q = min(15, trunc(x/d + 8.5))`;
 /// - `Q4_1`: `d = (max − min)/15`, `m = min`, `q = min(15, trunc((x − min)/d + 0.5))`;
 /// - `Q5_0` and `Q5_1`: the same with −16, 16.5 and 31 (the fifth bits packed into `qh`).
 ///
-/// Returns `None` for the K-quants (their encoders search for scales; not needed here).
+/// - `Q4_K`, `Q5_K`, `Q6_K`: llama.cpp's reference quantizers, which search each sub-block's
+///   scale (and minimum) by least squares over a few grids — see `quant/kquant.rs`.
+///
+/// Returns `None` for the other types (`Q2_K`, `Q3_K`, the i-quants and ternary types are
+/// read but not written).
 #[track_caller]
 pub fn quantize_row(ty: QuantType, x: &[f32], out: &mut Vec<u8>) -> Option<()> {
     assert!(
@@ -709,6 +715,9 @@ pub fn quantize_row(ty: QuantType, x: &[f32], out: &mut Vec<u8>) -> Option<()> {
                 put_q5(out, blk, |v| (((v - lo) * inv + 0.5) as u8).min(31));
             }
         }
+        QuantType::Q4K => x.chunks_exact(256).for_each(|b| kquant::put_q4_k(out, b)),
+        QuantType::Q5K => x.chunks_exact(256).for_each(|b| kquant::put_q5_k(out, b)),
+        QuantType::Q6K => x.chunks_exact(256).for_each(|b| kquant::put_q6_k(out, b)),
         _ => return None,
     }
     Some(())
@@ -738,6 +747,27 @@ mod tests {
                 assert_eq!(t.ggml_id(), id);
                 assert_eq!(QuantType::from_name(t.name()), Some(t));
             }
+        }
+    }
+
+    #[test]
+    fn k_quant_encoders_round_trip_with_small_error() {
+        // Two blocks: normal values (with a zeroed sub-block) and an all-zero block.
+        let mut rng = Rng::new(11);
+        let mut x: Vec<f32> = (0..512).map(|i| if i < 256 { rng.normal() as f32 } else { 0.0 }).collect();
+        x[32..64].fill(0.0);
+        let rms = (x[..256].iter().map(|v| v * v).sum::<f32>() / 256.0).sqrt();
+        // Relative RMS error bounds: about half a step of each type's codes.
+        for (ty, bound) in [(QuantType::Q4K, 0.12), (QuantType::Q5K, 0.06), (QuantType::Q6K, 0.03)] {
+            let mut bytes = Vec::new();
+            quantize_row(ty, &x, &mut bytes).unwrap();
+            assert_eq!(bytes.len(), 2 * ty.block_bytes());
+            let mut y = vec![0f32; x.len()];
+            dequantize_row(ty, &bytes, &mut y);
+            let err = (x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / 256.0).sqrt();
+            assert!(err < bound * rms, "{ty}: rms error {err} vs rms {rms}");
+            assert!(y[256..].iter().all(|&v| v == 0.0), "{ty}: a zero block decodes to zeros");
+            assert!(y[32..64].iter().all(|&v| v.abs() < 1e-6), "{ty}: a zero sub-block decodes to zeros");
         }
     }
 

@@ -34,6 +34,8 @@ use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+pub mod spm;
+
 /// What to do with special-token strings (such as `<|endoftext|>`) found in the text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecialMode {
@@ -81,6 +83,9 @@ pub struct Tokenizer {
     specials: Vec<(String, u32)>,
     /// Step 2 of encoding: a chunk that is a token is encoded as that token.
     ignore_merges: bool,
+    /// Set for a SentencePiece-style tokenizer ([`Tokenizer::from_spm`]), which encodes by
+    /// piece scores instead of the merge table.
+    spm: Option<Box<spm::Spm>>,
 }
 
 impl Tokenizer {
@@ -233,6 +238,7 @@ impl Tokenizer {
             merge_list: None,
             specials,
             ignore_merges: true,
+            spm: None,
         })
     }
 
@@ -380,6 +386,9 @@ impl Tokenizer {
 
     /// Encodes text, treating special-token strings as ordinary text.
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
+        if self.spm.is_some() {
+            return self.encode(text, SpecialMode::AsText);
+        }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         ChunkEncoder::new(self).encode_text(text, &mut out)?;
         Ok(out)
@@ -393,6 +402,10 @@ impl Tokenizer {
     /// [`Tokenizer::encode`] with a given chunk encoder (and so its cache).
     fn encode_with<'a>(&self, enc: &mut ChunkEncoder<'_, 'a>, text: &'a str, mode: SpecialMode) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        if let Some(spm) = &self.spm {
+            spm.encode(self, text, mode, &mut out)?;
+            return Ok(out);
+        }
         if mode == SpecialMode::AsText || self.specials.is_empty() {
             enc.encode_text(text, &mut out)?;
             return Ok(out);
@@ -423,7 +436,7 @@ impl Tokenizer {
     /// Gives exactly [`Tokenizer::encode_ordinary`]'s ids.
     pub fn encode_ordinary_parallel(&self, text: &str) -> Result<Vec<u32>> {
         let threads = rayon::current_num_threads();
-        if threads == 1 || !self.pattern().splits_after_newline() || text.len() < 1 << 16 {
+        if threads == 1 || self.spm.is_some() || !self.pattern().splits_after_newline() || text.len() < 1 << 16 {
             return self.encode_ordinary(text);
         }
         let pieces = cut_at_lines(text, threads * 4);

@@ -534,6 +534,15 @@ fn swiglu_inplace_impl(gate: &mut [f32], up: &[f32]) {
 }
 
 #[inline(always)]
+fn geglu_tanh_inplace_impl(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let v = *g;
+        let t = tanh_f32(GELU_K * (v + GELU_C * v * v * v));
+        *g = 0.5 * v * (1.0 + t) * u;
+    }
+}
+
+#[inline(always)]
 fn scale_impl(x: &mut [f32], s: f32) {
     for v in x.iter_mut() {
         *v *= s;
@@ -624,6 +633,11 @@ dispatch! {
     /// `gate ← silu(gate) ⊙ up` (SwiGLU in place, the fast exp: the inference engine's; the
     /// autograd op uses [`super::swiglu_forward`], the same formula).
     swiglu_inplace, swiglu_inplace_at => swiglu_inplace_impl(gate: &mut [f32], up: &[f32])
+}
+dispatch! {
+    /// `gate ← gelu_tanh(gate) ⊙ up` (GeGLU in place: Gemma's MLP in the inference engine;
+    /// the same formula as [`gelu_tanh_forward`]).
+    geglu_tanh_inplace, geglu_tanh_inplace_at => geglu_tanh_inplace_impl(gate: &mut [f32], up: &[f32])
 }
 dispatch! {
     /// `x ← s·x`.
