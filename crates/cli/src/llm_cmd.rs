@@ -15,7 +15,13 @@ pub(crate) use yuanli_infer::Model;
 /// Loads `path` (a `.gguf` file, a Hugging Face directory or a `yuanli train` checkpoint); a
 /// GGUF file runs on its quantized weights unless `exact`.
 pub(crate) fn open_model(path: &Path, exact: bool) -> Result<Model> {
-    Model::open(path, OpenOptions { exact }).with_context(|| format!("loading {}", path.display()))
+    open_model_with(path, exact, None)
+}
+
+/// [`open_model`] with a LoRA adapter (a PEFT directory) on top.
+pub(crate) fn open_model_with(path: &Path, exact: bool, lora: Option<&Path>) -> Result<Model> {
+    let opts = OpenOptions { exact, lora: lora.map(Path::to_path_buf) };
+    Model::open(path, opts).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Sampling flags shared by `generate` and `chat`.
@@ -109,6 +115,10 @@ pub(crate) struct GenerateArgs {
     /// against float64 transformers and llama.cpp) instead of the fast quantized kernels.
     #[arg(long)]
     exact: bool,
+    /// A LoRA adapter to apply: a directory in PEFT's format (adapter_config.json +
+    /// adapter_model.safetensors), from PEFT or from yuanli.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// Print one JSON object `{"token_ids", "text", "prefill_tok_s", "decode_tok_s"}`
     /// (generated tokens only) instead of streaming.
     #[arg(long)]
@@ -116,7 +126,7 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn generate_cmd(args: &GenerateArgs) -> Result<()> {
-    let model = open_model(&args.model, args.exact)?;
+    let model = open_model_with(&args.model, args.exact, args.lora.as_deref())?;
     let (text, specials) = if args.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &args.system {
@@ -169,10 +179,14 @@ pub(crate) struct ChatArgs {
     /// Run a GGUF model on its weights dequantized to f32 instead of the quantized kernels.
     #[arg(long)]
     exact: bool,
+    /// A LoRA adapter to apply: a directory in PEFT's format (adapter_config.json +
+    /// adapter_model.safetensors), from PEFT or from yuanli.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
 }
 
 pub(crate) fn chat_cmd(args: &ChatArgs) -> Result<()> {
-    let model = open_model(&args.model, args.exact)?;
+    let model = open_model_with(&args.model, args.exact, args.lora.as_deref())?;
     let mut chat = Chat::new(&model, args.system.clone()).context("chat needs a model with a chat template")?;
     if !model.description.is_empty() {
         eprintln!("{}", model.description);
@@ -248,6 +262,10 @@ pub(crate) struct PerplexityArgs {
     /// Run a GGUF model on its weights dequantized to f32 instead of the quantized kernels.
     #[arg(long)]
     exact: bool,
+    /// A LoRA adapter to apply: a directory in PEFT's format (adapter_config.json +
+    /// adapter_model.safetensors), from PEFT or from yuanli.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -257,7 +275,7 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
     if args.ctx < 4 {
         bail!("--ctx must be at least 4");
     }
-    let model = open_model(&args.model, args.exact)?;
+    let model = open_model_with(&args.model, args.exact, args.lora.as_deref())?;
     if args.ctx > model.lm().context_len() {
         bail!("--ctx {} exceeds the model's context of {}", args.ctx, model.lm().context_len());
     }

@@ -398,29 +398,12 @@ fn is_hf_dir(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("config.json")).is_ok_and(|s| s.contains("\"model_type\""))
 }
 
-/// llama.cpp's row order for the query (or key) matrix of `heads` heads of `hd` rows in a
-/// `llama` GGUF file: within each head, row `j·hd/2 + i` (half `j` of rotation pair `i`, the
-/// half-split layout of Hugging Face) moves to row `2i + j` (pairs adjacent, the interleaved
-/// layout llama.cpp's RoPE rotates). Works for a bias too (`cols = 1`).
-fn interleave_rope_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let (src, dst) = (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j);
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 /// A Hugging Face LLaMA-family directory (safetensors + `config.json` + `tokenizer.json`) as the
 /// GGUF file llama.cpp's converter would write: architecture `llama` (LLaMA, Mistral; the q/k
 /// rows reordered for its interleaved RoPE) or `qwen2`, hyper-parameters under `{arch}.*`,
 /// the byte-level BPE vocabulary, special ids and chat template under `tokenizer.*`.
 fn from_hf_dir(dir: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<Written>)> {
-    use yuanli_models::load::{gguf_name_map, load_pretrained_with, LoadOptions};
+    use yuanli_models::load::{gguf_name_map, interleave_rope_rows, load_pretrained_with, LoadOptions};
     let origin = dir.display().to_string();
     let p = load_pretrained_with(dir, LoadOptions::exact()).with_context(|| format!("loading {origin}"))?;
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
@@ -477,9 +460,9 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<
         if arch == "llama" {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
             if ours.contains("self_attn.q_proj") {
-                values = interleave_rope_rows(&values, c.n_head, c.head_dim, cols);
+                values = interleave_rope_rows(&values, c.n_head, c.head_dim, cols, false);
             } else if ours.contains("self_attn.k_proj") {
-                values = interleave_rope_rows(&values, c.n_kv_head, c.head_dim, cols);
+                values = interleave_rope_rows(&values, c.n_kv_head, c.head_dim, cols, false);
             }
         }
         Ok((shape, values))

@@ -271,6 +271,21 @@ fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
         let (la, lb) = (a.model.forward(&x).value().to_vec::<f32>(), b.model.forward(&x).value().to_vec::<f32>());
         let worst = la.iter().zip(&lb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-4, "{name}: logits differ by {worst}");
+        if name == "llama" {
+            // a PEFT adapter (Hugging Face row order) on the GGUF model (llama.cpp's q/k row
+            // order) gives PEFT's logits: lora_B of q_proj and k_proj is reordered on loading
+            let peft = repo().join("crates/models/testdata/peft/from_peft");
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(peft.join("reference.json")).unwrap()).unwrap();
+            let mut b = b;
+            b.store.set_trainable(|n, _| n.contains(".lora_"));
+            yuanli_models::peft::load_adapter(&peft, &mut b.model, &mut b.store).unwrap();
+            let ids: Vec<u32> = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let got = b.model.forward(&Tensor::new(ids.clone(), &[1, ids.len()])).value().to_vec::<f32>();
+            let want = r["logits"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().clone());
+            let worst = got.iter().zip(want).map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs()).fold(0f64, f64::max);
+            assert!(worst < 1e-4, "PEFT adapter on the GGUF model: logits differ from PEFT's by {worst}");
+        }
         // and a quantized preset of it loads and runs
         let q = dir.join(format!("{name}.q8_0.gguf"));
         yuanli(&["quantize", "--in", &src.display().to_string(), "--type", "q8_0", "--out", &q.display().to_string()]);

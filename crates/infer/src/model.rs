@@ -3,7 +3,7 @@
 use crate::stream::TextStream;
 use crate::{InferError, Result};
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use yuanli_data::Shard;
 use yuanli_models::gguf::GgufFile;
@@ -78,11 +78,13 @@ pub enum ModelKind {
 }
 
 /// How to open a model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenOptions {
     /// Dequantize a GGUF file's weights to f32 (the path checked token for token against
     /// float64 transformers and llama.cpp) instead of reading them in place.
     pub exact: bool,
+    /// A LoRA adapter in PEFT's format (a directory with `adapter_config.json`) to apply.
+    pub lora: Option<PathBuf>,
 }
 
 /// A loaded model and everything needed to talk to it.
@@ -149,14 +151,28 @@ pub struct TextGeneration {
     pub finish: Finish,
 }
 
+/// LoRA adapters apply to LLaMA-family models only.
+fn no_adapter(opts: &OpenOptions, path: &Path) -> Result<()> {
+    match &opts.lora {
+        Some(dir) => Err(InferError::Usage(format!(
+            "{}: a LoRA adapter ({}) needs a LLaMA-family model (GGUF or Hugging Face), not a GPT",
+            path.display(),
+            dir.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Model {
     /// Loads `path`: a `.gguf` file (LLaMA-family, or a GPT-2 written by `yuanli quantize`), a
     /// Hugging Face directory (`config.json` with a `model_type`), or a checkpoint directory
-    /// from `yuanli train` (its vocabulary comes from the data directory it was trained on).
+    /// from `yuanli train` (its vocabulary comes from the data directory it was trained on);
+    /// with `opts.lora`, a PEFT LoRA adapter on top (LLaMA-family models).
     pub fn open(path: &Path, opts: OpenOptions) -> Result<Model> {
         let is_hf = path.is_dir()
             && std::fs::read_to_string(path.join("config.json")).is_ok_and(|s| s.contains("\"model_type\""));
         if path.is_dir() && !is_hf {
+            no_adapter(&opts, path)?;
             let (t, cfg) = Trainee::load(path)?;
             let vocab = Vocab::of_data(&cfg.data_dir)?;
             return Ok(Model::gpt(Box::new(t.model), vocab));
@@ -165,6 +181,7 @@ impl Model {
         let p = if path.is_file() {
             let f = GgufFile::open(path).map_err(yuanli_models::LoadError::from)?;
             if f.get("general.architecture").and_then(|v| v.as_str()) == Some(GPT2_ARCH) {
+                no_adapter(&opts, path)?;
                 let (model, _store) = yuanli_models::gpt_from_gguf(&f)?;
                 let vocab = match yuanli_models::gpt_vocab_from_gguf(&f)? {
                     GptVocab::Chars(c) => Vocab::Chars(c),
@@ -177,6 +194,12 @@ impl Model {
             load_pretrained_with(path, load)?
         };
         let kind = if load == LoadOptions::fast() { ModelKind::Quantized } else { ModelKind::F32 };
+        let mut p = p;
+        if let Some(dir) = &opts.lora {
+            p.store.set_trainable(|_, _| false);
+            let a = yuanli_models::peft::load_adapter(dir, &mut p.model, &mut p.store)?;
+            p.description += &format!(" + LoRA {} (r {}, {})", dir.display(), a.lora.r, a.targets.join(" "));
+        }
         Ok(Model {
             lm: Box::new(p.model),
             vocab: Vocab::Bpe(Box::new(p.tokenizer)),

@@ -14,6 +14,7 @@ pub mod gpt;
 pub mod hf;
 pub mod llama;
 pub mod load;
+pub mod peft;
 pub mod sample;
 
 pub use chat::{ChatTemplate, Message};

@@ -37,7 +37,7 @@ use crate::load::LoadError;
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, RopeOpts, Var};
-use yuanli_nn::{join, Init, Linear, Module, ParamKind, ParamStore, RmsNorm, Weight};
+use yuanli_nn::{join, Init, Linear, Lora, LoraConfig, Module, ParamKind, ParamStore, RmsNorm, Weight};
 use yuanli_tensor::cpu::{rmsnorm_row, rope_angles, rope_row_inplace, simd, SpinPool};
 use yuanli_tensor::{GeluKind, QMatrix, Rng, RopeLayout, Tensor};
 
@@ -215,6 +215,16 @@ struct Block {
     down_proj: Linear,
 }
 
+/// `model.layers.{i}.{kind}.{short}` → `(i, short)`.
+fn parse_module(name: &str) -> (usize, &str) {
+    let mut parts = name.split('.');
+    let i = parts.nth(2).and_then(|x| x.parse().ok()).expect("a module name made by Llama::linears");
+    (i, parts.nth(1).expect("a module name made by Llama::linears"))
+}
+
+/// The linear maps of a block, by PEFT's module names: what LoRA may target.
+pub const LORA_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
 /// A LLaMA-family model.
 pub struct Llama {
     /// The configuration it was built from.
@@ -297,7 +307,7 @@ impl Llama {
                 } else {
                     None
                 };
-                Ok(Linear { weight: w, bias })
+                Ok(Linear { weight: w, bias, lora: None })
             };
             let [pre_attn, post_attn, pre_mlp, post_mlp] = c.norm_names();
             let norm = |store: &mut ParamStore, name: Option<&str>, dim: usize| {
@@ -409,6 +419,85 @@ impl Llama {
         self.head().linear(&self.norm.forward(&x), None) // (B, T, V); tied: x·Eᵀ
     }
 
+    /// Every linear map of the blocks with its Hugging Face module name
+    /// (`model.layers.3.self_attn.q_proj`).
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.layers.iter().enumerate() {
+            for (kind, short, lin) in [
+                ("self_attn", "q_proj", &b.q_proj),
+                ("self_attn", "k_proj", &b.k_proj),
+                ("self_attn", "v_proj", &b.v_proj),
+                ("self_attn", "o_proj", &b.o_proj),
+                ("mlp", "gate_proj", &b.gate_proj),
+                ("mlp", "up_proj", &b.up_proj),
+                ("mlp", "down_proj", &b.down_proj),
+            ] {
+                debug_assert_eq!(LORA_TARGETS.iter().filter(|&&t| t == short).count(), 1);
+                out.push((format!("model.layers.{i}.{kind}.{short}"), lin));
+            }
+        }
+        out
+    }
+
+    /// The linear map `short` (`q_proj`, …) of block `i`.
+    fn linear_mut(&mut self, i: usize, short: &str) -> &mut Linear {
+        let b = &mut self.layers[i];
+        match short {
+            "q_proj" => &mut b.q_proj,
+            "k_proj" => &mut b.k_proj,
+            "v_proj" => &mut b.v_proj,
+            "o_proj" => &mut b.o_proj,
+            "gate_proj" => &mut b.gate_proj,
+            "up_proj" => &mut b.up_proj,
+            "down_proj" => &mut b.down_proj,
+            other => unreachable!("not a linear map of a block: {other}"),
+        }
+    }
+
+    /// Adds a LoRA adapter ([`Lora`]) to every linear map whose PEFT name is in `targets`
+    /// (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`, or
+    /// `all-linear` for all seven; the LM head is never adapted, as in PEFT), in every layer.
+    /// Its parameters go into `store` under `{module}.lora_A.weight` / `lora_B.weight`; the
+    /// store's rule decides whether they train (set one that lets `.lora_` names train).
+    /// Returns the adapted modules' names.
+    pub fn attach_lora(
+        &mut self,
+        store: &mut ParamStore,
+        cfg: &LoraConfig,
+        targets: &[String],
+        rng: &mut Rng,
+    ) -> Result<Vec<String>, LoadError> {
+        let all = targets.iter().any(|t| t == "all-linear");
+        if let Some(bad) = targets.iter().find(|t| *t != "all-linear" && !LORA_TARGETS.contains(&t.as_str())) {
+            return Err(LoadError::Config(format!(
+                "LoRA target module {bad:?} does not exist in a LLaMA-family model; the modules are {} (or all-linear)",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        if targets.is_empty() {
+            return Err(LoadError::Config(format!(
+                "no LoRA target modules; choose from {} or all-linear",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        let wanted: Vec<String> = self
+            .linears()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| all || targets.iter().any(|t| name.ends_with(&format!(".{t}"))))
+            .collect();
+        let mut names = Vec::new();
+        for name in wanted {
+            let (i, short) = parse_module(&name);
+            let lin = self.linear_mut(i, short);
+            let (rows, cols) = (lin.weight.rows(), lin.weight.cols());
+            lin.lora = Some(Lora::new(store, &name, cols, rows, cfg, rng)?);
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     /// Bytes of weights a decoding step reads (every matrix once; the embedding only when it is
     /// also the LM head).
     pub fn weight_bytes(&self) -> usize {
@@ -496,6 +585,12 @@ impl Llama {
             });
         };
         let scale = x.query_pre_attn_scalar.map(|q| 1.0 / (q as f32).sqrt());
+        // A LoRA adapter's update, added to the product its map just wrote.
+        let adapt = |lin: &Linear, input: &[f32], out: &mut [f32]| {
+            if let Some(l) = &lin.lora {
+                l.add_to(input, t, out);
+            }
+        };
         for (l, blk) in self.layers.iter().enumerate() {
             // attention half: x += Wo · attn(rope(Wq h), rope(Wk h), Wv h), h = rmsnorm(x)
             norm_rows(&blk.input_layernorm, &sc.x, &mut sc.h);
@@ -505,6 +600,7 @@ impl Llama {
                 if let Some(b) = &p.bias {
                     engine::add_bias(&mut out[..t * p.weight.rows()], b);
                 }
+                adapt(p, &sc.h, out);
             }
             let local = c.is_local(l);
             let angles =
@@ -515,6 +611,7 @@ impl Llama {
             let spec = AttnSpec { scale, window: if local { x.sliding_window } else { None } };
             s.attention(l, nh, (t0, t1), &sc.q, &mut sc.att, spec, pool);
             engine::matmul(&blk.o_proj.weight, &sc.att, t, &mut sc.acts, &mut sc.h, pool);
+            adapt(&blk.o_proj, &sc.att, &mut sc.h);
             if let Some(g) = &blk.attn_out_norm {
                 norm_rows(g, &sc.h, &mut sc.att);
                 engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
@@ -525,12 +622,15 @@ impl Llama {
             norm_rows(&blk.mlp_norm, &sc.x, &mut sc.h);
             let gate_up = [&blk.gate_proj.weight, &blk.up_proj.weight];
             engine::matmul_many(&gate_up, &sc.h, t, &mut sc.acts, &mut [&mut sc.g, &mut sc.u], pool);
+            adapt(&blk.gate_proj, &sc.h, &mut sc.g);
+            adapt(&blk.up_proj, &sc.h, &mut sc.u);
             if x.gelu_gate {
                 simd::geglu_tanh_inplace(&mut sc.g[..t * ffn], &sc.u[..t * ffn]);
             } else {
                 simd::swiglu_inplace(&mut sc.g[..t * ffn], &sc.u[..t * ffn]);
             }
             engine::matmul(&blk.down_proj.weight, &sc.g, t, &mut sc.acts, &mut sc.h, pool);
+            adapt(&blk.down_proj, &sc.g, &mut sc.h);
             if let Some(g) = &blk.mlp_out_norm {
                 norm_rows(g, &sc.h, &mut sc.att);
                 engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
@@ -635,17 +735,18 @@ mod tests {
 
     /// The engine (paged KV cache, blocks of 4, a prefill of 5 with every row's logits, then
     /// one token at a time) gives the training forward's logits at every position — with f32
-    /// parameters, with Gemma 3's extras (sliding window included), and with the matrices
-    /// stored as Q8_0 (the forward then uses the same
+    /// parameters, with Gemma 3's extras (sliding window included), with the matrices stored
+    /// as Q8_0, and with LoRA adapters on them (the forward then uses the same
     /// dequantized values; the engine's 16-bit activations differ by rounding).
     #[test]
     fn engine_decoding_matches_the_training_forward_at_every_step() {
         use crate::engine::{Batch, Logits, SessionOpts};
-        for (layout, bias, tie, quantized, gemma) in [
-            (RopeLayout::HalfSplit, true, false, false, false),
-            (RopeLayout::Interleaved, false, true, false, false),
-            (RopeLayout::HalfSplit, true, false, true, false),
-            (RopeLayout::HalfSplit, false, true, false, true),
+        for (layout, bias, tie, quantized, gemma, lora) in [
+            (RopeLayout::HalfSplit, true, false, false, false, false),
+            (RopeLayout::Interleaved, false, true, false, false, false),
+            (RopeLayout::HalfSplit, true, false, true, false, false),
+            (RopeLayout::HalfSplit, false, true, false, true, false),
+            (RopeLayout::Interleaved, false, true, true, false, true),
         ] {
             let mut cfg = tiny(layout, bias, tie);
             if gemma {
@@ -677,7 +778,13 @@ mod tests {
                 let w: Vec<f32> = (0..rows * cols).map(|_| 0.3 * rng.normal() as f32).collect();
                 Ok(QMatrix::quantize(yuanli_tensor::QuantType::Q8_0, rows, cols, &w))
             };
-            let m = Llama::build(cfg.clone(), &mut store, &mut stored).unwrap();
+            let mut m = Llama::build(cfg.clone(), &mut store, &mut stored).unwrap();
+            if lora {
+                // adapters on every map over a Q8_0 base (QLoRA's shape); B made non-zero below
+                let lc = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, rslora: false };
+                let n = m.attach_lora(&mut store, &lc, &["all-linear".to_string()], &mut Rng::new(2)).unwrap();
+                assert_eq!(n.len(), 7 * cfg.n_layer);
+            }
             randomise(&store, 5);
             let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
             // Q8_0: 16-bit activations for one token; a 5-token prefill takes the bf16 route

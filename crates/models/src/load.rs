@@ -176,6 +176,25 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     Ok(cfg)
 }
 
+/// The query/key row order of a `llama` GGUF file: within each head of `hd` rows of a
+/// `(heads·hd, cols)` matrix, row `j·hd/2 + i` (Hugging Face's half-split RoPE order: half `j`
+/// of rotation pair `i`) moves to row `2i + j` (llama.cpp's interleaved order, pairs adjacent),
+/// as llama.cpp's converter permutes them; `inverse` moves them back. Works for a bias too
+/// (`cols = 1`).
+pub fn interleave_rope_rows(w: &[f32], heads: usize, hd: usize, cols: usize, inverse: bool) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let (hf, cpp) = (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j);
+                let (src, dst) = if inverse { (cpp, hf) } else { (hf, cpp) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 /// Gemma 3's additions, as llama.cpp reads them: `√C` embedding scale, QK-norm, sandwich
 /// norms, GeGLU, and local layers (five of every six) with a sliding window and RoPE base
 /// 10 000 — the pattern and the local base are fixed by the architecture, not stored in the

@@ -17,6 +17,9 @@ pub enum Error {
     /// Two parameters registered under one name.
     #[error("parameter {0} is registered twice")]
     DuplicateName(String),
+    /// A layer's settings are invalid (the message names the setting).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// `Result` with the nn crate's [`Error`].

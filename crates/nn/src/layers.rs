@@ -2,6 +2,7 @@
 //! defines `forward`: autograd derives the backward pass.
 
 use crate::init::Init;
+use crate::lora::Lora;
 use crate::params::{ParamKind, ParamStore};
 use crate::Result;
 use yuanli_autograd::{GeluKind, Var};
@@ -157,6 +158,8 @@ pub struct Linear {
     pub weight: Weight,
     /// `(out,)`, if any.
     pub bias: Option<Var>,
+    /// A low-rank adapter added to the map, if any ([`Lora`]).
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -176,7 +179,7 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight: Weight::Param(weight), bias })
+        Ok(Self { weight: Weight::Param(weight), bias, lora: None })
     }
 
     /// A layer over a stored (frozen) matrix `(out, in)`, with an optional bias registered as
@@ -187,13 +190,27 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight: Weight::Stored(weight), bias })
+        Ok(Self { weight: Weight::Stored(weight), bias, lora: None })
+    }
+
+    /// `x·Wᵀ + b`, plus the adapter's update (with its dropout when `train`).
+    pub fn forward_train(&self, x: &Var, train: bool, rng: &mut Rng) -> Var {
+        let y = self.weight.linear(x, self.bias.as_ref());
+        match &self.lora {
+            Some(l) => y.add(&l.delta(x, train, rng)),
+            None => y,
+        }
     }
 }
 
 impl Module for Linear {
+    /// `(…, in)·(in, out) + (out,) → (…, out)`, plus the adapter's update (no dropout).
     fn forward(&self, x: &Var) -> Var {
-        self.weight.linear(x, self.bias.as_ref()) // (…, in)·(in, out) + (out,) → (…, out)
+        let y = self.weight.linear(x, self.bias.as_ref());
+        match &self.lora {
+            Some(l) => y.add(&l.delta(x, false, &mut Rng::new(0))),
+            None => y,
+        }
     }
 }
 

@@ -1,0 +1,192 @@
+//! LoRA (Hu et al., 2021): fine-tune a frozen matrix `W (out, in)` through a trainable
+//! low-rank update,
+//!
+//! ```text
+//! y = x·Wᵀ + b + s · x̃·Aᵀ·Bᵀ,     A (r, in),  B (out, r),  x̃ = dropout(x),
+//! s = α / r   (rsLoRA: α / √r)
+//! ```
+//!
+//! so the layer behaves as `W + s·B·A`, a rank-`r` change, while only `r·(in + out)` numbers
+//! train instead of `in·out`. `B` starts at zero — the adapted model starts exactly as the base
+//! — and `A` as PEFT draws it (`nn.Linear`'s default, Kaiming-uniform with `a = √5`:
+//! `U(−1/√in, 1/√in)`), so a fresh adapter here and in PEFT are the same distribution.
+//!
+//! **Gradients.** With `u = x̃·Aᵀ (…, r)` and `G = ∂L/∂y (…, out)`, summed over the leading
+//! axes:
+//!
+//! ```text
+//! ∂L/∂B = s · Gᵀ·u              (out, r)
+//! ∂L/∂A = s · (G·B)ᵀ·x̃          (r, in)
+//! ∂L/∂x = G·W + s · (G·B·A) ⊙ m   (m the dropout mask, scaled by 1/(1−p))
+//! ```
+//!
+//! nothing reaches `W`, which may be an f32 parameter or a block-quantized stored matrix
+//! (QLoRA: [`Var::linear_q`](yuanli_autograd::Var::linear_q) passes `G·deq(W)` to `x`). The
+//! layer is built from `linear` and `scale`, whose backward passes are derived and
+//! gradient-checked where they are defined; `tests` checks the composition, over a Q8_0 base
+//! too. Derivation in the book (lesson 9).
+
+use crate::error::{Error, Result};
+use crate::init::Init;
+use crate::layers::join;
+use crate::params::{ParamKind, ParamStore};
+use yuanli_autograd::Var;
+use yuanli_tensor::Rng;
+
+/// An adapter's hyper-parameters (PEFT's `LoraConfig` names in brackets).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank `r` (`r`).
+    pub r: usize,
+    /// `α` (`lora_alpha`): the update is scaled by `α/r`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training (`lora_dropout`).
+    pub dropout: f64,
+    /// Scale by `α/√r` instead (`use_rslora`): the update's size no longer shrinks as `r` grows.
+    pub rslora: bool,
+}
+
+impl LoraConfig {
+    /// `s`: `α/r`, or `α/√r` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// Checks the fields, naming the first problem.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.r == 0 {
+            return Err("LoRA rank r must be at least 1".into());
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("lora_alpha = {} must be positive", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("lora_dropout = {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+/// The trainable part of one adapted linear map.
+pub struct Lora {
+    /// `(r, in)`.
+    pub a: Var,
+    /// `(out, r)`.
+    pub b: Var,
+    /// `s` (α/r or α/√r).
+    pub scale: f64,
+    /// Dropout probability on the input of `A`.
+    pub dropout: f64,
+}
+
+impl Lora {
+    /// Registers `{prefix}.lora_A.weight (r, in)` (PEFT's initialisation) and
+    /// `{prefix}.lora_B.weight (out, r)` (zeros) — PEFT's names under the adapted module's.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        cfg: &LoraConfig,
+        rng: &mut Rng,
+    ) -> Result<Lora> {
+        cfg.validate().map_err(Error::Invalid)?;
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Init::Uniform { lo: -bound, hi: bound }.tensor(&[cfg.r, d_in], rng);
+        let a = store.param(&join(prefix, "lora_A.weight"), a, ParamKind::Weight)?;
+        let b =
+            store.param(&join(prefix, "lora_B.weight"), Init::Zeros.tensor(&[d_out, cfg.r], rng), ParamKind::Weight)?;
+        Ok(Lora { a, b, scale: cfg.scale(), dropout: cfg.dropout })
+    }
+
+    /// The update `s · dropout(x)·Aᵀ·Bᵀ` (`(…, in)` → `(…, out)`); dropout only when `train`.
+    pub fn delta(&self, x: &Var, train: bool, rng: &mut Rng) -> Var {
+        let x = if train && self.dropout > 0.0 { x.dropout(self.dropout, true, rng) } else { x.clone() };
+        x.linear(&self.a, None).linear(&self.b, None).scale(self.scale)
+    }
+
+    /// Inference: `out += s · x·Aᵀ·Bᵀ` for `t` rows of `x (t, in)` into `out (t, out)`, in f32,
+    /// without allocating (the rank is taken 64 at a time).
+    pub fn add_to(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        let (av, bv) = (self.a.value().contiguous(), self.b.value().contiguous());
+        let (r, d_in, d_out) = (av.dim(0), av.dim(1), bv.dim(0));
+        let s = self.scale as f32;
+        av.with_slice(|a: &[f32]| {
+            bv.with_slice(|b: &[f32]| {
+                let mut u = [0f32; 64];
+                for (xr, yr) in x[..t * d_in].chunks_exact(d_in).zip(out[..t * d_out].chunks_exact_mut(d_out)) {
+                    for k0 in (0..r).step_by(64) {
+                        let k1 = (k0 + 64).min(r);
+                        for (uk, ak) in u.iter_mut().zip(a[k0 * d_in..k1 * d_in].chunks_exact(d_in)) {
+                            *uk = s * xr.iter().zip(ak).map(|(p, q)| p * q).sum::<f32>();
+                        }
+                        for (y, bo) in yr.iter_mut().zip(b.chunks_exact(r)) {
+                            *y += u[..k1 - k0].iter().zip(&bo[k0..k1]).map(|(p, q)| p * q).sum::<f32>();
+                        }
+                    }
+                }
+            })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yuanli_autograd::gradcheck::{gradcheck, GradcheckOpts};
+    use yuanli_tensor::{DType, QMatrix, QuantType, Tensor};
+
+    fn cfg() -> LoraConfig {
+        LoraConfig { r: 2, alpha: 3.0, dropout: 0.0, rslora: false }
+    }
+
+    /// The layer's gradients with respect to `x`, `A` and `B` by finite differences, over an
+    /// f32 base and over a Q8_0 base (QLoRA: the gradient reaches `x` through `deq(W)`).
+    #[test]
+    fn lora_layer_passes_a_gradient_check_over_f32_and_quantized_bases() {
+        let mut rng = Rng::new(3);
+        let (d_in, d_out, s) = (32, 5, cfg().scale());
+        let w: Vec<f32> = (0..d_out * d_in).map(|_| rng.normal() as f32 * 0.3).collect();
+        let q = QMatrix::quantize(QuantType::Q8_0, d_out, d_in, &w).unwrap();
+        let wt = Tensor::new(w, &[d_out, d_in]).to_dtype(DType::F64);
+        let x = Tensor::randn(&[3, d_in], 0.0, 1.0, DType::F64, &mut rng);
+        let a = Tensor::randn(&[2, d_in], 0.0, 0.2, DType::F64, &mut rng);
+        let b = Tensor::randn(&[d_out, 2], 0.0, 0.2, DType::F64, &mut rng); // non-zero, so ∂/∂A ≠ 0
+        let opts = GradcheckOpts::default();
+        for quantized in [false, true] {
+            let f = |v: &[Var]| {
+                let base =
+                    if quantized { v[0].linear_q(&q, None) } else { v[0].linear(&Var::constant(wt.clone()), None) };
+                base.add(&v[0].linear(&v[1], None).linear(&v[2], None).scale(s))
+            };
+            let worst = gradcheck(f, &[x.clone(), a.clone(), b.clone()], opts).unwrap_or_else(|m| panic!("{m}"));
+            assert!(worst <= 1.0, "quantized {quantized}: {worst}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_adapter_changes_nothing_and_add_to_equals_delta() {
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(1);
+        let l = Lora::new(&mut store, "m.q_proj", 8, 6, &cfg(), &mut rng).unwrap();
+        assert!(store.get("m.q_proj.lora_A.weight").is_some() && store.get("m.q_proj.lora_B.weight").is_some());
+        let x = Var::constant(Tensor::randn(&[4, 8], 0.0, 1.0, DType::F32, &mut rng));
+        assert!(l.delta(&x, false, &mut rng).value().to_vec::<f32>().iter().all(|&v| v == 0.0), "B starts at zero");
+        // A's bound is 1/√in
+        assert!(l.a.value().to_vec::<f32>().iter().all(|v| v.abs() <= 1.0 / 8f32.sqrt()));
+        let bv: Vec<f32> = (0..12).map(|i| 0.1 * i as f32 - 0.5).collect();
+        store.set_values(store.get("m.q_proj.lora_B.weight").unwrap(), &bv);
+        let want = l.delta(&x, false, &mut rng).value().to_vec::<f32>();
+        let mut got = vec![0f32; 24];
+        l.add_to(&x.value().to_vec::<f32>(), 4, &mut got);
+        for (p, q) in got.iter().zip(&want) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+        let bad = LoraConfig { r: 0, ..cfg() };
+        assert!(Lora::new(&mut store, "m.k_proj", 8, 6, &bad, &mut rng).is_err());
+    }
+}
