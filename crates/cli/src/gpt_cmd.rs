@@ -102,7 +102,7 @@ fn load_config(path: &Path) -> Result<TrainConfig> {
 }
 
 /// Prints a line above the progress bar, or plainly when the bar is hidden (not a terminal).
-fn say(bar: &ProgressBar, line: String) {
+pub(crate) fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
         println!("{line}");
     } else {

@@ -6,6 +6,7 @@ mod gpt_cmd;
 mod lesson_cmd;
 mod llm_cmd;
 mod quantize_cmd;
+mod sft_cmd;
 mod tokenizer_cmd;
 
 use anyhow::Result;
@@ -51,8 +52,10 @@ enum Command {
     Chat(llm_cmd::ChatArgs),
     /// Perplexity of a model on a text file, measured as llama.cpp measures it.
     Perplexity(llm_cmd::PerplexityArgs),
-    /// Write a model as GGUF with its matrices in a smaller type (q8_0, q5_1, q5_0, q4_1, q4_0, f16, f32).
+    /// Write a model as GGUF in one of llama.cpp's presets (q8_0, q6_k, q5_k_m, q4_k_m, …) or f16/f32.
     Quantize(quantize_cmd::QuantizeArgs),
+    /// Fine-tune a model on conversations with LoRA (the adapter is written in PEFT's format).
+    Sft(sft_cmd::SftArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -81,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => yuanli_tensor::run_in_pool(|| llm_cmd::chat_cmd(&args)),
         Command::Perplexity(args) => yuanli_tensor::run_in_pool(|| llm_cmd::perplexity_cmd(&args)),
         Command::Quantize(args) => yuanli_tensor::run_in_pool(|| quantize_cmd::run(&args)),
+        Command::Sft(args) => yuanli_tensor::run_in_pool(|| sft_cmd::run(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),

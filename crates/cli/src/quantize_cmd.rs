@@ -29,11 +29,12 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use yuanli_infer::Vocab;
 use yuanli_models::gguf::{GgufFile, GgufWriter, Value};
-use yuanli_models::load::{gpt_gguf_name_map, CHAR_TOKENIZER_MODEL, GPT2_ARCH};
+use yuanli_models::load::{gguf_name_map, gpt_gguf_name_map, llama_config_from_gguf, CHAR_TOKENIZER_MODEL, GPT2_ARCH};
+use yuanli_models::peft::adapter_deltas;
 use yuanli_tensor::quant::{quantize_row, QuantType};
 use yuanli_tokenizer::{byte_level::encode_bytes, Pattern, Tokenizer};
 use yuanli_train::pretrain::Trainee;
@@ -55,6 +56,10 @@ pub(crate) struct QuantizeArgs {
     /// as llama-quantize --pure.
     #[arg(long)]
     pure: bool,
+    /// Merge this LoRA adapter (a PEFT directory) into the weights before writing them: the
+    /// output is the fine-tuned model, standalone.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// The GGUF file to write.
     #[arg(long, value_name = "FILE.gguf")]
     out: PathBuf,
@@ -239,8 +244,20 @@ fn set(meta: &mut Metadata, key: &str, v: Value) {
 
 /// Rewrites every tensor of a GGUF file; copies the metadata, changing `general.file_type`
 /// (and `general.quantization_version`, 2 as llama.cpp writes, when quantizing).
-fn from_gguf(path: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<Written>)> {
+fn from_gguf(path: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> Result<(Metadata, Vec<Written>)> {
     let f = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // An adapter to merge: its updates by GGUF tensor name.
+    let deltas: HashMap<String, Vec<f32>> = match lora {
+        None => HashMap::new(),
+        Some(dir) => {
+            let c =
+                llama_config_from_gguf(&f).with_context(|| format!("{}: merging a LoRA adapter", path.display()))?;
+            let names: HashMap<String, String> = gguf_name_map(&c).into_iter().collect();
+            let interleaved = c.rope_layout == yuanli_tensor::RopeLayout::Interleaved;
+            let d = adapter_deltas(dir, &c, interleaved).with_context(|| format!("reading {}", dir.display()))?;
+            d.into_iter().map(|(ours, v)| (names.get(&ours).cloned().unwrap_or(ours), v)).collect()
+        }
+    };
     let mut meta: Metadata = f.metadata().to_vec();
     if target.base.block_len() > 1 {
         set(&mut meta, "general.quantization_version", Value::U32(2));
@@ -255,10 +272,14 @@ fn from_gguf(path: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<W
         bar.set_message(info.name.clone());
         let shape = info.shape();
         let ty = storage_type(target, &info.name, &shape, info.ty, tied, pos, pure);
-        let bytes = if info.ty == ty {
+        let delta = deltas.get(&info.name);
+        let bytes = if info.ty == ty && delta.is_none() {
             f.tensor_bytes(info).to_vec()
         } else {
-            let (_, values) = f.tensor_f32(&info.name)?;
+            let (_, mut values) = f.tensor_f32(&info.name)?;
+            if let Some(d) = delta {
+                values.iter_mut().zip(d).for_each(|(w, d)| *w += d);
+            }
             encode(&info.name, &shape, &values, ty)?
         };
         out.push(Written { name: info.name.clone(), shape, ty, bytes });
@@ -402,8 +423,8 @@ fn is_hf_dir(dir: &Path) -> bool {
 /// GGUF file llama.cpp's converter would write: architecture `llama` (LLaMA, Mistral; the q/k
 /// rows reordered for its interleaved RoPE) or `qwen2`, hyper-parameters under `{arch}.*`,
 /// the byte-level BPE vocabulary, special ids and chat template under `tokenizer.*`.
-fn from_hf_dir(dir: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<Written>)> {
-    use yuanli_models::load::{gguf_name_map, interleave_rope_rows, load_pretrained_with, LoadOptions};
+fn from_hf_dir(dir: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> Result<(Metadata, Vec<Written>)> {
+    use yuanli_models::load::{interleave_rope_rows, load_pretrained_with, LoadOptions};
     let origin = dir.display().to_string();
     let p = load_pretrained_with(dir, LoadOptions::exact()).with_context(|| format!("loading {origin}"))?;
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
@@ -452,11 +473,20 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool) -> Result<(Metadata, Vec<
     if let Some(t) = tc["chat_template"].as_str() {
         meta.push(("tokenizer.chat_template".into(), Value::String(t.into())));
     }
+    let deltas: HashMap<String, Vec<f32>> = match lora {
+        Some(a) => {
+            adapter_deltas(a, c, false).with_context(|| format!("reading {}", a.display()))?.into_iter().collect()
+        }
+        None => HashMap::new(),
+    };
     let names = gguf_name_map(c);
     let out = write_f32_tensors(&names, target, pure, &mut |ours| {
         let param = p.store.get(ours).with_context(|| format!("{origin}: no parameter {ours}"))?;
         let shape = param.shape.clone();
         let mut values: Vec<f32> = p.store.value_of(param).contiguous().to_vec::<f32>();
+        if let Some(d) = deltas.get(ours) {
+            values.iter_mut().zip(d).for_each(|(w, d)| *w += d);
+        }
         if arch == "llama" {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
             if ours.contains("self_attn.q_proj") {
@@ -530,12 +560,16 @@ pub(crate) fn run(args: &QuantizeArgs) -> Result<()> {
     if args.input.canonicalize().ok().is_some_and(|i| args.out.canonicalize().ok() == Some(i)) {
         bail!("--out {} is the input; write to another file", args.out.display());
     }
+    let lora = args.lora.as_deref();
     let (meta, tensors) = if is_hf_dir(&args.input) {
-        from_hf_dir(&args.input, args.ty, args.pure)?
+        from_hf_dir(&args.input, args.ty, args.pure, lora)?
     } else if args.input.is_dir() {
+        if lora.is_some() {
+            bail!("--lora merges into a LLaMA-family model (GGUF or Hugging Face), not a GPT checkpoint");
+        }
         from_checkpoint(&args.input, args.ty, args.pure)?
     } else {
-        from_gguf(&args.input, args.ty, args.pure)?
+        from_gguf(&args.input, args.ty, args.pure, lora)?
     };
     let mut w = GgufWriter::new();
     for (k, v) in meta {

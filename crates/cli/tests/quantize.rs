@@ -283,8 +283,33 @@ fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
             let ids: Vec<u32> = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             let got = b.model.forward(&Tensor::new(ids.clone(), &[1, ids.len()])).value().to_vec::<f32>();
             let want = r["logits"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().clone());
-            let worst = got.iter().zip(want).map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs()).fold(0f64, f64::max);
+            let worst =
+                got.iter().zip(want.clone()).map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs()).fold(0f64, f64::max);
             assert!(worst < 1e-4, "PEFT adapter on the GGUF model: logits differ from PEFT's by {worst}");
+            // merged into the weights by `quantize --lora`, from the Hugging Face directory and
+            // from the GGUF file: a standalone model with PEFT's logits
+            for (input, tag) in [(&src, "hf"), (&out, "gguf")] {
+                let merged = dir.join(format!("merged-{tag}.gguf"));
+                yuanli(&[
+                    "quantize",
+                    "--in",
+                    &input.display().to_string(),
+                    "--lora",
+                    &peft.display().to_string(),
+                    "--type",
+                    "f32",
+                    "--out",
+                    &merged.display().to_string(),
+                ]);
+                let m = load_pretrained_with(&merged, LoadOptions::exact()).unwrap();
+                let got = m.model.forward(&Tensor::new(ids.clone(), &[1, ids.len()])).value().to_vec::<f32>();
+                let worst = got
+                    .iter()
+                    .zip(want.clone())
+                    .map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs())
+                    .fold(0f64, f64::max);
+                assert!(worst < 1e-4, "adapter merged from {tag}: logits differ from PEFT's by {worst}");
+            }
         }
         // and a quantized preset of it loads and runs
         let q = dir.join(format!("{name}.q8_0.gguf"));

@@ -215,6 +215,19 @@ struct Block {
     down_proj: Linear,
 }
 
+/// Training mode of a forward pass: the random stream LoRA dropout draws from, or `None`
+/// (no dropout).
+struct Train<'a>(Option<&'a std::cell::RefCell<Rng>>);
+
+impl Train<'_> {
+    fn linear(&self, l: &Linear, x: &Var) -> Var {
+        match self.0 {
+            Some(rng) => l.forward_train(x, true, &mut rng.borrow_mut()),
+            None => l.forward(x),
+        }
+    }
+}
+
 /// `model.layers.{i}.{kind}.{short}` → `(i, short)`.
 fn parse_module(name: &str) -> (usize, &str) {
     let mut parts = name.split('.');
@@ -355,10 +368,10 @@ impl Llama {
 
     /// `(B, t, C)` → heads `(B, n, t, D)` of projection `p`, each normalised by `norm` (QK-norm)
     /// and then rotated with RoPE base `rope` when given.
-    fn heads(&self, p: &Linear, x: &Var, n: usize, norm: Option<&RmsNorm>, rope: Option<f64>) -> Var {
+    fn heads(&self, p: &Linear, x: &Var, n: usize, norm: Option<&RmsNorm>, rope: Option<f64>, tr: &Train) -> Var {
         let c = &self.config;
         let (b, t) = (x.shape()[0], x.shape()[1]);
-        let mut y = p.forward(x).reshape(&[b, t, n, c.head_dim]); // (B, t, n, D)
+        let mut y = tr.linear(p, x).reshape(&[b, t, n, c.head_dim]); // (B, t, n, D)
         if let Some(g) = norm {
             y = g.forward(&y);
         }
@@ -369,10 +382,10 @@ impl Llama {
     }
 
     /// The MLP's `down(act(gate h) ⊙ up h)` with SiLU (SwiGLU) or tanh-GELU (GeGLU).
-    fn mlp(&self, blk: &Block, h: &Var) -> Var {
-        let (g, u) = (blk.gate_proj.forward(h), blk.up_proj.forward(h));
+    fn mlp(&self, blk: &Block, h: &Var, tr: &Train) -> Var {
+        let (g, u) = (tr.linear(&blk.gate_proj, h), tr.linear(&blk.up_proj, h));
         let a = if self.config.extras.gelu_gate { g.gelu(GeluKind::Tanh).mul(&u) } else { g.swiglu(&u) };
-        blk.down_proj.forward(&a)
+        tr.linear(&blk.down_proj, &a)
     }
 
     /// The additive mask of a sliding-window layer over `t` positions: `−∞` where key `j` is
@@ -384,8 +397,21 @@ impl Llama {
     }
 
     /// Logits `(B, T, V)` for token ids `(B, T)`, positions from 0, under autograd: the
-    /// training path (and the reference the engine is tested against).
+    /// training path (and the reference the engine is tested against). No dropout.
     pub fn forward(&self, idx: &Tensor) -> Var {
+        self.forward_with(idx, &Train(None))
+    }
+
+    /// [`Llama::forward`] in training mode: LoRA adapters drop their inputs with their
+    /// dropout probability, drawing from `rng`.
+    pub fn forward_train(&self, idx: &Tensor, rng: &mut Rng) -> Var {
+        let cell = std::cell::RefCell::new(Rng::from_state(rng.state()));
+        let y = self.forward_with(idx, &Train(Some(&cell)));
+        *rng = cell.into_inner();
+        y
+    }
+
+    fn forward_with(&self, idx: &Tensor, tr: &Train) -> Var {
         let c = &self.config;
         let (b, t) = (idx.dim(0), idx.dim(1));
         let mut x = self.embed_tokens.embedding(idx); // (B, T, C)
@@ -396,21 +422,21 @@ impl Llama {
         for (l, blk) in self.layers.iter().enumerate() {
             let h = blk.input_layernorm.forward(&x);
             let theta = Some(c.rope_theta_of(l));
-            let q = self.heads(&blk.q_proj, &h, c.n_head, blk.q_norm.as_ref(), theta); // (B, H, T, D)
-            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, blk.k_norm.as_ref(), theta); // (B, Hk, T, D)
-            let v = self.heads(&blk.v_proj, &h, c.n_kv_head, None, None);
+            let q = self.heads(&blk.q_proj, &h, c.n_head, blk.q_norm.as_ref(), theta, tr); // (B, H, T, D)
+            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, blk.k_norm.as_ref(), theta, tr); // (B, Hk, T, D)
+            let v = self.heads(&blk.v_proj, &h, c.n_kv_head, None, None, tr);
             let mask = match c.extras.sliding_window {
                 Some(w) if c.is_local(l) && t > w => Some(Self::window_mask(t, w)),
                 _ => None,
             };
             let y = Var::attention(&q, &k, &v, &AttentionOpts { causal: true, mask, scale });
             let y = y.permute(&[0, 2, 1, 3]).reshape(&[b, t, c.n_head * c.head_dim]);
-            let mut a = blk.o_proj.forward(&y);
+            let mut a = tr.linear(&blk.o_proj, &y);
             if let Some(g) = &blk.attn_out_norm {
                 a = g.forward(&a);
             }
             x = x.add(&a);
-            let mut m = self.mlp(blk, &blk.mlp_norm.forward(&x));
+            let mut m = self.mlp(blk, &blk.mlp_norm.forward(&x), tr);
             if let Some(g) = &blk.mlp_out_norm {
                 m = g.forward(&m);
             }

@@ -7,9 +7,10 @@
 //! One subtlety: a model read from a `llama` GGUF file holds its query and key rows in
 //! llama.cpp's order (interleaved RoPE pairs, [`interleave_rope_rows`]), so the rows of
 //! `lora_B` of `q_proj` and `k_proj` are reordered on the way in and back on the way out; PEFT
-//! always sees Hugging Face's order.
+//! always sees Hugging Face's order. [`adapter_deltas`] gives an adapter in merged form
+//! (`s·B·A` per matrix), which `yuanli quantize --lora` adds to the weights it writes.
 
-use crate::llama::{Llama, LORA_TARGETS};
+use crate::llama::{matrix_shapes, Llama, LlamaConfig, LORA_TARGETS};
 use crate::load::{interleave_rope_rows, LoadError};
 use serde_json::{json, Value as Json};
 use std::path::{Path, PathBuf};
@@ -181,4 +182,63 @@ pub fn load_adapter(dir: &Path, model: &mut Llama, store: &mut ParamStore) -> Re
         ));
     }
     Ok(adapter)
+}
+
+/// The updates `s·B·A` of the PEFT adapter in `dir`, merged form: one `(out, in)` row-major
+/// matrix per adapted map, by the Hugging Face name of the weight it adds to
+/// (`model.layers.0.self_attn.q_proj.weight`), in llama.cpp's query/key row order when
+/// `interleaved` (a `llama` GGUF file). Every tensor must belong to a map of the model `c`
+/// describes, with its shape.
+pub fn adapter_deltas(dir: &Path, c: &LlamaConfig, interleaved: bool) -> Result<Vec<(String, Vec<f32>)>, LoadError> {
+    let adapter = read_adapter_config(dir)?;
+    let s = adapter.lora.scale() as f32;
+    let st = dir.join("adapter_model.safetensors");
+    let tensors = yuanli_nn::checkpoint::read_tensors(&st).map_err(|e| bad(&st, e.to_string()))?;
+    let shapes: std::collections::HashMap<String, (usize, usize)> =
+        matrix_shapes(c).into_iter().map(|(n, r, k)| (n, (r, k))).collect();
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = tensors.keys().filter(|k| k.ends_with(".lora_A.weight")).collect();
+    names.sort();
+    for a_name in names {
+        let module = a_name.strip_prefix(PREFIX).unwrap_or(a_name).trim_end_matches(".lora_A.weight").to_string();
+        let weight = format!("{module}.weight");
+        let &(rows, cols) =
+            shapes.get(&weight).ok_or_else(|| bad(&st, format!("{a_name}: the base model has no matrix {weight}")))?;
+        let b_name = format!("{PREFIX}{module}.lora_B.weight");
+        let (a_shape, a) = &tensors[a_name];
+        let (b_shape, b) = tensors.get(&b_name).ok_or_else(|| bad(&st, format!("tensor {b_name} is missing")))?;
+        let r = a_shape.first().copied().unwrap_or(0);
+        if a_shape != &[r, cols] || b_shape != &[rows, r] {
+            return Err(bad(
+                &st,
+                format!("{module}: A {a_shape:?} and B {b_shape:?} do not fit {weight} ({rows}×{cols})"),
+            ));
+        }
+        let mut delta = vec![0f32; rows * cols];
+        for (o, drow) in delta.chunks_exact_mut(cols).enumerate() {
+            for k in 0..r {
+                let bk = s * b[o * r + k];
+                for (d, &av) in drow.iter_mut().zip(&a[k * cols..(k + 1) * cols]) {
+                    *d += bk * av;
+                }
+            }
+        }
+        if interleaved {
+            let heads = if module.ends_with("self_attn.q_proj") {
+                Some(c.n_head)
+            } else if module.ends_with("self_attn.k_proj") {
+                Some(c.n_kv_head)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                delta = interleave_rope_rows(&delta, h, c.head_dim, cols, false);
+            }
+        }
+        out.push((weight, delta));
+    }
+    if out.is_empty() {
+        return Err(bad(&st, "no lora_A tensors"));
+    }
+    Ok(out)
 }

@@ -70,6 +70,13 @@ impl Rng {
         (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
+    /// Puts `v` in a random order (Fisher–Yates: each of the `n!` orders equally likely).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+
     /// An independent generator for a sub-task (a worker, a layer), derived from this one.
     pub fn fork(&mut self) -> Rng {
         Rng::new(self.next_u64())

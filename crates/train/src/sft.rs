@@ -22,8 +22,16 @@
 //! which tokens fall inside it. A template that does not render conversations prefix by prefix
 //! is an error, not a silent guess.
 
-use std::path::Path;
+use crate::optim::Adam;
+use crate::schedule::LrSchedule;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use yuanli_models::llama::Llama;
+use yuanli_models::load::{load_pretrained_with, LoadOptions};
+use yuanli_models::peft::{save_adapter, Adapter};
 use yuanli_models::{ChatTemplate, Message};
+use yuanli_nn::LoraConfig;
+use yuanli_tensor::{Rng, Tensor};
 use yuanli_tokenizer::{SpecialMode, Tokenizer};
 
 /// What can be wrong with fine-tuning data; every variant names the file and line.
@@ -184,6 +192,291 @@ impl Formatter<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The fine-tuning loop
+// ---------------------------------------------------------------------------------------------
+
+/// A LoRA fine-tuning run.
+#[derive(Clone, Debug)]
+pub struct SftOptions {
+    /// The base model: a `.gguf` file or a Hugging Face directory.
+    pub model: PathBuf,
+    /// Training conversations (JSONL).
+    pub data: PathBuf,
+    /// Held-out conversations; without them, `eval_fraction` of `data` is held out.
+    pub eval_data: Option<PathBuf>,
+    /// Share of `data` held out when there is no `eval_data`.
+    pub eval_fraction: f64,
+    /// Where `metrics.jsonl` and the adapter (`adapter/`, PEFT's format) go.
+    pub out_dir: PathBuf,
+    /// The adapter.
+    pub lora: LoraConfig,
+    /// Target modules (`q_proj`, …, or `all-linear`).
+    pub targets: Vec<String>,
+    /// QLoRA: keep a GGUF base in its stored (block-quantized) form instead of f32.
+    pub quantized_base: bool,
+    /// Peak learning rate (AdamW, warm-up then cosine).
+    pub lr: f64,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Conversations per step.
+    pub batch_size: usize,
+    /// Longest example in tokens; longer ones are cut (and counted).
+    pub max_len: usize,
+    /// Evaluate (held-out loss) every this many steps, and at the end.
+    pub eval_interval: usize,
+    /// Held-out conversations used for the loss (the first ones; 0 = all).
+    pub eval_examples: usize,
+    /// Seed of the split, the order and the adapter's initialisation.
+    pub seed: u64,
+}
+
+/// What the loop reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SftEvent {
+    /// The data is ready.
+    Data {
+        /// Training examples.
+        train: usize,
+        /// Held-out examples.
+        eval: usize,
+        /// Examples cut to `max_len`.
+        truncated: usize,
+        /// Trainable parameters (the adapters).
+        trainable: usize,
+    },
+    /// One optimizer step.
+    Step {
+        /// 1-based.
+        step: usize,
+        /// Mean loss over the step's assistant tokens.
+        loss: f64,
+        /// Learning rate.
+        lr: f64,
+        /// Tokens (all, not only assistant ones) per second.
+        tokens_per_sec: f64,
+    },
+    /// Held-out loss.
+    Eval {
+        /// Step.
+        step: usize,
+        /// Mean loss over the held-out assistant tokens.
+        loss: f64,
+    },
+    /// The adapter was written.
+    Saved {
+        /// Its directory.
+        dir: PathBuf,
+    },
+}
+
+/// A fine-tuning error: data, model or file.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// Bad data.
+    #[error(transparent)]
+    Data(#[from] SftError),
+    /// The model or adapter cannot be loaded or saved.
+    #[error(transparent)]
+    Model(#[from] yuanli_models::LoadError),
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The loss stopped being finite.
+    #[error("step {step}: the loss is {value}")]
+    NonFinite {
+        /// The step.
+        step: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A file could not be written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The id that marks a position the loss ignores.
+const IGNORE: u32 = u32::MAX;
+
+/// `(ids (B, T), targets (B, T))` of a batch: examples right-padded (causal attention never
+/// looks right, so padding changes nothing before it); the target of position `i` is the next
+/// token where that token is the assistant's, else [`IGNORE`].
+fn batch(examples: &[&Example]) -> (Tensor, Tensor, usize) {
+    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2) - 1;
+    let mut ids = Vec::with_capacity(examples.len() * t);
+    let mut targets = Vec::with_capacity(examples.len() * t);
+    for e in examples {
+        for i in 0..t {
+            ids.push(e.ids.get(i).copied().unwrap_or(0));
+            let next = i + 1;
+            targets.push(if next < e.ids.len() && e.target[next] { e.ids[next] } else { IGNORE });
+        }
+    }
+    let b = examples.len();
+    (Tensor::new(ids, &[b, t]), Tensor::new(targets, &[b, t]), b * t)
+}
+
+/// Mean loss over the assistant tokens of `examples`, without gradients.
+fn eval_loss(model: &Llama, examples: &[Example], batch_size: usize) -> f64 {
+    let _g = yuanli_autograd::no_grad();
+    let (mut sum, mut n) = (0.0, 0);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (x, y, _) = batch(&refs);
+        let count = y.to_vec::<u32>().iter().filter(|&&t| t != IGNORE).count();
+        if count == 0 {
+            continue;
+        }
+        let loss = yuanli_nn::loss::cross_entropy(&model.forward(&x), &y, 0.0, Some(IGNORE)).value().item();
+        sum += loss * count as f64;
+        n += count;
+    }
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
+/// LoRA fine-tuning: load the base (frozen; block-quantized with `quantized_base`), attach the
+/// adapters, train them with AdamW on the assistant tokens, evaluate on held-out
+/// conversations, and write the adapter in PEFT's format to `out_dir/adapter` (atomically:
+/// a `.tmp` directory swapped in). `stop` ends the run early (Ctrl-C) with the adapter saved.
+pub fn finetune(
+    o: &SftOptions,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(&SftEvent),
+) -> Result<(f64, f64), FinetuneError> {
+    if o.steps == 0 || o.batch_size == 0 || o.max_len < 2 {
+        return Err(FinetuneError::Options("steps, batch size and max length (≥ 2) must be positive".into()));
+    }
+    let load = if o.quantized_base { LoadOptions::fast() } else { LoadOptions::exact() };
+    let mut p = load_pretrained_with(&o.model, load)?;
+    if o.max_len > p.model.config.max_seq_len {
+        return Err(FinetuneError::Options(format!(
+            "--max-len {} exceeds the context of {} ({} positions)",
+            o.max_len,
+            o.model.display(),
+            p.model.config.max_seq_len
+        )));
+    }
+    let template = p.chat_template.clone().ok_or_else(|| {
+        FinetuneError::Options(format!("{} has no chat template to render conversations with", o.model.display()))
+    })?;
+    p.store.set_trainable(|name, _| name.contains(".lora_"));
+    let mut rng = Rng::new(o.seed);
+    p.model.attach_lora(&mut p.store, &o.lora, &o.targets, &mut rng)?;
+    // data
+    let mut train_convs = read_conversations(&o.data)?;
+    let eval_convs = match &o.eval_data {
+        Some(path) => read_conversations(path)?,
+        None => {
+            rng.shuffle(&mut train_convs);
+            let n_eval = ((train_convs.len() as f64 * o.eval_fraction).round() as usize).min(train_convs.len() - 1);
+            train_convs.split_off(train_convs.len() - n_eval)
+        }
+    };
+    let eot = p.eos.first().and_then(|&e| p.tokenizer.token_bytes(e)).map(|b| String::from_utf8_lossy(b).into_owned());
+    let f =
+        Formatter { template: &template, tokenizer: &p.tokenizer, bos: p.bos.filter(|_| p.add_bos), end_of_turn: eot };
+    let mut truncated = 0;
+    let mut prepare = |convs: &[Vec<Message>]| -> Result<Vec<Example>, SftError> {
+        let mut out = Vec::with_capacity(convs.len());
+        for c in convs {
+            let mut e = f.example(c)?;
+            if e.ids.len() > o.max_len {
+                e.ids.truncate(o.max_len);
+                e.target.truncate(o.max_len);
+                truncated += 1;
+            }
+            if e.n_targets() > 0 {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    };
+    let train_ex = prepare(&train_convs)?;
+    let mut eval_ex = prepare(&eval_convs)?;
+    if o.eval_examples > 0 {
+        eval_ex.truncate(o.eval_examples);
+    }
+    if train_ex.is_empty() {
+        return Err(FinetuneError::Options("no training example has an assistant token within max_len".into()));
+    }
+    on_event(&SftEvent::Data {
+        train: train_ex.len(),
+        eval: eval_ex.len(),
+        truncated,
+        trainable: p.store.num_trainable(),
+    });
+    std::fs::create_dir_all(&o.out_dir)
+        .map_err(|e| FinetuneError::File { path: o.out_dir.clone(), message: e.to_string() })?;
+    let metrics_path = o.out_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path)
+        .map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })?;
+    let mut log = |v: serde_json::Value| -> Result<(), FinetuneError> {
+        use std::io::Write;
+        writeln!(metrics, "{v}").map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })
+    };
+    let mut opt = Adam::adamw(0.9, 0.999, 1e-8, 0.0);
+    let schedule =
+        LrSchedule::WarmupCosine { max_lr: o.lr, min_lr: o.lr * 0.1, warmup: (o.steps / 10).max(1), total: o.steps };
+    let before = eval_loss(&p.model, &eval_ex, o.batch_size);
+    on_event(&SftEvent::Eval { step: 0, loss: before });
+    log(serde_json::json!({"step": 0, "eval_loss": before}))?;
+    let mut order: Vec<usize> = (0..train_ex.len()).collect();
+    let mut at = order.len();
+    let mut last = before;
+    for step in 1..=o.steps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let started = std::time::Instant::now();
+        let mut picked = Vec::with_capacity(o.batch_size);
+        while picked.len() < o.batch_size {
+            if at == order.len() {
+                rng.shuffle(&mut order);
+                at = 0;
+            }
+            picked.push(&train_ex[order[at]]);
+            at += 1;
+        }
+        let (x, y, tokens) = batch(&picked);
+        p.store.zero_grad();
+        let loss = yuanli_nn::loss::cross_entropy(&p.model.forward_train(&x, &mut rng), &y, 0.0, Some(IGNORE));
+        let value = loss.value().item();
+        if !value.is_finite() {
+            return Err(FinetuneError::NonFinite { step, value });
+        }
+        loss.backward();
+        p.store.clip_grad_norm(1.0);
+        let lr = schedule.lr(step - 1);
+        opt.step(&p.store, lr);
+        let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64();
+        on_event(&SftEvent::Step { step, loss: value, lr, tokens_per_sec });
+        log(serde_json::json!({"step": step, "loss": value, "lr": lr, "tokens_per_sec": tokens_per_sec}))?;
+        if step % o.eval_interval.max(1) == 0 || step == o.steps {
+            last = eval_loss(&p.model, &eval_ex, o.batch_size);
+            on_event(&SftEvent::Eval { step, loss: last });
+            log(serde_json::json!({"step": step, "eval_loss": last}))?;
+        }
+    }
+    let dir = o.out_dir.join("adapter");
+    let tmp = o.out_dir.join("adapter.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let adapter = Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
+    save_adapter(&tmp, &p.model, &adapter)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| FinetuneError::File { path: dir.clone(), message: e.to_string() })?;
+    on_event(&SftEvent::Saved { dir });
+    Ok((before, last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +546,17 @@ mod tests {
         assert_eq!(counted(&tok, &ex), "4.<end_of_turn>6, of course.<end_of_turn>");
         assert_eq!(ex.ids.iter().filter(|&&i| Some(i) == bos).count(), 1, "the template's BOS is not doubled");
         assert_eq!(ex.ids[0], bos.unwrap());
+    }
+
+    #[test]
+    fn a_batch_predicts_the_next_token_where_it_is_the_assistants() {
+        let a = Example { ids: vec![1, 2, 3, 4], target: vec![false, false, true, true] };
+        let b = Example { ids: vec![5, 6], target: vec![false, true] };
+        let (x, y, n) = batch(&[&a, &b]);
+        assert_eq!((x.shape(), n), (&[2, 3][..], 6));
+        assert_eq!(x.to_vec::<u32>(), vec![1, 2, 3, 5, 6, 0]); // right-padded
+                                                               // position i is scored against ids[i + 1] when that token is the assistant's
+        assert_eq!(y.to_vec::<u32>(), vec![IGNORE, 3, 4, 6, IGNORE, IGNORE]);
     }
 
     #[test]
