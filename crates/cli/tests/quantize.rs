@@ -248,10 +248,20 @@ fn every_preset_writes_what_llama_cpp_writes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The exact-path logits of `m` for `ids`, `(T, V)` flat.
+fn logits(m: &yuanli_models::Pretrained, ids: &[u32]) -> Vec<f32> {
+    m.model.forward(&yuanli_tensor::Tensor::new(ids.to_vec(), &[1, ids.len()])).value().to_vec::<f32>()
+}
+
+/// The largest `|a − b|`.
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "logits shape");
+    a.iter().zip(b).map(|(p, q)| (*p as f64 - q).abs()).fold(0.0, f64::max)
+}
+
 #[test]
 fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
     use yuanli_models::load::{load_pretrained_with, LoadOptions};
-    use yuanli_tensor::Tensor;
     let dir = scratch("hf");
     // LLaMA (q/k rows reordered for llama.cpp's interleaved RoPE, untied head) and Qwen2
     // (biases, half-split RoPE kept)
@@ -267,9 +277,8 @@ fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
         assert_eq!(b.tokenizer.encode("To be, or not to be", yuanli_tokenizer::SpecialMode::AsText).unwrap(), ids);
         assert_eq!((a.bos, &a.eos, a.add_bos), (b.bos, &b.eos, b.add_bos), "{name}: special ids");
         assert!(b.chat_template.is_some(), "{name}: the chat template is carried over");
-        let x = Tensor::new(ids.clone(), &[1, ids.len()]);
-        let (la, lb) = (a.model.forward(&x).value().to_vec::<f32>(), b.model.forward(&x).value().to_vec::<f32>());
-        let worst = la.iter().zip(&lb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let want: Vec<f64> = logits(&a, &ids).into_iter().map(f64::from).collect();
+        let worst = max_diff(&logits(&b, &ids), &want);
         assert!(worst < 1e-4, "{name}: logits differ by {worst}");
         if name == "llama" {
             // a PEFT adapter (Hugging Face row order) on the GGUF model (llama.cpp's q/k row
@@ -281,33 +290,22 @@ fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
             b.store.set_trainable(|n, _| n.contains(".lora_"));
             yuanli_models::peft::load_adapter(&peft, &mut b.model, &mut b.store).unwrap();
             let ids: Vec<u32> = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let got = b.model.forward(&Tensor::new(ids.clone(), &[1, ids.len()])).value().to_vec::<f32>();
-            let want = r["logits"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().clone());
-            let worst =
-                got.iter().zip(want.clone()).map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs()).fold(0f64, f64::max);
+            let want: Vec<f64> = r["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                .collect();
+            let worst = max_diff(&logits(&b, &ids), &want);
             assert!(worst < 1e-4, "PEFT adapter on the GGUF model: logits differ from PEFT's by {worst}");
             // merged into the weights by `quantize --lora`, from the Hugging Face directory and
             // from the GGUF file: a standalone model with PEFT's logits
             for (input, tag) in [(&src, "hf"), (&out, "gguf")] {
                 let merged = dir.join(format!("merged-{tag}.gguf"));
-                yuanli(&[
-                    "quantize",
-                    "--in",
-                    &input.display().to_string(),
-                    "--lora",
-                    &peft.display().to_string(),
-                    "--type",
-                    "f32",
-                    "--out",
-                    &merged.display().to_string(),
-                ]);
+                let (i, a, o) = (input.display().to_string(), peft.display().to_string(), merged.display().to_string());
+                yuanli(&["quantize", "--in", &i, "--lora", &a, "--type", "f32", "--out", &o]);
                 let m = load_pretrained_with(&merged, LoadOptions::exact()).unwrap();
-                let got = m.model.forward(&Tensor::new(ids.clone(), &[1, ids.len()])).value().to_vec::<f32>();
-                let worst = got
-                    .iter()
-                    .zip(want.clone())
-                    .map(|(p, q)| (*p as f64 - q.as_f64().unwrap()).abs())
-                    .fold(0f64, f64::max);
+                let worst = max_diff(&logits(&m, &ids), &want);
                 assert!(worst < 1e-4, "adapter merged from {tag}: logits differ from PEFT's by {worst}");
             }
         }

@@ -119,16 +119,16 @@ impl LlamaConfig {
     /// Names of the block-`i` norms: (before attention, after attention, before the MLP, after
     /// the MLP) under Hugging Face's names — LLaMA calls the pre-MLP norm
     /// `post_attention_layernorm`, Gemma uses that name for the norm of the attention output.
-    fn norm_names(&self) -> [Option<&'static str>; 4] {
+    fn norm_names(&self) -> (&'static str, Option<&'static str>, &'static str, Option<&'static str>) {
         if self.extras.sandwich_norm {
-            [
-                Some("input_layernorm"),
+            (
+                "input_layernorm",
                 Some("post_attention_layernorm"),
-                Some("pre_feedforward_layernorm"),
+                "pre_feedforward_layernorm",
                 Some("post_feedforward_layernorm"),
-            ]
+            )
         } else {
-            [Some("input_layernorm"), None, Some("post_attention_layernorm"), None]
+            ("input_layernorm", None, "post_attention_layernorm", None)
         }
     }
 }
@@ -181,7 +181,8 @@ impl LlamaConfig {
         let (c, d) = (self.hidden_size, self.head_dim);
         let (q, kv) = (self.n_head * d, self.n_kv_head * d);
         let bias = if self.attention_bias { q + 2 * kv } else { 0 };
-        let norms = c * self.norm_names().iter().flatten().count() + if self.extras.qk_norm { 2 * d } else { 0 };
+        let sandwich = if self.extras.sandwich_norm { 2 } else { 0 };
+        let norms = c * (2 + sandwich) + if self.extras.qk_norm { 2 * d } else { 0 };
         let per_layer = norms + c * (q + 2 * kv) + bias + q * c + 3 * c * self.intermediate_size;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * c };
         self.vocab_size * c + self.n_layer * per_layer + c + head
@@ -228,11 +229,10 @@ impl Train<'_> {
     }
 }
 
-/// `model.layers.{i}.{kind}.{short}` → `(i, short)`.
-fn parse_module(name: &str) -> (usize, &str) {
-    let mut parts = name.split('.');
-    let i = parts.nth(2).and_then(|x| x.parse().ok()).expect("a module name made by Llama::linears");
-    (i, parts.nth(1).expect("a module name made by Llama::linears"))
+/// The Hugging Face name of linear map `short` (`q_proj`, …) of block `i`.
+fn module_name(i: usize, short: &str) -> String {
+    let kind = if matches!(short, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+    format!("model.layers.{i}.{kind}.{short}")
 }
 
 /// The linear maps of a block, by PEFT's module names: what LoRA may target.
@@ -322,11 +322,11 @@ impl Llama {
                 };
                 Ok(Linear { weight: w, bias, lora: None })
             };
-            let [pre_attn, post_attn, pre_mlp, post_mlp] = c.norm_names();
+            let (pre_attn, post_attn, pre_mlp, post_mlp) = c.norm_names();
             let norm = |store: &mut ParamStore, name: Option<&str>, dim: usize| {
                 name.map(|n| RmsNorm::new(store, &join(&p, n), dim, c.rms_norm_eps)).transpose()
             };
-            let input_layernorm = norm(store, pre_attn, c.hidden_size)?.expect("every block has a pre-attention norm");
+            let input_layernorm = RmsNorm::new(store, &join(&p, pre_attn), c.hidden_size, c.rms_norm_eps)?;
             let q_proj = lin(store, "self_attn.q_proj", q, c.hidden_size, c.attention_bias)?;
             let k_proj = lin(store, "self_attn.k_proj", kv, c.hidden_size, c.attention_bias)?;
             let v_proj = lin(store, "self_attn.v_proj", kv, c.hidden_size, c.attention_bias)?;
@@ -335,7 +335,7 @@ impl Llama {
             let k_norm = norm(store, qk("self_attn.k_norm"), c.head_dim)?;
             let o_proj = lin(store, "self_attn.o_proj", c.hidden_size, q, false)?;
             let attn_out_norm = norm(store, post_attn, c.hidden_size)?;
-            let mlp_norm = norm(store, pre_mlp, c.hidden_size)?.expect("every block has a pre-MLP norm");
+            let mlp_norm = RmsNorm::new(store, &join(&p, pre_mlp), c.hidden_size, c.rms_norm_eps)?;
             let mlp_out_norm = norm(store, post_mlp, c.hidden_size)?;
             layers.push(Block {
                 input_layernorm,
@@ -450,17 +450,16 @@ impl Llama {
     pub fn linears(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::new();
         for (i, b) in self.layers.iter().enumerate() {
-            for (kind, short, lin) in [
-                ("self_attn", "q_proj", &b.q_proj),
-                ("self_attn", "k_proj", &b.k_proj),
-                ("self_attn", "v_proj", &b.v_proj),
-                ("self_attn", "o_proj", &b.o_proj),
-                ("mlp", "gate_proj", &b.gate_proj),
-                ("mlp", "up_proj", &b.up_proj),
-                ("mlp", "down_proj", &b.down_proj),
-            ] {
-                debug_assert_eq!(LORA_TARGETS.iter().filter(|&&t| t == short).count(), 1);
-                out.push((format!("model.layers.{i}.{kind}.{short}"), lin));
+            for (short, lin) in LORA_TARGETS.iter().zip([
+                &b.q_proj,
+                &b.k_proj,
+                &b.v_proj,
+                &b.o_proj,
+                &b.gate_proj,
+                &b.up_proj,
+                &b.down_proj,
+            ]) {
+                out.push((module_name(i, short), lin));
             }
         }
         out
@@ -507,19 +506,15 @@ impl Llama {
                 LORA_TARGETS.join(", ")
             )));
         }
-        let wanted: Vec<String> = self
-            .linears()
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| all || targets.iter().any(|t| name.ends_with(&format!(".{t}"))))
-            .collect();
         let mut names = Vec::new();
-        for name in wanted {
-            let (i, short) = parse_module(&name);
-            let lin = self.linear_mut(i, short);
-            let (rows, cols) = (lin.weight.rows(), lin.weight.cols());
-            lin.lora = Some(Lora::new(store, &name, cols, rows, cfg, rng)?);
-            names.push(name);
+        for i in 0..self.layers.len() {
+            for short in LORA_TARGETS.iter().filter(|&&t| all || targets.iter().any(|w| w == t)) {
+                let name = module_name(i, short);
+                let lin = self.linear_mut(i, short);
+                let (rows, cols) = (lin.weight.rows(), lin.weight.cols());
+                lin.lora = Some(Lora::new(store, &name, cols, rows, cfg, rng)?);
+                names.push(name);
+            }
         }
         Ok(names)
     }
@@ -589,18 +584,21 @@ impl Llama {
         // QK-norm (when `g`), then RoPE, over each head of `heads` per token; `tmp` holds a head.
         let rotate =
             |buf: &mut [f32], heads: usize, g: Option<&RmsNorm>, (cos, sin): (&[f32], &[f32]), tmp: &mut [f32]| {
-                let norm = |head: &mut [f32], tmp: &mut [f32]| {
-                    if let Some(g) = g {
-                        tmp[..hd].copy_from_slice(head);
-                        g.weight.value().with_slice(|w: &[f32]| rmsnorm_row(head, &tmp[..hd], w, eps));
+                let mut each = |w: Option<&[f32]>| {
+                    for (i, row) in buf[..t * heads * hd].chunks_exact_mut(heads * hd).enumerate() {
+                        let (cr, sr) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                        for head in row.chunks_exact_mut(hd) {
+                            if let Some(w) = w {
+                                tmp[..hd].copy_from_slice(head);
+                                rmsnorm_row(head, &tmp[..hd], w, eps);
+                            }
+                            rope_row_inplace(head, cr, sr, c.rope_layout);
+                        }
                     }
                 };
-                for (i, row) in buf[..t * heads * hd].chunks_exact_mut(heads * hd).enumerate() {
-                    let (cr, sr) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
-                    for head in row.chunks_exact_mut(hd) {
-                        norm(head, tmp);
-                        rope_row_inplace(head, cr, sr, c.rope_layout);
-                    }
+                match g {
+                    Some(g) => g.weight.value().with_slice(|w: &[f32]| each(Some(w))),
+                    None => each(None),
                 }
             };
         let norm_rows = |g: &RmsNorm, x: &[f32], y: &mut [f32]| {
@@ -609,6 +607,14 @@ impl Llama {
                     rmsnorm_row(yr, xr, w, eps);
                 }
             });
+        };
+        // x += a sub-layer's output `h`, RMS-normalised first (into `tmp`) by a sandwich norm `g`
+        let residual = |g: Option<&RmsNorm>, x: &mut [f32], h: &[f32], tmp: &mut [f32]| match g {
+            Some(g) => {
+                norm_rows(g, h, tmp);
+                engine::add(&mut x[..t * dim], &tmp[..t * dim]);
+            }
+            None => engine::add(&mut x[..t * dim], &h[..t * dim]),
         };
         let scale = x.query_pre_attn_scalar.map(|q| 1.0 / (q as f32).sqrt());
         // A LoRA adapter's update, added to the product its map just wrote.
@@ -638,12 +644,7 @@ impl Llama {
             s.attention(l, nh, (t0, t1), &sc.q, &mut sc.att, spec, pool);
             engine::matmul(&blk.o_proj.weight, &sc.att, t, &mut sc.acts, &mut sc.h, pool);
             adapt(&blk.o_proj, &sc.att, &mut sc.h);
-            if let Some(g) = &blk.attn_out_norm {
-                norm_rows(g, &sc.h, &mut sc.att);
-                engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
-            } else {
-                engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
-            }
+            residual(blk.attn_out_norm.as_ref(), &mut sc.x, &sc.h, &mut sc.att);
             // MLP half: x += down(act(gate h) ⊙ up h), h = rmsnorm(x)
             norm_rows(&blk.mlp_norm, &sc.x, &mut sc.h);
             let gate_up = [&blk.gate_proj.weight, &blk.up_proj.weight];
@@ -657,12 +658,7 @@ impl Llama {
             }
             engine::matmul(&blk.down_proj.weight, &sc.g, t, &mut sc.acts, &mut sc.h, pool);
             adapt(&blk.down_proj, &sc.g, &mut sc.h);
-            if let Some(g) = &blk.mlp_out_norm {
-                norm_rows(g, &sc.h, &mut sc.att);
-                engine::add(&mut sc.x[..t * dim], &sc.att[..t * dim]);
-            } else {
-                engine::add(&mut sc.x[..t * dim], &sc.h[..t * dim]);
-            }
+            residual(blk.mlp_out_norm.as_ref(), &mut sc.x, &sc.h, &mut sc.att);
         }
         s.scratch = sc;
     }
