@@ -26,6 +26,19 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Var {
     }
 }
 
+/// `lora_linear(x) = x·Wᵀ + b + s · (x ⊙ m)·Aᵀ·Bᵀ` with `W` a constant: linears, a mask
+/// product (the same hashed mask the fused op draws), a scale and an add.
+pub fn lora_linear(x: &Var, w: &Tensor, b: Option<&Var>, a: &Var, bm: &Var, opts: crate::ops::LoraOpts) -> Var {
+    let base = linear(x, &Var::constant(w.clone()), b);
+    let xd = if opts.dropout > 0.0 {
+        let ones = Tensor::ones(x.shape(), x.value().dtype());
+        x.mul(&Var::constant(ones.dropout_hashed(opts.dropout, opts.seed)))
+    } else {
+        x.clone()
+    };
+    base.add(&linear(&linear(&xd, a, None), bm, None).scale(opts.scale))
+}
+
 /// `softmax(x) = e^{x−m} / Σ e^{x−m}` over the last axis.
 pub fn softmax(x: &Var) -> Var {
     let e = x.sub(&last_axis_max_const(x)).exp();

@@ -19,8 +19,9 @@
 pub mod composite;
 pub mod gradcheck;
 pub mod ops;
+pub mod profile;
 mod var;
 
-pub use ops::{AttentionOpts, RopeOpts};
+pub use ops::{AttentionOpts, Frozen, LoraOpts, RopeOpts};
 pub use var::{is_grad_enabled, no_grad, Backward, NoGradGuard, Var};
 pub use yuanli_tensor::{DType, GeluKind, Rng, RopeLayout, Tensor};

@@ -17,12 +17,16 @@ pub trait Backward: Send + Sync {
     fn backward(&self, dout: &Tensor, needs: &[bool]) -> Vec<Option<Tensor>>;
 }
 
+/// The graph part of a variable: what the backward pass needs, and nothing else. It holds no
+/// value: an op keeps the tensors its backward reads (in its [`Backward`] struct), and every
+/// other intermediate is freed as soon as the forward code drops its [`Var`] — so a training
+/// step's memory is what the backward needs, as in PyTorch, not every value ever computed.
 struct Node {
     id: u64,
-    value: Tensor,
+    shape: Vec<usize>,
     requires_grad: bool,
     op: Option<Box<dyn Backward>>,
-    parents: Vec<Var>,
+    parents: Vec<Arc<Node>>,
     /// Accumulated gradient of a leaf (created on first use).
     grad: Mutex<Option<Tensor>>,
     /// For arena-backed parameters: a view into the gradient arena, accumulated in place.
@@ -33,21 +37,41 @@ impl Drop for Node {
     /// Drops the graph iteratively: the default recursive drop of a long chain of `Arc`s
     /// would overflow the stack, exactly like a recursive topological sort.
     fn drop(&mut self) {
-        let mut stack: Vec<Var> = std::mem::take(&mut self.parents);
+        let mut stack: Vec<Arc<Node>> = std::mem::take(&mut self.parents);
         while let Some(v) = stack.pop() {
-            if let Ok(mut node) = Arc::try_unwrap(v.0) {
+            if let Ok(mut node) = Arc::try_unwrap(v) {
                 stack.append(&mut node.parents);
             }
         }
     }
 }
 
-/// A tensor in the autodiff graph.
+impl Node {
+    fn accumulate_leaf(&self, g: Tensor) {
+        match &self.grad_slot {
+            Some(slot) => slot.add_assign_(&g),
+            None => {
+                let mut guard = self.grad.lock().unwrap_or_else(|e| e.into_inner());
+                *guard = Some(match guard.take() {
+                    None => g,
+                    Some(prev) => prev.add(&g), // never in place: `g` may be shared
+                });
+            }
+        }
+    }
+}
+
+struct Inner {
+    value: Tensor,
+    node: Arc<Node>,
+}
+
+/// A tensor in the autodiff graph: a value and its graph node.
 ///
 /// Cloning is cheap (an `Arc`). Leaves are made with [`Var::leaf`] (requires grad),
 /// [`Var::constant`] (does not) or [`Var::param`] (gradient accumulated into an arena view).
 #[derive(Clone)]
-pub struct Var(Arc<Node>);
+pub struct Var(Arc<Inner>);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -92,17 +116,20 @@ impl Var {
         value: Tensor,
         requires_grad: bool,
         op: Option<Box<dyn Backward>>,
-        parents: Vec<Var>,
+        parents: Vec<Arc<Node>>,
         grad_slot: Option<Tensor>,
     ) -> Self {
-        Var(Arc::new(Node {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        Var(Arc::new(Inner {
+            node: Arc::new(Node {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                shape: value.shape().to_vec(),
+                requires_grad,
+                op,
+                parents,
+                grad: Mutex::new(None),
+                grad_slot,
+            }),
             value,
-            requires_grad,
-            op,
-            parents,
-            grad: Mutex::new(None),
-            grad_slot,
         }))
     }
 
@@ -133,8 +160,9 @@ impl Var {
     /// The result of an op: records `op` and `parents` when recording is on and some parent
     /// requires a gradient; otherwise a constant.
     pub fn from_op(value: Tensor, op: impl Backward + 'static, parents: &[&Var]) -> Self {
+        crate::profile::forward_op(op.name());
         if is_grad_enabled() && parents.iter().any(|p| p.requires_grad()) {
-            Self::make(value, true, Some(Box::new(op)), parents.iter().map(|&p| p.clone()).collect(), None)
+            Self::make(value, true, Some(Box::new(op)), parents.iter().map(|&p| p.0.node.clone()).collect(), None)
         } else {
             Self::constant(value)
         }
@@ -152,22 +180,17 @@ impl Var {
 
     /// Whether a gradient flows to this node.
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.node.requires_grad
     }
 
     /// A unique id (stable for the node's life).
     pub fn id(&self) -> u64 {
-        self.0.id
+        self.0.node.id
     }
 
     /// The op that made this node, if any.
     pub fn op_name(&self) -> Option<&'static str> {
-        self.0.op.as_ref().map(|o| o.name())
-    }
-
-    /// The inputs of the op that made this node.
-    pub fn parents(&self) -> &[Var] {
-        &self.0.parents
+        self.0.node.op.as_ref().map(|o| o.name())
     }
 
     /// The same value, cut from the graph.
@@ -177,51 +200,40 @@ impl Var {
 
     /// The accumulated gradient of a leaf (after [`Var::backward`]), if any.
     pub fn grad(&self) -> Option<Tensor> {
-        match &self.0.grad_slot {
+        let node = &self.0.node;
+        match &node.grad_slot {
             Some(slot) => Some(slot.clone()),
-            None => self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => node.grad.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
     /// Clears the gradient of a leaf (zeroes an arena slot).
     pub fn zero_grad(&self) {
-        match &self.0.grad_slot {
+        let node = &self.0.node;
+        match &node.grad_slot {
             Some(slot) => slot.fill_(0.0),
-            None => *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = None,
+            None => *node.grad.lock().unwrap_or_else(|e| e.into_inner()) = None,
         }
     }
 
-    fn accumulate_leaf(&self, g: Tensor) {
-        match &self.0.grad_slot {
-            Some(slot) => slot.add_assign_(&g),
-            None => {
-                let mut guard = self.0.grad.lock().unwrap_or_else(|e| e.into_inner());
-                *guard = Some(match guard.take() {
-                    None => g,
-                    Some(prev) => prev.add(&g), // never in place: `g` may be shared
-                });
-            }
-        }
-    }
-
-    /// Nodes that require a gradient, reachable from `self`, in topological order (inputs
-    /// before outputs), found by an iterative depth-first search.
-    pub fn topo_order(&self) -> Vec<Var> {
+    /// Graph nodes that require a gradient, reachable from `self`, in topological order
+    /// (inputs before outputs), found by an iterative depth-first search.
+    fn topo_order(&self) -> Vec<Arc<Node>> {
         let mut order = Vec::new();
         let mut visited = std::collections::HashSet::new();
         // (node, whether its parents have been pushed)
-        let mut stack: Vec<(Var, bool)> = vec![(self.clone(), false)];
+        let mut stack: Vec<(Arc<Node>, bool)> = vec![(self.0.node.clone(), false)];
         while let Some((v, expanded)) = stack.pop() {
             if expanded {
                 order.push(v);
                 continue;
             }
-            if !v.requires_grad() || !visited.insert(v.id()) {
+            if !v.requires_grad || !visited.insert(v.id) {
                 continue;
             }
             stack.push((v.clone(), true));
-            for p in v.parents().iter().rev() {
-                if p.requires_grad() && !visited.contains(&p.id()) {
+            for p in v.parents.iter().rev() {
+                if p.requires_grad && !visited.contains(&p.id) {
                     stack.push((p.clone(), false));
                 }
             }
@@ -249,41 +261,47 @@ impl Var {
         if !self.requires_grad() {
             return;
         }
-        let order = self.topo_order();
+        let mut order = self.topo_order();
         let mut grads: HashMap<u64, Tensor> = HashMap::new();
         grads.insert(self.id(), dout);
-        for node in order.iter().rev() {
-            let Some(g) = grads.remove(&node.id()) else {
+        // Outputs to inputs; a gradient is dropped as soon as it has been passed on.
+        while let Some(node) = order.pop() {
+            let Some(g) = grads.remove(&node.id) else {
                 continue;
             };
-            let Some(op) = &node.0.op else {
+            let Some(op) = &node.op else {
                 node.accumulate_leaf(g);
                 continue;
             };
-            let needs: Vec<bool> = node.parents().iter().map(|p| p.requires_grad()).collect();
+            let needs: Vec<bool> = node.parents.iter().map(|p| p.requires_grad).collect();
+            let started = crate::profile::enabled().then(std::time::Instant::now);
             let pgrads = op.backward(&g, &needs);
-            for (p, pg) in node.parents().iter().zip(pgrads) {
+            if let Some(t) = started {
+                crate::profile::backward_op(op.name(), t.elapsed().as_secs_f64());
+            }
+            drop(g);
+            for (p, pg) in node.parents.iter().zip(pgrads) {
                 let Some(pg) = pg else { continue };
-                if !p.requires_grad() {
+                if !p.requires_grad {
                     continue;
                 }
                 assert_eq!(
                     pg.shape(),
-                    p.shape(),
+                    p.shape.as_slice(),
                     "backward of {}: gradient {:?} for an input of shape {:?}",
                     op.name(),
                     pg.shape(),
-                    p.shape()
+                    p.shape
                 );
-                match grads.remove(&p.id()) {
-                    None => grads.insert(p.id(), pg),
+                match grads.remove(&p.id) {
+                    None => grads.insert(p.id, pg),
                     // In place only when no other handle can see `prev` (a gradient handed to
                     // two parents, like Add's, shares its storage and is added out of place).
                     Some(prev) if prev.is_sole_owner() && prev.is_contiguous() => {
                         prev.add_assign_(&pg);
-                        grads.insert(p.id(), prev)
+                        grads.insert(p.id, prev)
                     }
-                    Some(prev) => grads.insert(p.id(), prev.add(&pg)),
+                    Some(prev) => grads.insert(p.id, prev.add(&pg)),
                 };
             }
         }

@@ -127,3 +127,76 @@ fn attention_multi_block_strided_views_match_composite() {
         2e-4,
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// LoRA's fused map over a frozen dense base, with and without dropout and bias: gradient-
+    /// checked (x, A, B, bias) in f64 and equal to the composite with the same hashed mask.
+    #[test]
+    fn lora_linear(b in 1usize..3, t in 1usize..4, k in 1usize..6, n in 1usize..5, r in 1usize..4, p in prop::sample::select(vec![0.0, 0.3]), seed in 0u64..1000) {
+        use yuanli_autograd::{Frozen, LoraOpts};
+        let (x, w, bias) = (randn(&[b, t, k], seed), randn(&[n, k], seed + 1), randn(&[n], seed + 2));
+        let (a, bm) = (randn(&[r, k], seed + 3), randn(&[n, r], seed + 4));
+        let opts = LoraOpts { scale: 1.7, dropout: p, seed: seed * 31 + 7 };
+        let w32 = w.to_dtype(DType::F32);
+        check("lora_linear", |v| v[0].lora_linear(Frozen::Dense(&w), Some(&v[3]), &v[1], &v[2], opts), &[x.clone(), a.clone(), bm.clone(), bias.clone()]);
+        check("lora_linear without bias", |v| v[0].lora_linear(Frozen::Dense(&w), None, &v[1], &v[2], opts), &[x.clone(), a.clone(), bm.clone()]);
+        fused_matches_composite(
+            "lora_linear",
+            |v| v[0].lora_linear(Frozen::Dense(&w32), Some(&v[3]), &v[1], &v[2], opts),
+            |v| composite::lora_linear(&v[0], &w32, Some(&v[3]), &v[1], &v[2], opts),
+            &[x, a, bm, bias],
+            ATOL,
+            RTOL,
+        );
+    }
+
+    /// The fused LM head and loss: gradient-checked (x and W) and equal to linear followed by
+    /// cross-entropy, over more rows than one chunk holds when the vocabulary is large.
+    #[test]
+    fn linear_cross_entropy(n in 1usize..6, k in 1usize..5, v in 2usize..7, seed in 0u64..1000) {
+        let (x, w) = (randn(&[n, k], seed), randn(&[v, k], seed + 1));
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 5 + seed as usize) % v) as u32).collect();
+        let targets = Tensor::new(ids, &[n]);
+        check("linear_cross_entropy", |x| x[0].linear_cross_entropy(&x[1], &targets), &[x.clone(), w.clone()]);
+        fused_matches_composite(
+            "linear_cross_entropy",
+            |x| x[0].linear_cross_entropy(&x[1], &targets),
+            |x| composite::cross_entropy(&composite::linear(&x[0], &x[1], None), &targets, None),
+            &[x, w],
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
+/// Hashed dropout drops about p of the elements, the same ones for the same seed.
+#[test]
+fn hashed_dropout_is_repeatable_and_drops_p() {
+    let ones = Tensor::ones(&[1000, 100], DType::F32);
+    let (m1, m2, m3) = (ones.dropout_hashed(0.1, 5), ones.dropout_hashed(0.1, 5), ones.dropout_hashed(0.1, 6));
+    assert_eq!(m1.to_vec::<f32>(), m2.to_vec::<f32>());
+    assert_ne!(m1.to_vec::<f32>(), m3.to_vec::<f32>());
+    let dropped = m1.to_vec::<f32>().iter().filter(|&&v| v == 0.0).count() as f64 / 1e5;
+    assert!((dropped - 0.1).abs() < 0.005, "dropped {dropped}");
+    let kept = m1.to_vec::<f32>().into_iter().find(|&v| v != 0.0).unwrap_or(0.0);
+    assert!((kept - 1.0 / 0.9).abs() < 1e-6);
+}
+
+/// A vocabulary large enough that the fused head runs in several chunks of rows.
+#[test]
+fn linear_cross_entropy_in_several_chunks_matches_the_composite() {
+    let (n, k, v) = (5, 3, 3_000_000);
+    let x = randn(&[n, k], 1);
+    let w = randn(&[v, k], 2).mul_scalar(0.1);
+    let targets = Tensor::new(vec![0u32, 7, 2_999_999, 123_456, 7], &[n]);
+    fused_matches_composite(
+        "linear_cross_entropy (chunked)",
+        |x| x[0].linear_cross_entropy(&x[1], &targets),
+        |x| composite::cross_entropy(&composite::linear(&x[0], &x[1], None), &targets, None),
+        &[x, w],
+        ATOL,
+        RTOL,
+    );
+}

@@ -82,6 +82,50 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A LoRA fine-tuning step — forward, masked loss, backward, AdamW on the adapters — on a
+    /// pretrained model: tokens/s and peak memory. The batch is GSM8K conversations rendered
+    /// with the model's chat template and laid end to end into --batch rows of --seq tokens
+    /// (loss on the assistant's tokens only). Compare with PyTorch + PEFT on the same batch:
+    /// `bench/.venv/bin/python bench/lora.py`.
+    Lora {
+        /// A .gguf file or a Hugging Face directory.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Conversations (JSONL, as `yuanli sft` reads them).
+        #[arg(long, default_value = "data/gsm8k/train.jsonl")]
+        data: std::path::PathBuf,
+        /// Rows per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per row.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// LoRA α.
+        #[arg(long, default_value_t = 16.0)]
+        alpha: f64,
+        /// LoRA dropout.
+        #[arg(long, default_value_t = 0.05)]
+        dropout: f64,
+        /// Target modules (comma-separated, or all-linear).
+        #[arg(long, default_value = "all-linear", value_delimiter = ',')]
+        targets: Vec<String>,
+        /// QLoRA: keep the GGUF's weights in their stored types.
+        #[arg(long)]
+        quantized_base: bool,
+        /// Timed steps (after two warm-up steps; the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Write the batch (ids and targets, −100 where the loss does not count) to this JSON
+        /// file, for the reference to train on the same tokens.
+        #[arg(long)]
+        dump: Option<std::path::PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fused causal attention forward and forward+backward (B, H, T, D) in milliseconds.
     Attention {
         /// Print one JSON array instead of a table.
@@ -224,9 +268,113 @@ fn bench_train(preset: &str, steps: usize, threads: usize) -> Result<serde_json:
     }))
 }
 
+/// Options of `yuanli bench lora`.
+struct LoraBench {
+    model: std::path::PathBuf,
+    data: std::path::PathBuf,
+    batch: usize,
+    seq: usize,
+    lora: yuanli_nn::LoraConfig,
+    targets: Vec<String>,
+    quantized_base: bool,
+    steps: usize,
+    dump: Option<std::path::PathBuf>,
+}
+
+fn bench_lora(o: &LoraBench, threads: usize) -> Result<serde_json::Value> {
+    use anyhow::Context;
+    use yuanli_train::sft::{formatter, load_for_lora, packed_batch, read_conversations, train_step, IGNORE};
+    let mut rng = Rng::new(0);
+    let p = load_for_lora(&o.model, o.quantized_base, &o.lora, &o.targets, o.seq + 1, &mut rng)
+        .with_context(|| format!("loading {}", o.model.display()))?;
+    let convs = read_conversations(&o.data)?;
+    let f = formatter(&p)?;
+    // Enough conversations to fill the batch (they are a few hundred tokens each).
+    let mut examples = Vec::new();
+    let mut tokens = 0;
+    for c in &convs {
+        if tokens > o.batch * (o.seq + 1) * 2 {
+            break;
+        }
+        let e = f.example(c)?;
+        tokens += e.ids.len();
+        examples.push(e);
+    }
+    let (x, y) = packed_batch(&examples, o.batch, o.seq);
+    let counted = y.to_vec::<u32>().iter().filter(|&&t| t != IGNORE).count();
+    if let Some(path) = &o.dump {
+        let labels: Vec<i64> = y.to_vec::<u32>().iter().map(|&t| if t == IGNORE { -100 } else { t as i64 }).collect();
+        let v = serde_json::json!({"batch": o.batch, "seq": o.seq, "input_ids": x.to_vec::<u32>(), "labels": labels});
+        std::fs::write(path, v.to_string()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut opt = yuanli_train::Adam::adamw(0.9, 0.999, 1e-8, 0.0);
+    let mut losses = Vec::new();
+    let mut step = |rng: &mut Rng| {
+        yuanli_autograd::profile::mark();
+        losses.push(train_step(&p, &mut opt, &x, &y, 1e-4, rng))
+    };
+    step(&mut rng);
+    step(&mut rng);
+    let _ = yuanli_autograd::profile::report(); // warm-up steps not counted
+    let mut times = Vec::with_capacity(o.steps);
+    for _ in 0..o.steps.max(1) {
+        let t = Instant::now();
+        step(&mut rng);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    if yuanli_autograd::profile::enabled() {
+        eprintln!("{}", yuanli_autograd::profile::report());
+    }
+    Ok(serde_json::json!({
+        "model": o.model.display().to_string(), "threads": threads, "batch": o.batch, "seq": o.seq,
+        "rank": o.lora.r, "targets": o.targets, "quantized_base": o.quantized_base,
+        "trainable": p.store.num_trainable(), "counted_tokens": counted, "first_loss": losses[0],
+        "step_ms": step_s * 1e3, "tokens_per_sec": (o.batch * o.seq) as f64 / step_s, "peak_rss_mb": peak_rss_mb(),
+        "simd": levels().0, "gemm": levels().1,
+    }))
+}
+
 pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
+        BenchCommand::Lora {
+            model,
+            data,
+            batch,
+            seq,
+            rank,
+            alpha,
+            dropout,
+            targets,
+            quantized_base,
+            steps,
+            dump,
+            json,
+        } => {
+            let lora = yuanli_nn::LoraConfig { r: rank, alpha, dropout, rslora: false };
+            let o = LoraBench { model, data, batch, seq, lora, targets, quantized_base, steps, dump };
+            let r = bench_lora(&o, threads)?;
+            if json {
+                writeln!(out, "{r}")?;
+            } else {
+                writeln!(
+                    out,
+                    "LoRA step ({}, batch {}×{}, r {}, {}): {:.0} ms, {:.0} tokens/s, peak {:.0} MB [{} / gemm {}]",
+                    if o.quantized_base { "quantized base" } else { "f32 base" },
+                    o.batch,
+                    o.seq,
+                    o.lora.r,
+                    o.targets.join(","),
+                    r["step_ms"].as_f64().unwrap_or(0.0),
+                    r["tokens_per_sec"].as_f64().unwrap_or(0.0),
+                    r["peak_rss_mb"].as_f64().unwrap_or(0.0),
+                    levels().0,
+                    levels().1
+                )?;
+            }
+        }
         BenchCommand::Generate { model, prompt_tokens, gen_tokens, reps, exact, batch, json } => {
             let r = crate::llm_cmd::bench_generate(&model, prompt_tokens, gen_tokens, reps, exact, batch, threads)?;
             if json {

@@ -411,7 +411,8 @@ impl Llama {
         y
     }
 
-    fn forward_with(&self, idx: &Tensor, tr: &Train) -> Var {
+    /// The final normalised hidden states `(B, T, C)`: everything before the LM head.
+    fn hidden_with(&self, idx: &Tensor, tr: &Train) -> Var {
         let c = &self.config;
         let (b, t) = (idx.dim(0), idx.dim(1));
         let mut x = self.embed_tokens.embedding(idx); // (B, T, C)
@@ -442,7 +443,52 @@ impl Llama {
             }
             x = x.add(&m);
         }
-        self.head().linear(&self.norm.forward(&x), None) // (B, T, V); tied: x·Eᵀ
+        self.norm.forward(&x)
+    }
+
+    fn forward_with(&self, idx: &Tensor, tr: &Train) -> Var {
+        self.head().linear(&self.hidden_with(idx, tr), None) // (B, T, V); tied: x·Eᵀ
+    }
+
+    /// The mean next-token loss over the positions whose target in `targets (B, T)` is not
+    /// `ignore` (fine-tuning's assistant tokens), under autograd, without dropout. Equal to
+    /// `cross_entropy(forward(idx), targets, ignore)`, but only the counted positions reach the
+    /// LM head, and the head and the loss are one fused op
+    /// ([`Var::linear_cross_entropy`]) that never holds the `(B·T, V)` logits. 0 when nothing
+    /// counts.
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor, ignore: u32) -> Var {
+        self.loss_with(idx, targets, ignore, &Train(None))
+    }
+
+    /// [`Llama::loss`] in training mode (LoRA dropout drawn from `rng`).
+    pub fn loss_train(&self, idx: &Tensor, targets: &Tensor, ignore: u32, rng: &mut Rng) -> Var {
+        let cell = std::cell::RefCell::new(Rng::from_state(rng.state()));
+        let y = self.loss_with(idx, targets, ignore, &Train(Some(&cell)));
+        *rng = cell.into_inner();
+        y
+    }
+
+    #[track_caller]
+    fn loss_with(&self, idx: &Tensor, targets: &Tensor, ignore: u32, tr: &Train) -> Var {
+        assert_eq!(idx.shape(), targets.shape(), "Llama::loss: ids {:?} vs targets {:?}", idx.shape(), targets.shape());
+        let ys = targets.to_vec::<u32>();
+        let (rows, ys): (Vec<u32>, Vec<u32>) =
+            ys.iter().enumerate().filter(|(_, &y)| y != ignore).map(|(i, &y)| (i as u32, y)).unzip();
+        let h = self.hidden_with(idx, tr);
+        if rows.is_empty() {
+            return Var::constant(Tensor::zeros(&[], h.value().dtype()));
+        }
+        let c = self.config.hidden_size;
+        let n = rows.len();
+        let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows, &[n])); // (n, C)
+        let ys = Tensor::new(ys, &[n]);
+        match self.head() {
+            Weight::Param(w) if !w.requires_grad() && w.value().dtype() != picked.value().dtype() => {
+                picked.linear_cross_entropy(&Var::constant(w.value().to_dtype(picked.value().dtype())), &ys)
+            }
+            Weight::Param(w) => picked.linear_cross_entropy(w, &ys),
+            Weight::Stored(q) => picked.linear_q_cross_entropy(q, &ys),
+        }
     }
 
     /// Every linear map of the blocks with its Hugging Face module name

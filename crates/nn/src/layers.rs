@@ -5,7 +5,7 @@ use crate::init::Init;
 use crate::lora::Lora;
 use crate::params::{ParamKind, ParamStore};
 use crate::Result;
-use yuanli_autograd::{GeluKind, Var};
+use yuanli_autograd::{Frozen, GeluKind, LoraOpts, Var};
 use yuanli_tensor::{DType, QMatrix, QuantType, Rng, Tensor};
 
 /// Something that maps one `Var` to another.
@@ -193,12 +193,24 @@ impl Linear {
         Ok(Self { weight: Weight::Stored(weight), bias, lora: None })
     }
 
-    /// `x·Wᵀ + b`, plus the adapter's update (with its dropout when `train`).
+    /// `x·Wᵀ + b`, plus the adapter's update (with its dropout when `train`). Over a frozen
+    /// base this is one fused op ([`Var::lora_linear`]); over a training base, the sum of the
+    /// two maps.
     pub fn forward_train(&self, x: &Var, train: bool, rng: &mut Rng) -> Var {
-        let y = self.weight.linear(x, self.bias.as_ref());
-        match &self.lora {
-            Some(l) => y.add(&l.delta(x, train, rng)),
-            None => y,
+        let Some(l) = &self.lora else {
+            return self.weight.linear(x, self.bias.as_ref());
+        };
+        let dropout = if train { l.dropout } else { 0.0 };
+        let opts = LoraOpts { scale: l.scale, dropout, seed: if dropout > 0.0 { rng.next_u64() } else { 0 } };
+        let bias = self.bias.as_ref();
+        match &self.weight {
+            Weight::Param(w) if w.requires_grad() => self.weight.linear(x, bias).add(&l.delta(x, opts)),
+            Weight::Param(w) if w.value().dtype() != x.value().dtype() => {
+                let w = w.value().to_dtype(x.value().dtype());
+                x.lora_linear(Frozen::Dense(&w), bias, &l.a, &l.b, opts)
+            }
+            Weight::Param(w) => x.lora_linear(Frozen::Dense(w.value()), bias, &l.a, &l.b, opts),
+            Weight::Stored(q) => x.lora_linear(Frozen::Stored(q), bias, &l.a, &l.b, opts),
         }
     }
 }
@@ -206,11 +218,7 @@ impl Linear {
 impl Module for Linear {
     /// `(…, in)·(in, out) + (out,) → (…, out)`, plus the adapter's update (no dropout).
     fn forward(&self, x: &Var) -> Var {
-        let y = self.weight.linear(x, self.bias.as_ref());
-        match &self.lora {
-            Some(l) => y.add(&l.delta(x, false, &mut Rng::new(0))),
-            None => y,
-        }
+        self.forward_train(x, false, &mut Rng::new(0))
     }
 }
 

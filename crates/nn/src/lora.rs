@@ -21,16 +21,17 @@
 //! ```
 //!
 //! nothing reaches `W`, which may be an f32 parameter or a block-quantized stored matrix
-//! (QLoRA: [`Var::linear_q`](yuanli_autograd::Var::linear_q) passes `G·deq(W)` to `x`). The
-//! layer is built from `linear` and `scale`, whose backward passes are derived and
-//! gradient-checked where they are defined; `tests` checks the composition, over a Q8_0 base
-//! too. Derivation in the book (lesson 9).
+//! (QLoRA: `x` gets `G·deq(W)`). Over a frozen base the whole map is one fused op,
+//! [`Var::lora_linear`](yuanli_autograd::Var::lora_linear), which keeps only `x`, `u` and the
+//! dropout mask's seed for the backward pass (the mask is drawn again from its seed); it is
+//! checked against its composite twin in yuanli-autograd, and `tests` gradient-checks it here
+//! over an f32 and a Q8_0 base, with and without dropout. Derivation in the book (lesson 9).
 
 use crate::error::{Error, Result};
 use crate::init::Init;
 use crate::layers::join;
 use crate::params::{ParamKind, ParamStore};
-use yuanli_autograd::Var;
+use yuanli_autograd::{LoraOpts, Var};
 use yuanli_tensor::Rng;
 
 /// An adapter's hyper-parameters (PEFT's `LoraConfig` names in brackets).
@@ -103,10 +104,17 @@ impl Lora {
         Ok(Lora { a, b, scale: cfg.scale(), dropout: cfg.dropout })
     }
 
-    /// The update `s · dropout(x)·Aᵀ·Bᵀ` (`(…, in)` → `(…, out)`); dropout only when `train`.
-    pub fn delta(&self, x: &Var, train: bool, rng: &mut Rng) -> Var {
-        let x = if train && self.dropout > 0.0 { x.dropout(self.dropout, true, rng) } else { x.clone() };
-        x.linear(&self.a, None).linear(&self.b, None).scale(self.scale)
+    /// The update `s · (x ⊙ m)·Aᵀ·Bᵀ` alone (`(…, in)` → `(…, out)`), `m` the hashed dropout
+    /// mask of `opts`, from primitives: for a base that trains itself (over a frozen one,
+    /// [`Linear`](crate::Linear) uses the fused [`Var::lora_linear`]).
+    pub fn delta(&self, x: &Var, opts: LoraOpts) -> Var {
+        let x = if opts.dropout > 0.0 {
+            let ones = yuanli_tensor::Tensor::ones(x.shape(), x.value().dtype());
+            x.mul(&Var::constant(ones.dropout_hashed(opts.dropout, opts.seed)))
+        } else {
+            x.clone()
+        };
+        x.linear(&self.a, None).linear(&self.b, None).scale(opts.scale)
     }
 
     /// Inference: `out += s · x·Aᵀ·Bᵀ` for `t` rows of `x (t, in)` into `out (t, out)`, in f32,
@@ -138,6 +146,7 @@ impl Lora {
 mod tests {
     use super::*;
     use yuanli_autograd::gradcheck::{gradcheck, GradcheckOpts};
+    use yuanli_autograd::Frozen;
     use yuanli_tensor::{DType, QMatrix, QuantType, Tensor};
 
     fn cfg() -> LoraConfig {
@@ -158,13 +167,15 @@ mod tests {
         let b = Tensor::randn(&[d_out, 2], 0.0, 0.2, DType::F64, &mut rng); // non-zero, so ∂/∂A ≠ 0
         let opts = GradcheckOpts::default();
         for quantized in [false, true] {
-            let f = |v: &[Var]| {
-                let base =
-                    if quantized { v[0].linear_q(&q, None) } else { v[0].linear(&Var::constant(wt.clone()), None) };
-                base.add(&v[0].linear(&v[1], None).linear(&v[2], None).scale(s))
-            };
-            let worst = gradcheck(f, &[x.clone(), a.clone(), b.clone()], opts).unwrap_or_else(|m| panic!("{m}"));
-            assert!(worst <= 1.0, "quantized {quantized}: {worst}");
+            for dropout in [0.0, 0.25] {
+                let lo = LoraOpts { scale: s, dropout, seed: 11 };
+                let f = |v: &[Var]| {
+                    let base = if quantized { Frozen::Stored(&q) } else { Frozen::Dense(&wt) };
+                    v[0].lora_linear(base, None, &v[1], &v[2], lo)
+                };
+                let worst = gradcheck(f, &[x.clone(), a.clone(), b.clone()], opts).unwrap_or_else(|m| panic!("{m}"));
+                assert!(worst <= 1.0, "quantized {quantized}, dropout {dropout}: {worst}");
+            }
         }
     }
 
@@ -175,12 +186,19 @@ mod tests {
         let l = Lora::new(&mut store, "m.q_proj", 8, 6, &cfg(), &mut rng).unwrap();
         assert!(store.get("m.q_proj.lora_A.weight").is_some() && store.get("m.q_proj.lora_B.weight").is_some());
         let x = Var::constant(Tensor::randn(&[4, 8], 0.0, 1.0, DType::F32, &mut rng));
-        assert!(l.delta(&x, false, &mut rng).value().to_vec::<f32>().iter().all(|&v| v == 0.0), "B starts at zero");
+        assert!(
+            l.delta(&x, LoraOpts { scale: l.scale, dropout: 0.0, seed: 0 })
+                .value()
+                .to_vec::<f32>()
+                .iter()
+                .all(|&v| v == 0.0),
+            "B starts at zero"
+        );
         // A's bound is 1/√in
         assert!(l.a.value().to_vec::<f32>().iter().all(|v| v.abs() <= 1.0 / 8f32.sqrt()));
         let bv: Vec<f32> = (0..12).map(|i| 0.1 * i as f32 - 0.5).collect();
         store.set_values(store.get("m.q_proj.lora_B.weight").unwrap(), &bv);
-        let want = l.delta(&x, false, &mut rng).value().to_vec::<f32>();
+        let want = l.delta(&x, LoraOpts { scale: l.scale, dropout: 0.0, seed: 0 }).value().to_vec::<f32>();
         let mut got = vec![0f32; 24];
         l.add_to(&x.value().to_vec::<f32>(), 4, &mut got);
         for (p, q) in got.iter().zip(&want) {

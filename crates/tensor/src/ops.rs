@@ -597,10 +597,48 @@ impl Tensor {
 
     // ---------------------------------------------------------------- SwiGLU, RoPE
 
+    /// `self ⊙ m` with the counter-based dropout mask `m_i ∈ {0, 1/(1−p)}` of `seed`
+    /// ([`cpu::dropout_keeps`], `i` the row-major index): the same `(p, seed)` always drops
+    /// the same elements, so a backward pass can redraw the mask instead of keeping it.
+    pub fn dropout_hashed(&self, p: f64, seed: u64) -> Tensor {
+        let x = self.contiguous();
+        let per = cpu::PAR_MIN_ELEMS;
+        if x.dtype() == DType::F32 {
+            let (t, keep) = (cpu::dropout_threshold(p), (1.0 / (1.0 - p)) as f32);
+            let mut out = vec![0.0f32; x.numel()];
+            x.with_slice(|v: &[f32]| {
+                let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
+                cpu::team_for_each(chunks, |(c, (o, v))| {
+                    cpu::simd::dropout_hashed(o, v, (c * per) as u32, t, keep, seed)
+                });
+            });
+            return Tensor::new(out, self.shape());
+        }
+        float_dispatch!(self.dtype(), "dropout_hashed", T => {
+            let mut out = vec![T::ZERO; x.numel()];
+            x.with_slice(|v: &[T]| {
+                let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
+                cpu::team_for_each(chunks, |(c, (o, v))| cpu::dropout_hashed(o, v, c * per, p, seed));
+            });
+            Tensor::new(out, self.shape())
+        })
+    }
+
     /// `silu(self) ⊙ up` (self is the gate).
     #[track_caller]
     pub fn swiglu(&self, up: &Tensor) -> Tensor {
         assert_eq!(self.shape(), up.shape(), "swiglu: gate {:?} vs up {:?}", self.shape(), up.shape());
+        if self.dtype() == DType::F32 {
+            let mut out = vec![0.0f32; self.numel()];
+            self.with_slice(|g: &[f32]| {
+                up.with_slice(|u: &[f32]| {
+                    let per = cpu::PAR_MIN_ELEMS;
+                    let chunks = out.chunks_mut(per).zip(g.chunks(per).zip(u.chunks(per))).collect();
+                    cpu::team_for_each(chunks, |(o, (g, u))| cpu::simd::swiglu_forward(o, g, u));
+                })
+            });
+            return Tensor::new(out, self.shape());
+        }
         float_dispatch!(self.dtype(), "swiglu", T => {
             let mut out = vec![T::ZERO; self.numel()];
             self.with_slice(|g: &[T]| up.with_slice(|u: &[T]| cpu::swiglu_forward(&mut out, g, u)));
@@ -609,7 +647,34 @@ impl Tensor {
     }
 
     /// SwiGLU backward: returns `(dgate, dup)`.
+    #[track_caller]
     pub fn swiglu_backward(&self, up: &Tensor, dout: &Tensor) -> (Tensor, Tensor) {
+        assert!(
+            self.shape() == up.shape() && up.shape() == dout.shape(),
+            "swiglu_backward: gate {:?}, up {:?}, dout {:?}",
+            self.shape(),
+            up.shape(),
+            dout.shape()
+        );
+        if self.dtype() == DType::F32 {
+            let (mut dg, mut du) = (vec![0.0f32; self.numel()], vec![0.0f32; self.numel()]);
+            self.with_slice(|g: &[f32]| {
+                up.with_slice(|u: &[f32]| {
+                    dout.with_slice(|dy: &[f32]| {
+                        let per = cpu::PAR_MIN_ELEMS;
+                        let chunks = dg
+                            .chunks_mut(per)
+                            .zip(du.chunks_mut(per))
+                            .zip(dy.chunks(per).zip(g.chunks(per).zip(u.chunks(per))))
+                            .collect();
+                        cpu::team_for_each(chunks, |((dg, du), (dy, (g, u)))| {
+                            cpu::simd::swiglu_backward(dg, du, dy, g, u)
+                        });
+                    })
+                })
+            });
+            return (Tensor::new(dg, self.shape()), Tensor::new(du, self.shape()));
+        }
         float_dispatch!(self.dtype(), "swiglu_backward", T => {
             let (mut dg, mut du) = (vec![T::ZERO; self.numel()], vec![T::ZERO; self.numel()]);
             self.with_slice(|g: &[T]| up.with_slice(|u: &[T]| dout.with_slice(|dy: &[T]| cpu::swiglu_backward(&mut dg, &mut du, dy, g, u))));

@@ -27,7 +27,7 @@ use crate::schedule::LrSchedule;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use yuanli_models::llama::Llama;
-use yuanli_models::load::{load_pretrained_with, LoadOptions};
+use yuanli_models::load::{load_pretrained_with, LoadOptions, Pretrained};
 use yuanli_models::peft::{save_adapter, Adapter};
 use yuanli_models::{ChatTemplate, Message};
 use yuanli_nn::LoraConfig;
@@ -301,7 +301,7 @@ pub enum FinetuneError {
 }
 
 /// The id that marks a position the loss ignores.
-const IGNORE: u32 = u32::MAX;
+pub const IGNORE: u32 = u32::MAX;
 
 /// `(ids (B, T), targets (B, T))` of a batch: examples right-padded (causal attention never
 /// looks right, so padding changes nothing before it); the target of position `i` is the next
@@ -332,7 +332,7 @@ fn eval_loss(model: &Llama, examples: &[Example], batch_size: usize) -> f64 {
         if count == 0 {
             continue;
         }
-        let loss = yuanli_nn::loss::cross_entropy(&model.forward(&x), &y, 0.0, Some(IGNORE)).value().item();
+        let loss = model.loss(&x, &y, IGNORE).value().item();
         sum += loss * count as f64;
         n += count;
     }
@@ -341,6 +341,82 @@ fn eval_loss(model: &Llama, examples: &[Example], batch_size: usize) -> f64 {
     } else {
         sum / n as f64
     }
+}
+
+/// The base model loaded frozen (f32, or block-quantized with `quantized_base`), with LoRA
+/// adapters attached to `targets` and only they trainable; its chat template checked.
+pub fn load_for_lora(
+    model: &Path,
+    quantized_base: bool,
+    lora: &LoraConfig,
+    targets: &[String],
+    max_len: usize,
+    rng: &mut Rng,
+) -> Result<Pretrained, FinetuneError> {
+    let load = if quantized_base { LoadOptions::fast() } else { LoadOptions::exact() };
+    let mut p = load_pretrained_with(model, load)?;
+    if max_len > p.model.config.max_seq_len {
+        return Err(FinetuneError::Options(format!(
+            "--max-len {max_len} exceeds the context of {} ({} positions)",
+            model.display(),
+            p.model.config.max_seq_len
+        )));
+    }
+    if p.chat_template.is_none() {
+        return Err(FinetuneError::Options(format!(
+            "{} has no chat template to render conversations with",
+            model.display()
+        )));
+    }
+    p.store.set_trainable(|name, _| name.contains(".lora_"));
+    p.model.attach_lora(&mut p.store, lora, targets, rng)?;
+    Ok(p)
+}
+
+/// The [`Formatter`] of a loaded model (its chat template, BOS and end-of-turn text).
+pub fn formatter(p: &Pretrained) -> Result<Formatter<'_>, FinetuneError> {
+    let template =
+        p.chat_template.as_ref().ok_or_else(|| FinetuneError::Options("the model has no chat template".into()))?;
+    let eot = p.eos.first().and_then(|&e| p.tokenizer.token_bytes(e)).map(|b| String::from_utf8_lossy(b).into_owned());
+    Ok(Formatter { template, tokenizer: &p.tokenizer, bos: p.bos.filter(|_| p.add_bos), end_of_turn: eot })
+}
+
+/// One optimizer step on the batch `(x, y)` (targets [`IGNORE`]d where the loss does not
+/// count): zero the gradients, forward (with LoRA dropout drawn from `rng`), masked
+/// cross-entropy, backward, clip the global gradient norm at 1, AdamW at `lr`. Returns the
+/// loss (the mean over counted tokens).
+pub fn train_step(p: &Pretrained, opt: &mut Adam, x: &Tensor, y: &Tensor, lr: f64, rng: &mut Rng) -> f64 {
+    p.store.zero_grad();
+    let loss = p.model.loss_train(x, y, IGNORE, rng);
+    let value = loss.value().item();
+    if value.is_finite() {
+        loss.backward();
+        p.store.clip_grad_norm(1.0);
+        opt.step(&p.store, lr);
+    }
+    value
+}
+
+/// `rows` sequences of `t` tokens cut from `examples` laid end to end (each row starts at a
+/// conversation's beginning and is filled with the ones after it, the last one cut): the
+/// fixed-shape batch of the speed benchmark, as `(x, y)`.
+pub fn packed_batch(examples: &[Example], rows: usize, t: usize) -> (Tensor, Tensor) {
+    let (mut ids, mut targets) = (Vec::with_capacity(rows * t), Vec::with_capacity(rows * t));
+    let mut next = 0;
+    for _ in 0..rows {
+        let (mut row, mut tgt) = (Vec::with_capacity(t + 1), Vec::with_capacity(t + 1));
+        while row.len() < t + 1 && !examples.is_empty() {
+            let e = &examples[next % examples.len()];
+            next += 1;
+            row.extend_from_slice(&e.ids);
+            tgt.extend_from_slice(&e.target);
+        }
+        row.resize(t + 1, 0);
+        tgt.resize(t + 1, false);
+        ids.extend_from_slice(&row[..t]);
+        targets.extend((1..=t).map(|i| if tgt[i] { row[i] } else { IGNORE }));
+    }
+    (Tensor::new(ids, &[rows, t]), Tensor::new(targets, &[rows, t]))
 }
 
 /// LoRA fine-tuning: load the base (frozen; block-quantized with `quantized_base`), attach the
@@ -355,22 +431,8 @@ pub fn finetune(
     if o.steps == 0 || o.batch_size == 0 || o.max_len < 2 {
         return Err(FinetuneError::Options("steps, batch size and max length (≥ 2) must be positive".into()));
     }
-    let load = if o.quantized_base { LoadOptions::fast() } else { LoadOptions::exact() };
-    let mut p = load_pretrained_with(&o.model, load)?;
-    if o.max_len > p.model.config.max_seq_len {
-        return Err(FinetuneError::Options(format!(
-            "--max-len {} exceeds the context of {} ({} positions)",
-            o.max_len,
-            o.model.display(),
-            p.model.config.max_seq_len
-        )));
-    }
-    let template = p.chat_template.clone().ok_or_else(|| {
-        FinetuneError::Options(format!("{} has no chat template to render conversations with", o.model.display()))
-    })?;
-    p.store.set_trainable(|name, _| name.contains(".lora_"));
     let mut rng = Rng::new(o.seed);
-    p.model.attach_lora(&mut p.store, &o.lora, &o.targets, &mut rng)?;
+    let p = load_for_lora(&o.model, o.quantized_base, &o.lora, &o.targets, o.max_len, &mut rng)?;
     // data
     let mut train_convs = read_conversations(&o.data)?;
     let eval_convs = match &o.eval_data {
@@ -381,9 +443,7 @@ pub fn finetune(
             train_convs.split_off(train_convs.len() - n_eval)
         }
     };
-    let eot = p.eos.first().and_then(|&e| p.tokenizer.token_bytes(e)).map(|b| String::from_utf8_lossy(b).into_owned());
-    let f =
-        Formatter { template: &template, tokenizer: &p.tokenizer, bos: p.bos.filter(|_| p.add_bos), end_of_turn: eot };
+    let f = formatter(&p)?;
     let mut truncated = 0;
     let mut prepare = |convs: &[Vec<Message>]| -> Result<Vec<Example>, SftError> {
         let mut out = Vec::with_capacity(convs.len());
@@ -447,16 +507,11 @@ pub fn finetune(
             at += 1;
         }
         let (x, y, tokens) = batch(&picked);
-        p.store.zero_grad();
-        let loss = yuanli_nn::loss::cross_entropy(&p.model.forward_train(&x, &mut rng), &y, 0.0, Some(IGNORE));
-        let value = loss.value().item();
+        let lr = schedule.lr(step - 1);
+        let value = train_step(&p, &mut opt, &x, &y, lr, &mut rng);
         if !value.is_finite() {
             return Err(FinetuneError::NonFinite { step, value });
         }
-        loss.backward();
-        p.store.clip_grad_norm(1.0);
-        let lr = schedule.lr(step - 1);
-        opt.step(&p.store, lr);
         let tokens_per_sec = tokens as f64 / started.elapsed().as_secs_f64();
         on_event(&SftEvent::Step { step, loss: value, lr, tokens_per_sec });
         log(serde_json::json!({"step": step, "loss": value, "lr": lr, "tokens_per_sec": tokens_per_sec}))?;

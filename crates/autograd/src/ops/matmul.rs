@@ -129,3 +129,126 @@ impl Var {
         Var::from_op(v, Matmul { x: self.value().clone(), y: y.value().clone() }, &[self, y])
     }
 }
+
+/// The frozen base `W (out, in)` of a LoRA-adapted linear map.
+#[derive(Clone, Copy, Debug)]
+pub enum Frozen<'a> {
+    /// A dense tensor (an f32 parameter that does not train; f64 in gradient checks).
+    Dense(&'a Tensor),
+    /// A matrix stored in a GGML format (QLoRA).
+    Stored(&'a QMatrix),
+}
+
+/// How a LoRA update is applied: `s` and the input dropout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraOpts {
+    /// The update's scale `s` (α/r, or α/√r for rsLoRA).
+    pub scale: f64,
+    /// Dropout probability on the adapter's input (0 when not training).
+    pub dropout: f64,
+    /// The dropout mask's seed ([`Tensor::dropout_hashed`]).
+    pub seed: u64,
+}
+
+/// What the backward of [`Var::lora_linear`] reads; `W` in the form it came in.
+enum Base {
+    Dense(Tensor),
+    Stored(QMatrix),
+}
+
+/// `y = x·Wᵀ + b + s · x̃·Aᵀ·Bᵀ`, `x̃ = x ⊙ m` (dropout), `W` frozen — one op. With
+/// `u = x̃·Aᵀ (R, r)` and `G = ∂L/∂y (R, out)` over the `R` rows of the leading axes:
+///
+/// ```text
+/// ∂L/∂B = s · Gᵀ·u                (out, r)
+/// ∂L/∂A = (s · G·B)ᵀ·x̃            (r, in)
+/// ∂L/∂x = G·W + (s · G·B·A) ⊙ m    (R, in)
+/// ∂L/∂b = Σ_rows G
+/// ```
+///
+/// It keeps `x` (which the next op or the base needs anyway), the small `u`, and the mask's
+/// *seed* — not `x̃`, not the mask, not the update `s·u·Bᵀ` or the sum: the composite
+/// `linear + dropout + linear + linear + scale + add` would keep three `(R, in)` or
+/// `(R, out)` tensors more per adapted map. The mask is drawn again in the backward pass.
+struct LoraLinear {
+    x: Tensor,
+    w: Base,
+    a: Tensor,
+    b: Tensor,
+    u: Tensor,
+    opts: LoraOpts,
+}
+impl Backward for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora_linear"
+    }
+    fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
+        let (k, out) = (self.x.dim(-1), self.b.dim(0));
+        let rows = self.x.numel() / k.max(1);
+        let g = g.reshape(&[rows, out]);
+        let s = self.opts.scale;
+        let du = g.matmul(&self.b).mul_scalar(s); // (R, r)
+        let dropped = |t: &Tensor| {
+            if self.opts.dropout > 0.0 {
+                t.dropout_hashed(self.opts.dropout, self.opts.seed)
+            } else {
+                t.clone()
+            }
+        };
+        let dx = n[0].then(|| {
+            let base = match &self.w {
+                Base::Dense(w) => g.matmul(w),
+                Base::Stored(q) => g.matmul(&dequantized(q, g.dtype())),
+            };
+            base.add(&dropped(&du.matmul(&self.a))).reshape(self.x.shape())
+        });
+        let da = n[1].then(|| du.t().matmul(&dropped(&self.x.reshape(&[rows, k]))));
+        let db = n[2].then(|| g.t().matmul(&self.u).mul_scalar(s));
+        let mut grads = vec![dx, da, db];
+        if n.len() > 3 {
+            grads.push(n[3].then(|| g.sum(&[0], false)));
+        }
+        grads
+    }
+}
+
+impl Var {
+    /// A LoRA-adapted linear map with a frozen base, fused: `x·Wᵀ + bias + s·x̃·Aᵀ·Bᵀ` for
+    /// `x (…, in)`, `W (out, in)`, `A (r, in)`, `B (out, r)`, `x̃` = `x` under the dropout of
+    /// `opts`. Gradients reach `x`, `A`, `B` and the bias; never `W`. Equal to its composite
+    /// twin [`crate::composite::lora_linear`] (tested, with the same mask).
+    #[track_caller]
+    pub fn lora_linear(&self, w: Frozen<'_>, bias: Option<&Var>, a: &Var, b: &Var, opts: LoraOpts) -> Var {
+        let (k, r) = (self.dim_last(), a.shape()[0]);
+        let (wr, wc) = match w {
+            Frozen::Dense(t) => (t.dim(0), t.dim(1)),
+            Frozen::Stored(q) => (q.rows(), q.cols()),
+        };
+        assert!(
+            wc == k && a.shape() == [r, k] && b.shape() == [wr, r],
+            "lora_linear: x {:?}, W {wr}×{wc}, A {:?}, B {:?} do not fit",
+            self.shape(),
+            a.shape(),
+            b.shape()
+        );
+        let x = self.value().clone();
+        let rows = x.numel() / k.max(1);
+        let bias_v = bias.map(|b| b.value());
+        let (y, base) = match w {
+            Frozen::Dense(t) => (x.linear(t, bias_v), Base::Dense(t.clone())),
+            Frozen::Stored(q) => (x.linear(&dequantized(q, x.dtype()), bias_v), Base::Stored(q.clone())),
+        };
+        let x2 = x.reshape(&[rows, k]);
+        let xd = if opts.dropout > 0.0 { x2.dropout_hashed(opts.dropout, opts.seed) } else { x2 };
+        let u = xd.linear(a.value(), None); // (R, r)
+        drop(xd);
+        let delta = u.mul_scalar(opts.scale).linear(b.value(), None); // (R, out)
+        let y = y.contiguous();
+        y.add_assign_(&delta.reshape(y.shape()));
+        let op = LoraLinear { x, w: base, a: a.value().clone(), b: b.value().clone(), u, opts };
+        match bias {
+            Some(bias) => Var::from_op(y, op, &[self, a, b, bias]),
+            None => Var::from_op(y, op, &[self, a, b]),
+        }
+    }
+}

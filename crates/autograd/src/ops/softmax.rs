@@ -1,8 +1,8 @@
 //! Fused softmax, log-softmax and cross-entropy (derivations: docs/book, "Softmax and
 //! cross-entropy").
 
-use crate::var::{Backward, Var};
-use yuanli_tensor::{DType, Tensor};
+use crate::var::{is_grad_enabled, Backward, Var};
+use yuanli_tensor::{DType, QMatrix, Tensor};
 
 /// `y = softmax(x)` over the last axis: `∂L/∂x = y ⊙ (g − Σ_j g_j y_j)`.
 struct Softmax {
@@ -84,4 +84,120 @@ impl Var {
             &[self],
         )
     }
+}
+
+/// Rows of logits a chunk of [`Var::linear_cross_entropy`] holds at once, in values (32 MB of
+/// f32): with a 49,152-token vocabulary, 170 rows.
+const CE_CHUNK_VALUES: usize = 8 << 20;
+
+/// The fused language-model head and loss, `L = (1/N) Σ_n [lse(x_n·Wᵀ) − x_n·w_{y_n}]`, whose
+/// gradient the forward pass already computes. The loss is the graph's last node, so its
+/// incoming gradient is a scalar `g`, and
+///
+/// ```text
+/// ∂L/∂x_n = g · (softmax(x_n·Wᵀ) − onehot(y_n)) · W / N,   ∂L/∂W = g · Σ_n (softmax − onehot)ᵀ x_n / N.
+/// ```
+///
+/// Both are linear in `g`, so the forward computes them for `g = 1`, chunk by chunk of rows,
+/// and the backward only scales them. The `(N, V)` logits are never held whole (a chunk at a
+/// time) and never computed twice: for a 49k vocabulary that is most of a small model's
+/// activation memory.
+struct LinearCrossEntropy {
+    dx: Tensor,
+    dw: Option<Tensor>,
+}
+impl Backward for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "linear_cross_entropy"
+    }
+    fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
+        let g = g.item();
+        let mut out = vec![n[0].then(|| self.dx.mul_scalar(g))];
+        if n.len() > 1 {
+            out.push(
+                n[1].then(|| self.dw.as_ref().expect("linear_cross_entropy: dW kept when W needs it").mul_scalar(g)),
+            );
+        }
+        out
+    }
+}
+
+impl Var {
+    /// Mean cross-entropy of the logits `x·Wᵀ` (`x (N, K)`, `W (V, K)`) against u32 targets
+    /// `(N,)`, fused: equal to `x.linear(w, None).cross_entropy(targets, None)` without ever
+    /// holding the `(N, V)` logits. Gradients flow to `x` and, when it needs one, to `W`.
+    #[track_caller]
+    pub fn linear_cross_entropy(&self, w: &Var, targets: &Tensor) -> Var {
+        let needs = is_grad_enabled() && (self.requires_grad() || w.requires_grad());
+        let (loss, dx, dw) = linear_ce(self.value(), w.value(), targets, needs, needs && w.requires_grad());
+        match dx {
+            Some(dx) => Var::from_op(loss, LinearCrossEntropy { dx, dw }, &[self, w]),
+            None => Var::constant(loss),
+        }
+    }
+
+    /// [`Var::linear_cross_entropy`] with a frozen head stored in a GGML format
+    /// ([`QMatrix`]), dequantized for the call: the gradient flows to `x` only.
+    #[track_caller]
+    pub fn linear_q_cross_entropy(&self, w: &QMatrix, targets: &Tensor) -> Var {
+        let dense = Tensor::new(w.dequantize(), &[w.rows(), w.cols()]).to_dtype(self.value().dtype());
+        let needs = is_grad_enabled() && self.requires_grad();
+        let (loss, dx, _) = linear_ce(self.value(), &dense, targets, needs, false);
+        match dx {
+            Some(dx) => Var::from_op(loss, LinearCrossEntropy { dx, dw: None }, &[self]),
+            None => Var::constant(loss),
+        }
+    }
+}
+
+/// The chunked forward of [`LinearCrossEntropy`]: the mean loss, and for `g = 1` the
+/// gradients with respect to `x` (when `want_dx`) and `W` (when `want_dw`).
+#[track_caller]
+fn linear_ce(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    want_dx: bool,
+    want_dw: bool,
+) -> (Tensor, Option<Tensor>, Option<Tensor>) {
+    assert!(
+        x.rank() == 2 && w.rank() == 2,
+        "linear_cross_entropy: x {:?} and W {:?} must be matrices",
+        x.shape(),
+        w.shape()
+    );
+    let (n, v) = (x.dim(0), w.dim(0));
+    assert_eq!(targets.shape(), [n], "linear_cross_entropy: {} rows of x but targets {:?}", n, targets.shape());
+    assert_eq!(targets.dtype(), DType::U32, "linear_cross_entropy: targets must be u32");
+    let x = x.contiguous();
+    let chunk = (CE_CHUNK_VALUES / v.max(1)).max(1);
+    let mut total = Tensor::zeros(&[], x.dtype());
+    let mut dxs = Vec::new();
+    let mut dw: Option<Tensor> = None;
+    let scale = 1.0 / n.max(1) as f64;
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
+        let xc = x.narrow(0, r0, rows);
+        let tc = targets.narrow(0, r0, rows).contiguous();
+        let logits = xc.linear(w, None);
+        let (losses, lse) = logits.cross_entropy_rows(&tc, None);
+        total = total.add(&losses.sum_all());
+        if want_dx || want_dw {
+            let d = logits.cross_entropy_rows_backward(&tc, &lse, &Tensor::full(scale, &[rows], x.dtype()), None);
+            if want_dx {
+                dxs.push(d.matmul(w));
+            }
+            if want_dw {
+                let part = d.t().matmul(&xc);
+                dw = Some(match dw {
+                    Some(acc) => acc.add(&part),
+                    None => part,
+                });
+            }
+        }
+    }
+    let dx =
+        want_dx.then(|| if dxs.is_empty() { Tensor::zeros(x.shape(), x.dtype()) } else { Tensor::concat(&dxs, 0) });
+    let dw = if want_dw { Some(dw.unwrap_or_else(|| Tensor::zeros(w.shape(), w.dtype()))) } else { None };
+    (total.mul_scalar(scale), dx, dw)
 }

@@ -89,3 +89,39 @@ pub fn swiglu_backward<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gat
         dup[i] += dout[i] * silu(gate[i]);
     }
 }
+
+/// MurmurHash3's 32-bit finaliser: every input bit flips about half of the output bits.
+#[inline(always)]
+pub fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The integer form of a dropout probability: element `i` is kept when its 24-bit draw
+/// `fmix32(fmix32(i·φ ⊕ seed_lo) ⊕ seed_hi) >> 8` is at least `⌈p·2²⁴⌉`, i.e. when
+/// `u = draw / 2²⁴`, uniform on [0, 1), is at least `p`.
+#[inline]
+pub fn dropout_threshold(p: f64) -> u32 {
+    (p * 16_777_216.0).ceil().clamp(0.0, 16_777_216.0) as u32
+}
+
+/// Whether element `i` survives the dropout of threshold `t` ([`dropout_threshold`]) under
+/// `seed`: a counter-based draw (two rounds of [`fmix32`] over the index and the seed), so the
+/// same mask can be drawn again in the backward pass instead of being stored, by many threads
+/// at once, and in vector registers (32-bit multiplies only). The index is taken mod 2³².
+#[inline(always)]
+pub fn dropout_keeps(seed: u64, i: usize, t: u32) -> bool {
+    fmix32(fmix32((i as u32).wrapping_mul(0x9e37_79b9) ^ seed as u32) ^ (seed >> 32) as u32) >> 8 >= t
+}
+
+/// `out[k] = x[k] · m_{i0+k}` with the hashed mask `m_i ∈ {0, 1/(1−p)}` of [`dropout_keeps`]
+/// (`t` = [`dropout_threshold`]`(p)`).
+pub fn dropout_hashed<T: Float>(out: &mut [T], x: &[T], i0: usize, p: f64, seed: u64) {
+    let (keep, t) = (T::from_f64(1.0 / (1.0 - p)), dropout_threshold(p));
+    for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = if dropout_keeps(seed, i0 + k, t) { v * keep } else { T::ZERO };
+    }
+}

@@ -542,6 +542,40 @@ fn geglu_tanh_inplace_impl(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// σ(x) = 1/(1 + e^{−x}) with the fast exp: `e^{−x}` saturates instead of overflowing, so
+/// σ goes smoothly to 0 and 1 without a branch.
+#[inline(always)]
+fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+#[inline(always)]
+fn swiglu_forward_impl(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g * sigmoid_f32(g) * u;
+    }
+}
+
+#[inline(always)]
+fn swiglu_backward_impl(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    for i in 0..dout.len().min(dgate.len()).min(dup.len()).min(gate.len()).min(up.len()) {
+        let (g, s) = (gate[i], sigmoid_f32(gate[i]));
+        dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
+        dup[i] = dout[i] * g * s;
+    }
+}
+
+#[inline(always)]
+fn dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64) {
+    let (lo, hi) = (seed as u32, (seed >> 32) as u32);
+    let n = out.len().min(x.len());
+    for k in 0..n {
+        let i = i0.wrapping_add(k as u32);
+        let h = super::fmix32(super::fmix32(i.wrapping_mul(0x9e37_79b9) ^ lo) ^ hi) >> 8;
+        out[k] = if h >= t { x[k] * keep } else { 0.0 };
+    }
+}
+
 #[inline(always)]
 fn scale_impl(x: &mut [f32], s: f32) {
     for v in x.iter_mut() {
@@ -556,6 +590,19 @@ dispatch! {
 dispatch! {
     /// `dx += dout ⊙ gelu_tanh'(x)`.
     gelu_tanh_backward, gelu_tanh_backward_at => gelu_tanh_backward_impl(dx: &mut [f32], dout: &[f32], x: &[f32])
+}
+dispatch! {
+    /// `out = silu(gate) ⊙ up` (`=`).
+    swiglu_forward, swiglu_forward_at => swiglu_forward_impl(out: &mut [f32], gate: &[f32], up: &[f32])
+}
+dispatch! {
+    /// `dgate = dout ⊙ up ⊙ silu'(gate)`, `dup = dout ⊙ silu(gate)` (`=`, not accumulated).
+    swiglu_backward, swiglu_backward_at => swiglu_backward_impl(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32])
+}
+dispatch! {
+    /// `out = x ⊙ m` with the hashed dropout mask from index `i0` on
+    /// ([`dropout_keeps`](super::dropout_keeps); `keep` = 1/(1−p), `t` its threshold).
+    dropout_hashed, dropout_hashed_at => dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64)
 }
 dispatch! {
     /// `out = tanh(x)` (`=`).
@@ -741,6 +788,54 @@ mod tests {
                     + 0.5 * v * (1.0 - t * t) * 0.797_884_560_802_865_4 * (1.0 + 3.0 * 0.044715 * v * v);
                 assert!((y[i] as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "{level:?} gelu({v})");
                 assert!((dx[i] as f64 - dwant).abs() < 1e-6 * (1.0 + dwant.abs()), "{level:?} gelu'({v})");
+            }
+        }
+    }
+
+    #[test]
+    fn hashed_dropout_is_the_same_at_every_level() {
+        let x: Vec<f32> = (0..1003).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let (p, seed) = (0.3, 0x1234_5678_9abc_def0u64);
+        let mut want = vec![0.0f32; x.len()];
+        super::super::dropout_hashed(&mut want, &x, 17, p, seed);
+        for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
+            if !level_supported(level) {
+                continue;
+            }
+            let mut got = vec![1.0f32; x.len()];
+            dropout_hashed_at(
+                level,
+                &mut got,
+                &x,
+                17,
+                super::super::dropout_threshold(p),
+                (1.0 / (1.0 - p)) as f32,
+                seed,
+            );
+            assert_eq!(got, want, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_f64_at_every_level() {
+        let g: Vec<f32> = (0..301).map(|i| i as f32 * 0.11 - 16.5).chain([-100.0, 100.0]).collect();
+        let u: Vec<f32> = g.iter().enumerate().map(|(i, _)| ((i * 7) % 13) as f32 * 0.25 - 1.5).collect();
+        let dy: Vec<f32> = g.iter().enumerate().map(|(i, _)| ((i * 5) % 11) as f32 * 0.2 - 1.0).collect();
+        for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
+            if !level_supported(level) {
+                continue;
+            }
+            let n = g.len();
+            let (mut y, mut dg, mut du) = (vec![0.0; n], vec![9.0; n], vec![9.0; n]);
+            swiglu_forward_at(level, &mut y, &g, &u);
+            swiglu_backward_at(level, &mut dg, &mut du, &dy, &g, &u);
+            for i in 0..n {
+                let (gv, uv, d) = (g[i] as f64, u[i] as f64, dy[i] as f64);
+                let s = 1.0 / (1.0 + (-gv).exp());
+                let (want, dgw, duw) = (gv * s * uv, d * uv * s * (1.0 + gv * (1.0 - s)), d * gv * s);
+                let close = |a: f32, b: f64| (a as f64 - b).abs() <= 1e-6 * (1.0 + b.abs());
+                assert!(close(y[i], want), "{level:?} swiglu({gv}, {uv}) = {}, want {want}", y[i]);
+                assert!(close(dg[i], dgw) && close(du[i], duw), "{level:?} swiglu' at {gv}");
             }
         }
     }
