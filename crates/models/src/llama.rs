@@ -482,13 +482,7 @@ impl Llama {
         let n = rows.len();
         let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows, &[n])); // (n, C)
         let ys = Tensor::new(ys, &[n]);
-        match self.head() {
-            Weight::Param(w) if !w.requires_grad() && w.value().dtype() != picked.value().dtype() => {
-                picked.linear_cross_entropy(&Var::constant(w.value().to_dtype(picked.value().dtype())), &ys)
-            }
-            Weight::Param(w) => picked.linear_cross_entropy(w, &ys),
-            Weight::Stored(q) => picked.linear_q_cross_entropy(q, &ys),
-        }
+        self.head().linear_cross_entropy(&picked, &ys)
     }
 
     /// Every linear map of the blocks with its Hugging Face module name
@@ -799,6 +793,33 @@ mod tests {
         }
         let bad = LlamaConfig { n_kv_head: 3, ..tiny(RopeLayout::HalfSplit, false, true) };
         assert_eq!(bad.validate().unwrap_err(), "n_head = 4 is not a multiple of n_kv_head = 3");
+    }
+
+    /// The fused, masked loss equals cross-entropy over the full forward's logits — value and
+    /// every parameter's gradient — for a tied and an untied (trainable) head.
+    #[test]
+    fn masked_loss_equals_cross_entropy_of_the_forward() {
+        for tie in [true, false] {
+            let mut store = ParamStore::new();
+            let m = Llama::new(tiny(RopeLayout::HalfSplit, false, tie), &mut store).unwrap();
+            randomise(&store, 5);
+            let ids: Vec<u32> = (0..14).map(|i| (i * 7 % 17) as u32).collect();
+            let tg: Vec<u32> = (0..14).map(|i| if i % 3 == 0 { u32::MAX } else { (i * 5 % 17) as u32 }).collect();
+            let (x, y) = (Tensor::new(ids, &[2, 7]), Tensor::new(tg, &[2, 7]));
+            let run = |fused: bool| {
+                store.zero_grad();
+                let l = if fused { m.loss(&x, &y, u32::MAX) } else { m.forward(&x).cross_entropy(&y, Some(u32::MAX)) };
+                l.backward();
+                let grads: Vec<f32> = store.grad_arena().to_vec::<f32>();
+                (l.value().item(), grads)
+            };
+            let ((a, ga), (b, gb)) = (run(true), run(false));
+            assert!((a - b).abs() < 1e-5, "tie {tie}: loss {a} vs {b}");
+            assert_eq!(ga.len(), gb.len());
+            let worst = ga.iter().zip(&gb).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "tie {tie}: gradients differ by {worst}");
+            assert!(gb.iter().any(|&g| g != 0.0));
+        }
     }
 
     /// The engine (paged KV cache, blocks of 4, a prefill of 5 with every row's logits, then

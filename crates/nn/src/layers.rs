@@ -92,6 +92,19 @@ impl Weight {
         }
     }
 
+    /// The fused LM head and loss: mean cross-entropy of `x·Wᵀ` (`x (N, cols)`) against
+    /// `targets (N,)`, never holding the `(N, rows)` logits ([`Var::linear_cross_entropy`];
+    /// a frozen weight at the input's precision, as in [`Weight::linear`]).
+    pub fn linear_cross_entropy(&self, x: &Var, targets: &Tensor) -> Var {
+        match self {
+            Weight::Param(w) if !w.requires_grad() && w.value().dtype() != x.value().dtype() => {
+                x.linear_cross_entropy(&Var::constant(w.value().to_dtype(x.value().dtype())), targets)
+            }
+            Weight::Param(w) => x.linear_cross_entropy(w, targets),
+            Weight::Stored(q) => x.linear_q_cross_entropy(q, targets),
+        }
+    }
+
     /// Rows `ids` (u32, any shape) → `(…ids, cols)`. A stored table yields constants (it has no
     /// gradient to receive, and token ids have none to pass on).
     pub fn embedding(&self, ids: &Tensor) -> Var {

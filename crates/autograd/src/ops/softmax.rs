@@ -114,9 +114,8 @@ impl Backward for LinearCrossEntropy {
         let g = g.item();
         let mut out = vec![n[0].then(|| self.dx.mul_scalar(g))];
         if n.len() > 1 {
-            out.push(
-                n[1].then(|| self.dw.as_ref().expect("linear_cross_entropy: dW kept when W needs it").mul_scalar(g)),
-            );
+            // dW was computed in the forward pass exactly when W needed a gradient.
+            out.push(self.dw.as_ref().filter(|_| n[1]).map(|dw| dw.mul_scalar(g)));
         }
         out
     }
