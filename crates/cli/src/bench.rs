@@ -322,6 +322,7 @@ fn bench_lora(o: &LoraBench, threads: usize) -> Result<serde_json::Value> {
         step(&mut rng);
         times.push(t.elapsed().as_secs_f64());
     }
+    let steps_ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
     times.sort_by(f64::total_cmp);
     let step_s = times[times.len() / 2];
     if yuanli_autograd::profile::enabled() {
@@ -331,7 +332,7 @@ fn bench_lora(o: &LoraBench, threads: usize) -> Result<serde_json::Value> {
         "model": o.model.display().to_string(), "threads": threads, "batch": o.batch, "seq": o.seq,
         "rank": o.lora.r, "targets": o.targets, "quantized_base": o.quantized_base,
         "trainable": p.store.num_trainable(), "counted_tokens": counted, "first_loss": losses[0],
-        "step_ms": step_s * 1e3, "tokens_per_sec": (o.batch * o.seq) as f64 / step_s, "peak_rss_mb": peak_rss_mb(),
+        "step_ms": step_s * 1e3, "steps_ms": steps_ms, "tokens_per_sec": (o.batch * o.seq) as f64 / step_s, "peak_rss_mb": peak_rss_mb(),
         "simd": levels().0, "gemm": levels().1,
     }))
 }

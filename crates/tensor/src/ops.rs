@@ -372,7 +372,8 @@ impl Tensor {
         out_shape.extend([m, n]);
         let threads = crate::num_threads();
         float_dispatch!(a.dtype(), "matmul", T => {
-            let mut out = cpu::alloc_zeroed::<T>(nb * m * n);
+            // Every element is written by its GEMM (`accumulate = false`).
+            let mut out = cpu::alloc_for_overwrite::<T>(nb * m * n);
             a.with_strided(|da: &[T], _| b.with_strided(|db: &[T], _| {
                 let one = |dst: &mut [T], (oa, ob): (usize, usize), th: usize| {
                     cpu::gemm_into(m, k, n, dst, n, false, da, MatRef { off: oa, rs: ars, cs: acs }, db, MatRef { off: ob, rs: brs, cs: bcs }, T::ONE, th);
@@ -419,6 +420,7 @@ impl Tensor {
         float_dispatch!(self.dtype(), "linear", T => {
             let mut out: Vec<T> = match b {
                 Some(b) => b.contiguous().to_vec::<T>().repeat(rows),
+                None if k > 0 => cpu::alloc_for_overwrite::<T>(rows * n), // overwritten below
                 None => cpu::alloc_zeroed::<T>(rows * n),
             };
             if k > 0 {
@@ -430,6 +432,43 @@ impl Tensor {
                 }));
             }
             Tensor::new(out, &out_shape)
+        })
+    }
+
+    /// `self += α·a·b` in place, for a contiguous `self (M, N)` and 2-D views `a (M, K)`,
+    /// `b (K, N)` (any strides: pass `w.t()` for `a·Wᵀ`).
+    ///
+    /// One GEMM that accumulates into the output: no product buffer, no second pass to add it.
+    /// A LoRA update `y += s·u·Bᵀ` and its input gradient `dx += du·A` take this path.
+    #[track_caller]
+    pub fn add_matmul_(&self, a: &Tensor, b: &Tensor, alpha: f64) {
+        let (m, n) = (self.dim(0), self.dim(1));
+        assert!(
+            self.rank() == 2 && a.rank() == 2 && b.rank() == 2 && a.dim(0) == m && b.dim(1) == n && a.dim(1) == b.dim(0),
+            "add_matmul_: out {:?} += a {:?} · b {:?} do not fit",
+            self.shape(),
+            a.shape(),
+            b.shape()
+        );
+        assert!(
+            self.dtype() == a.dtype() && a.dtype() == b.dtype(),
+            "add_matmul_: dtypes {}, {} and {}",
+            self.dtype(),
+            a.dtype(),
+            b.dtype()
+        );
+        let copy_if_shared = |t: &Tensor| if self.same_storage(t) { t.copy() } else { t.clone() };
+        let (a, b) = (copy_if_shared(a), copy_if_shared(b));
+        let k = a.dim(1);
+        let threads = crate::num_threads();
+        float_dispatch!(self.dtype(), "add_matmul_", T => {
+            a.with_strided(|da: &[T], la| b.with_strided(|db: &[T], lb| {
+                let am = MatRef { off: la.offset(), rs: la.strides()[0], cs: la.strides()[1] };
+                let bm = MatRef { off: lb.offset(), rs: lb.strides()[0], cs: lb.strides()[1] };
+                self.with_slice_mut(|out: &mut [T]| {
+                    cpu::gemm_into(m, k, n, out, n, true, da, am, db, bm, T::from_f64(alpha), threads)
+                });
+            }));
         })
     }
 
@@ -509,6 +548,28 @@ impl Tensor {
             let (mut losses, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
             self.with_slice(|x: &[T]| cpu::cross_entropy_forward(&mut losses, &mut lse, x, &ids, v, ignore_index));
             (Tensor::new(losses, targets.shape()), Tensor::new(lse, targets.shape()))
+        })
+    }
+
+    /// [`Tensor::cross_entropy_rows`]' losses and, in place of the logits, their gradient for a
+    /// constant `dloss = g`: `self ← g·(softmax(self) − onehot(targets))` (a contiguous `(N, V)`
+    /// buffer the caller owns; no target ignored). The chunked LM head's one pass.
+    #[track_caller]
+    pub fn cross_entropy_grad_(&self, targets: &Tensor, g: f64) -> Tensor {
+        let v = self.last_axis_rows("cross_entropy");
+        assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32, got {}", targets.dtype());
+        assert_eq!(
+            &self.shape()[..self.rank() - 1],
+            targets.shape(),
+            "cross_entropy: logits {:?} vs targets {:?}",
+            self.shape(),
+            targets.shape()
+        );
+        let ids = targets.to_vec::<u32>();
+        float_dispatch!(self.dtype(), "cross_entropy", T => {
+            let mut losses = vec![T::ZERO; ids.len()];
+            self.with_slice_mut(|x: &mut [T]| cpu::cross_entropy_grad_inplace(x, &mut losses, &ids, v, T::from_f64(g)));
+            Tensor::new(losses, targets.shape())
         })
     }
 
@@ -601,26 +662,46 @@ impl Tensor {
     /// ([`cpu::dropout_keeps`], `i` the row-major index): the same `(p, seed)` always drops
     /// the same elements, so a backward pass can redraw the mask instead of keeping it.
     pub fn dropout_hashed(&self, p: f64, seed: u64) -> Tensor {
-        let x = self.contiguous();
+        let out = Tensor::zeros(self.shape(), self.dtype());
+        out.dropout_hashed_into(self, p, seed, false);
+        out
+    }
+
+    /// `self += x ⊙ m` in place, `m` the mask of [`Tensor::dropout_hashed`]`(p, seed)` over
+    /// `x`'s row-major indices: a gradient through a dropout added where it is accumulated, in
+    /// one pass (`self` contiguous, the shape of `x`).
+    #[track_caller]
+    pub fn add_dropout_hashed_(&self, x: &Tensor, p: f64, seed: u64) {
+        self.dropout_hashed_into(x, p, seed, true);
+    }
+
+    /// `self = x ⊙ m` (`add`: `+=`), in parallel chunks; the chunk's first index offsets the
+    /// mask so that the result does not depend on the chunking.
+    #[track_caller]
+    fn dropout_hashed_into(&self, x: &Tensor, p: f64, seed: u64, add: bool) {
+        assert_eq!(self.shape(), x.shape(), "dropout_hashed: out {:?} vs x {:?}", self.shape(), x.shape());
+        assert_eq!(self.dtype(), x.dtype(), "dropout_hashed: dtypes {} and {}", self.dtype(), x.dtype());
+        let x = if self.same_storage(x) { x.copy() } else { x.contiguous() };
         let per = cpu::PAR_MIN_ELEMS;
         if x.dtype() == DType::F32 {
             let (t, keep) = (cpu::dropout_threshold(p), (1.0 / (1.0 - p)) as f32);
-            let mut out = vec![0.0f32; x.numel()];
             x.with_slice(|v: &[f32]| {
-                let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
-                cpu::team_for_each(chunks, |(c, (o, v))| {
-                    cpu::simd::dropout_hashed(o, v, (c * per) as u32, t, keep, seed)
-                });
+                self.with_slice_mut(|out: &mut [f32]| {
+                    let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
+                    cpu::team_for_each(chunks, |(c, (o, v))| {
+                        cpu::simd::dropout_hashed(o, v, (c * per) as u32, t, keep, seed, add)
+                    });
+                })
             });
-            return Tensor::new(out, self.shape());
+            return;
         }
         float_dispatch!(self.dtype(), "dropout_hashed", T => {
-            let mut out = vec![T::ZERO; x.numel()];
             x.with_slice(|v: &[T]| {
-                let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
-                cpu::team_for_each(chunks, |(c, (o, v))| cpu::dropout_hashed(o, v, c * per, p, seed));
-            });
-            Tensor::new(out, self.shape())
+                self.with_slice_mut(|out: &mut [T]| {
+                    let chunks = out.chunks_mut(per).zip(v.chunks(per)).enumerate().collect();
+                    cpu::team_for_each(chunks, |(c, (o, v))| cpu::dropout_hashed(o, v, c * per, p, seed, add));
+                })
+            })
         })
     }
 
@@ -696,13 +777,18 @@ impl Tensor {
         float_dispatch!(self.dtype(), "rope", T => {
             let (cos, sin) = cpu::rope_tables::<T>(pos0, t, d, base);
             let mut out = vec![T::ZERO; self.numel()];
-            let pos_of = |r: usize| (r / inner_rows) % t;
+            // Bands of whole rows in parallel; row r of band c is row c·per + r overall.
+            let per = (cpu::PAR_MIN_ELEMS / d.max(1)).max(1);
             self.with_slice(|x: &[T]| {
-                if backward {
-                    cpu::rope_backward(&mut out, x, d, &cos, &sin, pos_of, layout)
-                } else {
-                    cpu::rope_forward(&mut out, x, d, &cos, &sin, pos_of, layout)
-                }
+                let bands = out.chunks_mut(per * d.max(1)).zip(x.chunks(per * d.max(1))).enumerate().collect();
+                cpu::team_for_each(bands, |(c, (o, x))| {
+                    let pos_of = |r: usize| ((c * per + r) / inner_rows) % t;
+                    if backward {
+                        cpu::rope_backward(o, x, d, &cos, &sin, pos_of, layout)
+                    } else {
+                        cpu::rope_forward(o, x, d, &cos, &sin, pos_of, layout)
+                    }
+                });
             });
             Tensor::new(out, self.shape())
         })

@@ -260,3 +260,55 @@ fn attention_decode_row_equals_last_row_of_full_causal() {
     let last = Tensor::attention(&q.narrow(2, t - 1, 1), &k, &v, None, true, None).out;
     assert_close("decode row", &last.to_vec_f64(), &full.narrow(2, t - 1, 1).to_vec_f64(), 1e-5);
 }
+
+#[test]
+fn add_matmul_accumulates_alpha_times_the_product_into_a_band() {
+    // out (7, 5) += 0.5 · a (7, 3) · Wᵀ, W (5, 3) read through its transposed view; the output
+    // is a band of rows of a larger buffer, so the rows around it must not change.
+    let (a, w) = (randn(&[7, 3], 1), randn(&[5, 3], 2));
+    let big = randn(&[10, 5], 3);
+    let before = big.to_vec_f64();
+    big.narrow(0, 2, 7).add_matmul_(&a, &w.t(), 0.5);
+    let prod = naive_matmul(&a, &w.t().contiguous());
+    let after = big.to_vec_f64();
+    for (i, (&got, &was)) in after.iter().zip(&before).enumerate() {
+        let (r, c) = (i / 5, i % 5);
+        let want = if (2..9).contains(&r) { was + 0.5 * prod[(r - 2) * 5 + c] } else { was };
+        assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "element ({r}, {c}): {got} vs {want}");
+    }
+}
+
+#[test]
+fn cross_entropy_grad_in_place_equals_loss_and_backward() {
+    // Enough rows to split into bands on two threads; a row whose target is its largest logit.
+    let (n, v) = (613, 301);
+    let x = randn(&[n, v], 4).to_dtype(DType::F64);
+    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 97 + 5) % v as u32).collect();
+    let t = Tensor::new(ids, &[n]);
+    let (losses, lse) = x.cross_entropy_rows(&t, None);
+    let g = 0.25;
+    let want = x.cross_entropy_rows_backward(&t, &lse, &Tensor::full(g, &[n], DType::F64), None);
+    let d = x.copy();
+    let got_losses = d.cross_entropy_grad_(&t, g);
+    assert_close("losses", &got_losses.to_vec_f64(), &losses.to_vec_f64(), 1e-12);
+    assert_close("g·(softmax − onehot)", &d.to_vec_f64(), &want.to_vec_f64(), 1e-12);
+}
+
+#[test]
+fn rope_in_parallel_bands_equals_the_formula_row_by_row() {
+    // (B, T, H, D) with enough rows for several bands: each element against cos/sin of its own
+    // position, computed here in f64.
+    let (b, t, h, d, pos0, base) = (4, 80, 9, 64, 3, 10000.0);
+    let x = randn(&[b, t, h, d], 9).to_dtype(DType::F64);
+    let y = x.rope(1, pos0, base, RopeLayout::HalfSplit).to_vec_f64();
+    let xs = x.to_vec_f64();
+    for (i, (&got, _)) in y.iter().zip(&xs).enumerate() {
+        let (c, row) = (i % d, i / d);
+        let p = (row / h) % t + pos0;
+        let (pair, first) = if c < d / 2 { (c, true) } else { (c - d / 2, false) };
+        let ang = p as f64 * f64::powf(base, -2.0 * pair as f64 / d as f64);
+        let (x1, x2) = (xs[row * d + pair], xs[row * d + pair + d / 2]);
+        let want = if first { x1 * ang.cos() - x2 * ang.sin() } else { x1 * ang.sin() + x2 * ang.cos() };
+        assert!((got - want).abs() < 1e-12, "element {i} (position {p}, channel {c}): {got} vs {want}");
+    }
+}

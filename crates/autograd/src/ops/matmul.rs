@@ -188,21 +188,25 @@ impl Backward for LoraLinear {
         let g = g.reshape(&[rows, out]);
         let s = self.opts.scale;
         let du = g.matmul(&self.b).mul_scalar(s); // (R, r)
-        let dropped = |t: &Tensor| {
-            if self.opts.dropout > 0.0 {
-                t.dropout_hashed(self.opts.dropout, self.opts.seed)
-            } else {
-                t.clone()
-            }
-        };
         let dx = n[0].then(|| {
-            let base = match &self.w {
+            let dx = match &self.w {
                 Base::Dense(w) => g.matmul(w),
                 Base::Stored(q) => g.matmul(&dequantized(q, g.dtype())),
             };
-            base.add(&dropped(&du.matmul(&self.a))).reshape(self.x.shape())
+            // dx += (du·A) ⊙ m: accumulated by the GEMM itself without dropout; with it, the
+            // product is masked as it is added (the mask redrawn from its seed).
+            if self.opts.dropout > 0.0 {
+                dx.add_dropout_hashed_(&du.matmul(&self.a), self.opts.dropout, self.opts.seed);
+            } else {
+                dx.add_matmul_(&du, &self.a, 1.0);
+            }
+            dx.reshape(self.x.shape())
         });
-        let da = n[1].then(|| du.t().matmul(&dropped(&self.x.reshape(&[rows, k]))));
+        let da = n[1].then(|| {
+            let x = self.x.reshape(&[rows, k]);
+            let xd = if self.opts.dropout > 0.0 { x.dropout_hashed(self.opts.dropout, self.opts.seed) } else { x };
+            du.t().matmul(&xd)
+        });
         let db = n[2].then(|| g.t().matmul(&self.u).mul_scalar(s));
         let mut grads = vec![dx, da, db];
         if n.len() > 3 {
@@ -242,9 +246,8 @@ impl Var {
         let xd = if opts.dropout > 0.0 { x2.dropout_hashed(opts.dropout, opts.seed) } else { x2 };
         let u = xd.linear(a.value(), None); // (R, r)
         drop(xd);
-        let delta = u.mul_scalar(opts.scale).linear(b.value(), None); // (R, out)
-        let y = y.contiguous();
-        y.add_assign_(&delta.reshape(y.shape()));
+        // y += s·u·Bᵀ, accumulated by the GEMM into y: no (R, out) update buffer, no add pass.
+        y.reshape(&[rows, wr]).add_matmul_(&u, &b.value().t(), opts.scale);
         let op = LoraLinear { x, w: base, a: a.value().clone(), b: b.value().clone(), u, opts };
         match bias {
             Some(bias) => Var::from_op(y, op, &[self, a, b, bias]),

@@ -178,21 +178,14 @@ fn linear_ce(
         let rows = chunk.min(n - r0);
         let xc = x.narrow(0, r0, rows);
         let tc = targets.narrow(0, r0, rows).contiguous();
-        let logits = xc.linear(w, None);
-        let (losses, lse) = logits.cross_entropy_rows(&tc, None);
-        total = total.add(&losses.sum_all());
-        if want_dx || want_dw {
-            let d = logits.cross_entropy_rows_backward(&tc, &lse, &Tensor::full(scale, &[rows], x.dtype()), None);
-            if want_dx {
-                dxs.push(d.matmul(w));
-            }
-            if want_dw {
-                let part = d.t().matmul(&xc);
-                dw = Some(match dw {
-                    Some(acc) => acc.add(&part),
-                    None => part,
-                });
-            }
+        // The chunk's logits become its gradient `scale·(softmax − onehot)` in place.
+        let d = xc.linear(w, None);
+        total = total.add(&d.cross_entropy_grad_(&tc, scale).sum_all());
+        if want_dx {
+            dxs.push(d.matmul(w));
+        }
+        if want_dw {
+            dw.get_or_insert_with(|| Tensor::zeros(w.shape(), w.dtype())).add_matmul_(&d.t(), &xc, 1.0);
         }
     }
     let dx =

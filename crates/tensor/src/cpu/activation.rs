@@ -117,11 +117,12 @@ pub fn dropout_keeps(seed: u64, i: usize, t: u32) -> bool {
     fmix32(fmix32((i as u32).wrapping_mul(0x9e37_79b9) ^ seed as u32) ^ (seed >> 32) as u32) >> 8 >= t
 }
 
-/// `out[k] = x[k] · m_{i0+k}` with the hashed mask `m_i ∈ {0, 1/(1−p)}` of [`dropout_keeps`]
-/// (`t` = [`dropout_threshold`]`(p)`).
-pub fn dropout_hashed<T: Float>(out: &mut [T], x: &[T], i0: usize, p: f64, seed: u64) {
+/// `out[k] = x[k] · m_{i0+k}` (`add`: `+=`) with the hashed mask `m_i ∈ {0, 1/(1−p)}` of
+/// [`dropout_keeps`] (`t` = [`dropout_threshold`]`(p)`).
+pub fn dropout_hashed<T: Float>(out: &mut [T], x: &[T], i0: usize, p: f64, seed: u64, add: bool) {
     let (keep, t) = (T::from_f64(1.0 / (1.0 - p)), dropout_threshold(p));
     for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        *o = if dropout_keeps(seed, i0 + k, t) { v * keep } else { T::ZERO };
+        let m = if dropout_keeps(seed, i0 + k, t) { v * keep } else { T::ZERO };
+        *o = if add { *o + m } else { m };
     }
 }

@@ -566,13 +566,27 @@ fn swiglu_backward_impl(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: 
 }
 
 #[inline(always)]
-fn dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64) {
+fn dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64, add: bool) {
     let (lo, hi) = (seed as u32, (seed >> 32) as u32);
     let n = out.len().min(x.len());
-    for k in 0..n {
+    let mask = |k: usize| {
         let i = i0.wrapping_add(k as u32);
         let h = super::fmix32(super::fmix32(i.wrapping_mul(0x9e37_79b9) ^ lo) ^ hi) >> 8;
-        out[k] = if h >= t { x[k] * keep } else { 0.0 };
+        if h >= t {
+            x[k] * keep
+        } else {
+            0.0
+        }
+    };
+    // Two loops, not a branch per element, so that each vectorises.
+    if add {
+        for k in 0..n {
+            out[k] += mask(k);
+        }
+    } else {
+        for k in 0..n {
+            out[k] = mask(k);
+        }
     }
 }
 
@@ -600,9 +614,9 @@ dispatch! {
     swiglu_backward, swiglu_backward_at => swiglu_backward_impl(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32])
 }
 dispatch! {
-    /// `out = x ⊙ m` with the hashed dropout mask from index `i0` on
+    /// `out = x ⊙ m` (`add`: `out += x ⊙ m`) with the hashed dropout mask from index `i0` on
     /// ([`dropout_keeps`](super::dropout_keeps); `keep` = 1/(1−p), `t` its threshold).
-    dropout_hashed, dropout_hashed_at => dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64)
+    dropout_hashed, dropout_hashed_at => dropout_hashed_impl(out: &mut [f32], x: &[f32], i0: u32, t: u32, keep: f32, seed: u64, add: bool)
 }
 dispatch! {
     /// `out = tanh(x)` (`=`).
@@ -797,22 +811,22 @@ mod tests {
         let x: Vec<f32> = (0..1003).map(|i| i as f32 * 0.5 - 7.0).collect();
         let (p, seed) = (0.3, 0x1234_5678_9abc_def0u64);
         let mut want = vec![0.0f32; x.len()];
-        super::super::dropout_hashed(&mut want, &x, 17, p, seed);
+        super::super::dropout_hashed(&mut want, &x, 17, p, seed, false);
+        let base: Vec<f32> = (0..x.len()).map(|i| (i % 7) as f32).collect();
+        let mut want_added = base.clone();
+        super::super::dropout_hashed(&mut want_added, &x, 17, p, seed, true);
+        assert!(want.iter().any(|&v| v == 0.0) && want.iter().zip(&x).any(|(&w, &v)| w != 0.0 && w != v));
         for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
             if !level_supported(level) {
                 continue;
             }
+            let (t, keep) = (super::super::dropout_threshold(p), (1.0 / (1.0 - p)) as f32);
             let mut got = vec![1.0f32; x.len()];
-            dropout_hashed_at(
-                level,
-                &mut got,
-                &x,
-                17,
-                super::super::dropout_threshold(p),
-                (1.0 / (1.0 - p)) as f32,
-                seed,
-            );
+            dropout_hashed_at(level, &mut got, &x, 17, t, keep, seed, false);
             assert_eq!(got, want, "{level:?}");
+            let mut added = base.clone();
+            dropout_hashed_at(level, &mut added, &x, 17, t, keep, seed, true);
+            assert_eq!(added, want_added, "{level:?} (+=)");
         }
     }
 

@@ -103,6 +103,32 @@ pub fn cross_entropy_forward<T: Float>(
     });
 }
 
+/// Cross-entropy and its gradient in one sweep, in place: for each row `x` of `logits` (length
+/// `v`) with target `y`, `losses[r] = lse(x) − x_y`, then `x ← g·(softmax(x) − onehot(y))` —
+/// the forward's logits become the backward's `dlogits` with no second buffer and no second
+/// exponential (three passes over a row: max, exp-and-sum, scale). Every target must be `< v`.
+pub fn cross_entropy_grad_inplace<T: Float>(logits: &mut [T], losses: &mut [T], targets: &[u32], v: usize, g: T) {
+    let n = targets.len();
+    assert_eq!(logits.len(), n * v, "cross_entropy: logits hold {} values, want N·V = {n}·{v}", logits.len());
+    if n == 0 || v == 0 {
+        return;
+    }
+    let per = rows_per_task(n, v);
+    let bands = logits.chunks_mut(per * v).zip(losses.chunks_mut(per)).enumerate().collect();
+    super::team_for_each(bands, |(ci, (band, l))| {
+        for (r, x) in band.chunks_mut(v).enumerate() {
+            let row = ci * per + r;
+            let t = targets[row] as usize;
+            assert!(t < v, "cross_entropy: target {t} at row {row} ≥ vocabulary {v}");
+            let (m, xt) = (row_max(x), x[t]);
+            let sum = T::exp_sub_sum(x, m); // x ← exp(x − m)
+            l[r] = sum.ln() + m - xt;
+            T::scale_slice(x, g / sum);
+            x[t] -= g;
+        }
+    });
+}
+
 /// Backward of the per-row cross-entropy: `dlogits_n += dloss_n · (softmax(x_n) − onehot(y_n))`.
 ///
 /// The famous simplification: the gradient of `lse(x) − x_y` is `p − 1[y]`.
