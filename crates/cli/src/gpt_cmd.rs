@@ -337,11 +337,19 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> Result<()> {
 
 /// `yuanli export`
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["checkpoint", "model"])))]
 pub(crate) struct ExportArgs {
-    /// Checkpoint directory (from `yuanli train`).
+    /// A GPT checkpoint directory (from `yuanli train`): written as Hugging Face GPT-2.
     #[arg(long)]
-    checkpoint: PathBuf,
-    /// Target layout; `hf` writes Hugging Face GPT-2 (`model.safetensors`, `config.json`).
+    checkpoint: Option<PathBuf>,
+    /// A LLaMA-family model (.gguf file or Hugging Face directory): written as a Hugging Face
+    /// `LlamaForCausalLM` (or `Qwen2ForCausalLM`) directory in f32.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A LoRA adapter (PEFT's format, as `yuanli sft` writes it) merged into --model's weights.
+    #[arg(long, requires = "model")]
+    lora: Option<PathBuf>,
+    /// Target layout; `hf` writes Hugging Face safetensors (`model.safetensors`, `config.json`).
     #[arg(long, default_value = "hf")]
     format: String,
     /// Output directory.
@@ -353,7 +361,26 @@ pub(crate) fn export(args: &ExportArgs) -> Result<()> {
     if args.format != "hf" {
         bail!("--format {}: only `hf` is supported", args.format);
     }
-    let (t, cfg) = Trainee::load(&args.checkpoint)?;
+    if let Some(model) = &args.model {
+        let p = yuanli_models::load_pretrained(model).with_context(|| format!("loading {}", model.display()))?;
+        // The updates in Hugging Face's row order: the export writes every weight in that order.
+        let deltas = match &args.lora {
+            Some(dir) => yuanli_models::peft::adapter_deltas(dir, &p.model.config, false)
+                .with_context(|| format!("reading the adapter {}", dir.display()))?,
+            None => Vec::new(),
+        };
+        let files = yuanli_models::hf::export_llama(&p, &deltas, &args.out)?;
+        println!(
+            "exported {}{} as a Hugging Face model to {} ({})",
+            model.display(),
+            args.lora.as_ref().map_or(String::new(), |d| format!(" with {} merged", d.display())),
+            args.out.display(),
+            files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(());
+    }
+    let Some(checkpoint) = &args.checkpoint else { bail!("give --checkpoint or --model") };
+    let (t, cfg) = Trainee::load(checkpoint)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     yuanli_nn::checkpoint::write_tensors(
         &args.out.join("model.safetensors"),
@@ -361,7 +388,7 @@ pub(crate) fn export(args: &ExportArgs) -> Result<()> {
     )?;
     let config = serde_json::to_string_pretty(&yuanli_models::hf::hf_config(&cfg.model))?;
     yuanli_nn::checkpoint::write_atomic(&args.out.join("config.json"), config.as_bytes())?;
-    println!("exported {} as a Hugging Face GPT2LMHeadModel to {}", args.checkpoint.display(), args.out.display());
+    println!("exported {} as a Hugging Face GPT2LMHeadModel to {}", checkpoint.display(), args.out.display());
     Ok(())
 }
 

@@ -70,6 +70,10 @@ pub(crate) struct SftArgs {
     /// Seed of the split, the order and the adapters' initialisation.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    /// Continue a stopped run from OUT/checkpoint (written at every held-out evaluation and on
+    /// Ctrl-C), with the same options: it ends where the uninterrupted run would have.
+    #[arg(long)]
+    resume: bool,
 }
 
 pub(crate) fn run(a: &SftArgs) -> Result<()> {
@@ -94,6 +98,7 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
         eval_interval: a.eval_interval,
         eval_examples: a.eval_examples,
         seed: a.seed,
+        resume: a.resume,
     };
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -122,6 +127,25 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
             if let Err(err) = line_plot(&plot, "LoRA fine-tuning", "step", "loss on assistant tokens (nats)", &series, false)
             {
                 say(&bar, format!("warning: {err}"));
+            }
+        }
+        SftEvent::Checkpoint { dir, step } => bar.set_message(format!("checkpoint of step {step} in {}", dir.display())),
+        SftEvent::Resumed { step } => {
+            say(&bar, format!("resuming after step {step} from {}", a.out.join("checkpoint").display()));
+            bar.set_position(*step as u64);
+            // The curves so far, from the metrics the earlier run wrote (appended to from here).
+            let text = std::fs::read_to_string(a.out.join("metrics.jsonl")).unwrap_or_default();
+            for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+                let (Some(s), loss, eval) = (v["step"].as_u64(), v["loss"].as_f64(), v["eval_loss"].as_f64()) else { continue };
+                if s as usize > *step {
+                    continue;
+                }
+                if let Some(l) = loss {
+                    train_pts.push((s as f64, l));
+                }
+                if let Some(l) = eval {
+                    eval_pts.push((s as f64, l));
+                }
             }
         }
         SftEvent::Saved { dir } => say(&bar, format!("adapter written to {}", dir.display())),

@@ -1,4 +1,5 @@
-//! Hugging Face GPT-2 interop: names, transposes and `config.json`.
+//! Hugging Face interop: GPT-2 names, transposes and `config.json` both ways, and the export of a
+//! LLaMA-family model (with a LoRA adapter merged in) as a `LlamaForCausalLM` directory.
 //!
 //! Our parameter names follow nanoGPT (`h.0.attn.c_attn.weight`); Hugging Face's
 //! `GPT2LMHeadModel` prefixes them with `transformer.` and stores the four projection matrices
@@ -160,4 +161,117 @@ pub fn load_hf(store: &ParamStore, cfg: &GptConfig, tensors: &TensorMap, origin:
         store.set_values(p, &v);
     }
     Ok(())
+}
+
+/// Writes a LLaMA-family model as a Hugging Face directory that `transformers` loads with
+/// `AutoModelForCausalLM.from_pretrained`: `config.json` (`LlamaForCausalLM`, or
+/// `Qwen2ForCausalLM` with q/k/v biases), `model.safetensors` (f32, Hugging Face's names) and,
+/// where the tokenizer can be written, `tokenizer.json` with the chat template in
+/// `tokenizer_config.json`.
+///
+/// `deltas` (from [`crate::peft::adapter_deltas`], Hugging Face's row order) are added to their
+/// weights: a merged LoRA adapter. A model read from a `llama` GGUF keeps its query/key rows in
+/// llama.cpp's interleaved order; they are put back in Hugging Face's half-split order first.
+/// Gemma 3's and other families' extras have no `LlamaConfig` form and are refused.
+/// Returns the files written.
+pub fn export_llama(
+    p: &crate::Pretrained,
+    deltas: &[(String, Vec<f32>)],
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, crate::LoadError> {
+    use crate::LoadError;
+    let c = &p.model.config;
+    let bad = |m: String| LoadError::File { path: dir.to_path_buf(), message: m };
+    if c.extras != crate::llama::Extras::default() {
+        return Err(LoadError::Config(format!(
+            "{}: this model's extras ({:?}) have no Hugging Face LlamaConfig form; only LLaMA, Mistral-without-window and Qwen2 models export",
+            p.description, c.extras
+        )));
+    }
+    let interleaved = c.rope_layout == yuanli_tensor::RopeLayout::Interleaved;
+    let mut deltas: std::collections::HashMap<&str, &Vec<f32>> = deltas.iter().map(|(n, d)| (n.as_str(), d)).collect();
+    let mut tensors: NamedTensors = Vec::new();
+    for info in p.store.params() {
+        let name = info.name.clone();
+        let shape = info.shape.clone();
+        let mut v = p.store.value_of(info).to_dtype(yuanli_tensor::DType::F32).to_vec::<f32>();
+        let heads = if name.contains("self_attn.q_proj.") {
+            Some(c.n_head)
+        } else if name.contains("self_attn.k_proj.") {
+            Some(c.n_kv_head)
+        } else {
+            None
+        };
+        if let (true, Some(h)) = (interleaved, heads) {
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            v = crate::load::interleave_rope_rows(&v, h, c.head_dim, cols, true);
+        }
+        if let Some(d) = deltas.remove(name.as_str()) {
+            if d.len() != v.len() {
+                return Err(bad(format!("the update for {name} holds {} values, the weight {shape:?}", d.len())));
+            }
+            v.iter_mut().zip(d.iter()).for_each(|(w, u)| *w += u);
+        }
+        tensors.push((name, shape, v));
+    }
+    if let Some(name) = deltas.keys().next() {
+        return Err(bad(format!("the adapter updates {name}, which this model does not have")));
+    }
+    for (name, ..) in crate::llama::matrix_shapes(c) {
+        if !tensors.iter().any(|t| t.0 == name) {
+            return Err(bad(format!("{name} is not an f32 parameter (load the model with the exact path)")));
+        }
+    }
+    let qwen2 = c.attention_bias;
+    let config = json!({
+        "architectures": [if qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+        "model_type": if qwen2 { "qwen2" } else { "llama" },
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_kv_head,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps,
+        "max_position_embeddings": c.max_seq_len,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "bos_token_id": p.bos,
+        "eos_token_id": p.eos.first(),
+        "torch_dtype": "float32",
+    });
+    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+    let mut written = Vec::new();
+    let st = dir.join("model.safetensors");
+    yuanli_nn::checkpoint::write_tensors(&st, &tensors).map_err(|e| bad(e.to_string()))?;
+    written.push(st);
+    let cfg = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config).map_err(|e| bad(e.to_string()))?;
+    yuanli_nn::checkpoint::write_atomic(&cfg, text.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    written.push(cfg);
+    // The tokenizer, where our writer knows its kind (byte-level BPE); the weights stand alone.
+    let tok = dir.join("tokenizer.json");
+    if yuanli_tokenizer::formats::save_hf(&p.tokenizer, &tok).is_ok() {
+        written.push(tok);
+        let mut tc = json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+        if let Some(t) = &p.chat_template {
+            tc["chat_template"] = json!(t.source());
+        }
+        let token = |id: Option<u32>| id.and_then(|i| p.tokenizer.decode(&[i]).ok());
+        if let Some(b) = token(p.bos) {
+            tc["bos_token"] = json!(b);
+        }
+        if let Some(e) = token(p.eos.first().copied()) {
+            tc["eos_token"] = json!(e);
+        }
+        let path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&tc).map_err(|e| bad(e.to_string()))?;
+        yuanli_nn::checkpoint::write_atomic(&path, text.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        written.push(path);
+    }
+    Ok(written)
 }

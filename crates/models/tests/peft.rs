@@ -145,3 +145,78 @@ fn bad_adapters_are_refused_with_a_reason() {
     assert!(err.contains("adapter_config.json") && err.contains("not JSON"), "{err}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A Python that can import transformers and torch: `$YUANLI_HF_PYTHON`, `bench/.venv-hf`,
+/// `bench/.venv`; `None` (a skip, a failure under `CI=true`) when there is none.
+fn python_with_transformers() -> Option<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut candidates: Vec<String> = std::env::var("YUANLI_HF_PYTHON").into_iter().collect();
+    for venv in ["bench/.venv-hf", "bench/.venv"] {
+        candidates.push(root.join(venv).join("bin/python").display().to_string());
+    }
+    candidates.into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn skip(why: &str) {
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "cannot run under CI=true: {why}");
+    eprintln!("SKIP: {why}");
+}
+
+/// The float64 logits transformers gives for `ids` on the Hugging Face directory `dir`.
+fn transformers_logits(python: &str, dir: &std::path::Path, ids: &[u32]) -> Vec<f64> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/hf_logits.py");
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let out = std::process::Command::new(python).arg(script).arg(dir).arg(ids.join(",")).output().unwrap();
+    assert!(out.status.success(), "hf_logits.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap()).unwrap();
+    let rows = v["logits"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().clone());
+    rows.map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn a_merged_export_loads_in_transformers_with_pefts_logits() {
+    // PEFT's adapter merged into the tiny LLaMA and written as a Hugging Face directory:
+    // transformers, loading it as a plain model, gives the logits PEFT gave with the adapter.
+    let Some(python) = python_with_transformers() else {
+        return skip("no Python with torch and transformers (bench/.venv-hf: see tools/reference/hf_logits.py)");
+    };
+    let m = load_pretrained_with(&testdata("tiny_hf/llama"), LoadOptions::exact()).unwrap();
+    let deltas = yuanli_models::peft::adapter_deltas(&testdata("peft/from_peft"), &m.model.config, false).unwrap();
+    assert!(!deltas.is_empty());
+    let dir = std::env::temp_dir().join(format!("yuanli-merged-{}", std::process::id()));
+    yuanli_models::hf::export_llama(&m, &deltas, &dir).unwrap();
+    let (ids, want) = reference("peft/from_peft");
+    let got = transformers_logits(&python, &dir, &ids);
+    std::fs::remove_dir_all(&dir).ok();
+    let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+    assert_close(&got, &want, "merged export in transformers vs PEFT");
+}
+
+#[test]
+fn a_gguf_model_exports_in_hugging_faces_row_order() {
+    // SmolLM2 from its GGUF file (query/key rows in llama.cpp's interleaved order, dequantized
+    // to f32) written as a Hugging Face directory: transformers gives the logits ours gives.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        return skip(&format!("{} is missing (bash tools/fetch_models.sh)", path.display()));
+    }
+    let Some(python) = python_with_transformers() else {
+        return skip("no Python with torch and transformers (bench/.venv-hf: see tools/reference/hf_logits.py)");
+    };
+    let m = load_pretrained_with(&path, LoadOptions::exact()).unwrap();
+    let dir = std::env::temp_dir().join(format!("yuanli-export-{}", std::process::id()));
+    let files = yuanli_models::hf::export_llama(&m, &[], &dir).unwrap();
+    assert!(files.iter().any(|f| f.ends_with("tokenizer.json")), "{files:?}");
+    let ids = [1u32, 504, 3458, 282, 4649, 314, 253, 1789];
+    let got = transformers_logits(&python, &dir, &ids);
+    std::fs::remove_dir_all(&dir).ok();
+    let ours = logits(&m, &ids);
+    let worst = ours.iter().zip(&got).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    // f32 arithmetic here against float64 there, through 30 layers and a 49,152-way head.
+    assert!(worst < 2e-3, "largest |ours − transformers| = {worst}");
+}

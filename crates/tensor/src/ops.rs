@@ -444,7 +444,12 @@ impl Tensor {
     pub fn add_matmul_(&self, a: &Tensor, b: &Tensor, alpha: f64) {
         let (m, n) = (self.dim(0), self.dim(1));
         assert!(
-            self.rank() == 2 && a.rank() == 2 && b.rank() == 2 && a.dim(0) == m && b.dim(1) == n && a.dim(1) == b.dim(0),
+            self.rank() == 2
+                && a.rank() == 2
+                && b.rank() == 2
+                && a.dim(0) == m
+                && b.dim(1) == n
+                && a.dim(1) == b.dim(0),
             "add_matmul_: out {:?} += a {:?} · b {:?} do not fit",
             self.shape(),
             a.shape(),

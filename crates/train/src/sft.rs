@@ -229,6 +229,145 @@ pub struct SftOptions {
     pub eval_examples: usize,
     /// Seed of the split, the order and the adapter's initialisation.
     pub seed: u64,
+    /// Continue from `out_dir/checkpoint` (written every `eval_interval` steps and when the
+    /// run is stopped) instead of starting over: the same losses as an uninterrupted run.
+    pub resume: bool,
+}
+
+/// Where a fine-tuning run stands, in `out_dir/checkpoint/state.json` beside the adapters'
+/// values (`adapters.bin`) and AdamW's moments (`optimizer.bin`), all raw little-endian f32 in
+/// the trainable arena's order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SftState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// The shuffled order of the training examples and the position in it.
+    pub order: Vec<usize>,
+    /// Next position in `order`.
+    pub at: usize,
+    /// AdamW's step counter.
+    pub adam_t: u64,
+    /// The generator of the order and the dropout masks.
+    pub rng_state: [u64; 4],
+    /// Held-out loss at step 0 (reported again at the end).
+    pub first_eval: f64,
+    /// The options that shape the run (model, data, adapter, schedule); a resumed run must
+    /// match them.
+    pub fingerprint: String,
+}
+
+/// The options a checkpoint is only valid for (everything but the output and `resume`).
+fn fingerprint(o: &SftOptions) -> String {
+    format!(
+        "model={} data={} eval_data={:?} eval_fraction={} lora={:?} targets={:?} quantized_base={} lr={} steps={} batch_size={} max_len={} eval_examples={} seed={}",
+        o.model.display(),
+        o.data.display(),
+        o.eval_data,
+        o.eval_fraction,
+        o.lora,
+        o.targets,
+        o.quantized_base,
+        o.lr,
+        o.steps,
+        o.batch_size,
+        o.max_len,
+        o.eval_examples,
+        o.seed
+    )
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn read_f32s(path: &Path, n: usize) -> Result<Vec<f32>, FinetuneError> {
+    let bytes = std::fs::read(path).map_err(|e| FinetuneError::File { path: path.into(), message: e.to_string() })?;
+    if bytes.len() != 4 * n {
+        return Err(FinetuneError::File {
+            path: path.into(),
+            message: format!("holds {} bytes, this run's adapters need {} ({n} values)", bytes.len(), 4 * n),
+        });
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Writes `dir` atomically (`dir.tmp`, then renamed over the old one): a crash mid-write
+/// leaves the previous checkpoint whole.
+fn save_sft_checkpoint(dir: &Path, p: &Pretrained, opt: &Adam, state: &SftState) -> Result<(), FinetuneError> {
+    let err =
+        |path: &Path, e: &dyn std::fmt::Display| FinetuneError::File { path: path.into(), message: e.to_string() };
+    let tmp = dir.with_extension("tmp");
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, &e))?;
+    let values = p.store.value_arena().to_vec::<f32>();
+    let n = p.store.num_trainable();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).map_err(|e| err(&path, &e))
+    };
+    write("adapters.bin", &f32_bytes(&values[..n]))?;
+    let mut moments = opt.m.clone();
+    moments.extend_from_slice(&opt.v);
+    moments.resize(2 * n, 0.0); // before the first step the moments are empty
+    write("optimizer.bin", &f32_bytes(&moments))?;
+    write("state.json", serde_json::to_string_pretty(state).map_err(|e| err(&tmp, &e))?.as_bytes())?;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| err(dir, &e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| err(&tmp, &e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Drops the lines of `metrics.jsonl` past the checkpoint's step (a run that died after its
+/// last checkpoint logged steps the resumed run will log again). Best effort: a missing state
+/// is reported by the resume itself.
+fn trim_metrics(metrics: &Path, state: &Path) {
+    let Some(step) = std::fs::read_to_string(state)
+        .ok()
+        .and_then(|t| serde_json::from_str::<SftState>(&t).ok())
+        .map(|s| s.step as u64)
+    else {
+        return;
+    };
+    let Ok(text) = std::fs::read_to_string(metrics) else { return };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let _ = std::fs::write(metrics, kept);
+}
+
+/// Reads a checkpoint into the attached adapters and the optimizer; returns its state.
+fn load_sft_checkpoint(dir: &Path, o: &SftOptions, p: &Pretrained, opt: &mut Adam) -> Result<SftState, FinetuneError> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| FinetuneError::File {
+        path: path.clone(),
+        message: format!("{e} (nothing to resume: run without --resume first)"),
+    })?;
+    let state: SftState = serde_json::from_str(&text)
+        .map_err(|e| FinetuneError::File { path: path.clone(), message: format!("not a checkpoint state: {e}") })?;
+    let now = fingerprint(o);
+    if state.fingerprint != now {
+        return Err(FinetuneError::Options(format!(
+            "{}: the checkpoint was made with other options:\n  checkpoint: {}\n  now:        {now}",
+            path.display(),
+            state.fingerprint
+        )));
+    }
+    let n = p.store.num_trainable();
+    let values = read_f32s(&dir.join("adapters.bin"), n)?;
+    p.store.value_arena().narrow(0, 0, n).copy_from_(&Tensor::new(values, &[n]));
+    let moments = read_f32s(&dir.join("optimizer.bin"), 2 * n)?;
+    opt.m = moments[..n].to_vec();
+    opt.v = moments[n..].to_vec();
+    opt.t = state.adam_t;
+    Ok(state)
 }
 
 /// What the loop reports.
@@ -262,6 +401,19 @@ pub enum SftEvent {
         step: usize,
         /// Mean loss over the held-out assistant tokens.
         loss: f64,
+    },
+    /// A checkpoint (adapters, optimizer, data position) was written; `--resume` continues
+    /// from it.
+    Checkpoint {
+        /// The directory.
+        dir: PathBuf,
+        /// Steps done.
+        step: usize,
+    },
+    /// A run continued from its checkpoint after this many steps.
+    Resumed {
+        /// Steps already done.
+        step: usize,
     },
     /// The adapter was written.
     Saved {
@@ -477,7 +629,15 @@ pub fn finetune(
     std::fs::create_dir_all(&o.out_dir)
         .map_err(|e| FinetuneError::File { path: o.out_dir.clone(), message: e.to_string() })?;
     let metrics_path = o.out_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
+    if o.resume {
+        trim_metrics(&metrics_path, &o.out_dir.join("checkpoint").join("state.json"));
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(o.resume)
+        .truncate(!o.resume)
+        .open(&metrics_path)
         .map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })?;
     let mut log = |v: serde_json::Value| -> Result<(), FinetuneError> {
         use std::io::Write;
@@ -486,14 +646,42 @@ pub fn finetune(
     let mut opt = Adam::adamw(0.9, 0.999, 1e-8, 0.0);
     let schedule =
         LrSchedule::WarmupCosine { max_lr: o.lr, min_lr: o.lr * 0.1, warmup: (o.steps / 10).max(1), total: o.steps };
-    let before = eval_loss(&p.model, &eval_ex, o.batch_size);
-    on_event(&SftEvent::Eval { step: 0, loss: before });
-    log(serde_json::json!({"step": 0, "eval_loss": before}))?;
-    let mut order: Vec<usize> = (0..train_ex.len()).collect();
-    let mut at = order.len();
+    let checkpoint = o.out_dir.join("checkpoint");
+    let (before, mut order, mut at, first) = if o.resume {
+        let st = load_sft_checkpoint(&checkpoint, o, &p, &mut opt)?;
+        if st.order.len() != train_ex.len() || st.at > st.order.len() {
+            return Err(FinetuneError::Options(format!(
+                "{}: the checkpoint's data order does not fit {} training examples",
+                checkpoint.display(),
+                train_ex.len()
+            )));
+        }
+        rng = Rng::from_state(st.rng_state);
+        on_event(&SftEvent::Resumed { step: st.step });
+        (st.first_eval, st.order, st.at, st.step + 1)
+    } else {
+        let before = eval_loss(&p.model, &eval_ex, o.batch_size);
+        on_event(&SftEvent::Eval { step: 0, loss: before });
+        log(serde_json::json!({"step": 0, "eval_loss": before}))?;
+        let order: Vec<usize> = (0..train_ex.len()).collect();
+        let at = order.len();
+        (before, order, at, 1)
+    };
+    let state = |step: usize, order: &[usize], at: usize, opt: &Adam, rng: &Rng| SftState {
+        step,
+        order: order.to_vec(),
+        at,
+        adam_t: opt.t,
+        rng_state: rng.state(),
+        first_eval: before,
+        fingerprint: fingerprint(o),
+    };
     let mut last = before;
-    for step in 1..=o.steps {
+    for step in first..=o.steps {
         if stop.load(Ordering::Relaxed) {
+            // Stopped (Ctrl-C): a checkpoint of the steps done, so that --resume continues.
+            save_sft_checkpoint(&checkpoint, &p, &opt, &state(step - 1, &order, at, &opt, &rng))?;
+            on_event(&SftEvent::Checkpoint { dir: checkpoint.clone(), step: step - 1 });
             break;
         }
         let started = std::time::Instant::now();
@@ -519,6 +707,8 @@ pub fn finetune(
             last = eval_loss(&p.model, &eval_ex, o.batch_size);
             on_event(&SftEvent::Eval { step, loss: last });
             log(serde_json::json!({"step": step, "eval_loss": last}))?;
+            save_sft_checkpoint(&checkpoint, &p, &opt, &state(step, &order, at, &opt, &rng))?;
+            on_event(&SftEvent::Checkpoint { dir: checkpoint.clone(), step });
         }
     }
     let dir = o.out_dir.join("adapter");
@@ -612,6 +802,88 @@ mod tests {
         assert_eq!(x.to_vec::<u32>(), vec![1, 2, 3, 5, 6, 0]); // right-padded
                                                                // position i is scored against ids[i + 1] when that token is the assistant's
         assert_eq!(y.to_vec::<u32>(), vec![IGNORE, 3, 4, 6, IGNORE, IGNORE]);
+    }
+
+    /// Options for a few steps on the tiny LLaMA of crates/models/testdata (it has a chat
+    /// template) over eight short conversations.
+    fn tiny_run(out: &Path, steps: usize) -> SftOptions {
+        let data = out.with_extension("jsonl");
+        let lines: Vec<String> = (0..8)
+            .map(|i| serde_json::json!({"prompt": format!("What is {i} plus {i}?"), "completion": format!("{} #### {}", i + i, i + i)}).to_string())
+            .collect();
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        SftOptions {
+            model: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/testdata/tiny_hf/llama"),
+            data,
+            eval_data: None,
+            eval_fraction: 0.25,
+            out_dir: out.to_path_buf(),
+            lora: LoraConfig { r: 2, alpha: 4.0, dropout: 0.1, rslora: false },
+            targets: vec!["all-linear".into()],
+            quantized_base: false,
+            lr: 1e-2,
+            steps,
+            batch_size: 2,
+            max_len: 64,
+            eval_interval: 2,
+            eval_examples: 0,
+            seed: 7,
+            resume: false,
+        }
+    }
+
+    #[test]
+    fn a_stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
+        let root = std::env::temp_dir().join(format!("yuanli-sft-resume-{}", std::process::id()));
+        let losses = |events: &[SftEvent]| -> Vec<(usize, f64)> {
+            events
+                .iter()
+                .filter_map(|e| if let SftEvent::Step { step, loss, .. } = e { Some((*step, *loss)) } else { None })
+                .collect()
+        };
+        let whole = tiny_run(&root.join("whole"), 6);
+        let mut ev = Vec::new();
+        let (b0, end) = finetune(&whole, &AtomicBool::new(false), &mut |e| ev.push(e.clone())).unwrap();
+        let want = losses(&ev);
+        assert_eq!(want.len(), 6);
+        assert!(want.iter().all(|(_, l)| l.is_finite()) && want[5].1 < want[0].1, "it learns: {want:?}");
+
+        // Stopped after step 3 (as Ctrl-C would), then resumed to 6.
+        let part = tiny_run(&root.join("part"), 6);
+        let stop = AtomicBool::new(false);
+        let mut first = Vec::new();
+        finetune(&part, &stop, &mut |e| {
+            if matches!(e, SftEvent::Step { step: 3, .. }) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            first.push(e.clone())
+        })
+        .unwrap();
+        assert!(first.iter().any(|e| matches!(e, SftEvent::Checkpoint { step: 3, .. })), "{first:?}");
+        let mut second = Vec::new();
+        let resumed = SftOptions { resume: true, ..part.clone() };
+        let (b1, end1) = finetune(&resumed, &AtomicBool::new(false), &mut |e| second.push(e.clone())).unwrap();
+        assert!(second.contains(&SftEvent::Resumed { step: 3 }));
+        let mut got = losses(&first);
+        got.extend(losses(&second));
+        assert_eq!(got.len(), 6, "{got:?}");
+        for ((s, a), (_, b)) in got.iter().zip(&want) {
+            assert_eq!(a.to_bits(), b.to_bits(), "step {s}: resumed {got:?} vs uninterrupted {want:?}");
+        }
+        assert_eq!((b0.to_bits(), end.to_bits()), (b1.to_bits(), end1.to_bits()));
+        let steps: Vec<u64> = std::fs::read_to_string(root.join("part/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().map(|_| 0))
+            .collect();
+        assert_eq!(steps.len(), 6, "metrics.jsonl holds each step once");
+
+        // Other options: refused, naming what differs.
+        let other = SftOptions { lr: 5e-3, resume: true, ..part };
+        let err = finetune(&other, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("other options") && err.contains("lr=0.005"), "{err}");
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

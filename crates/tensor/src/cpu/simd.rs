@@ -815,7 +815,7 @@ mod tests {
         let base: Vec<f32> = (0..x.len()).map(|i| (i % 7) as f32).collect();
         let mut want_added = base.clone();
         super::super::dropout_hashed(&mut want_added, &x, 17, p, seed, true);
-        assert!(want.iter().any(|&v| v == 0.0) && want.iter().zip(&x).any(|(&w, &v)| w != 0.0 && w != v));
+        assert!(want.contains(&0.0) && want.iter().zip(&x).any(|(&w, &v)| w != 0.0 && w != v));
         for level in [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512] {
             if !level_supported(level) {
                 continue;
