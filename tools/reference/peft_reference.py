@@ -55,6 +55,7 @@ def main():
     cj = os.path.join(out, "adapter_config.json")
     c = json.load(open(cj))
     c["base_model_name_or_path"] = "tiny_hf/llama"
+    c["target_modules"] = sorted(c["target_modules"])  # a set in PEFT: its order varies by process
     json.dump(c, open(cj, "w"), indent=2)
     if os.path.exists(os.path.join(out, "README.md")):
         os.remove(os.path.join(out, "README.md"))

@@ -54,7 +54,7 @@ enum Command {
     Perplexity(llm_cmd::PerplexityArgs),
     /// Write a model as GGUF in one of llama.cpp's presets (q8_0, q6_k, q5_k_m, q4_k_m, …) or f16/f32.
     Quantize(quantize_cmd::QuantizeArgs),
-    /// Fine-tune a model on conversations with LoRA (the adapter is written in PEFT's format).
+    /// Fine-tune a model on conversations: LoRA or QLoRA (the adapter in PEFT's format), or every weight with --full; --resume continues a stopped run.
     Sft(sft_cmd::SftArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),

@@ -74,6 +74,11 @@ pub(crate) struct SftArgs {
     /// Ctrl-C), with the same options: it ends where the uninterrupted run would have.
     #[arg(long)]
     resume: bool,
+    /// Full fine-tuning: train every weight (f32; about 16 bytes per parameter for weights,
+    /// gradients and AdamW's moments) instead of LoRA adapters; writes OUT/model, a Hugging Face
+    /// directory that --model accepts. The LoRA options are ignored.
+    #[arg(long, conflicts_with = "quantized_base")]
+    full: bool,
 }
 
 pub(crate) fn run(a: &SftArgs) -> Result<()> {
@@ -99,6 +104,7 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
         eval_examples: a.eval_examples,
         seed: a.seed,
         resume: a.resume,
+        full: a.full,
     };
     let bar = ProgressBar::new(a.steps as u64);
     bar.set_style(
@@ -148,16 +154,23 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
                 }
             }
         }
-        SftEvent::Saved { dir } => say(&bar, format!("adapter written to {}", dir.display())),
+        SftEvent::Saved { dir } => say(&bar, format!("written to {}", dir.display())),
     }
     };
     let result = finetune(&o, &stop, &mut on_event);
     bar.finish_and_clear();
     let (before, after) = result.with_context(|| format!("fine-tuning {}", a.model.display()))?;
-    println!(
-        "held-out loss {before:.4} → {after:.4}; use it with: yuanli generate --model {} --lora {}",
-        a.model.display(),
-        a.out.join("adapter").display()
-    );
+    if a.full {
+        println!(
+            "held-out loss {before:.4} → {after:.4}; use it with: yuanli generate --model {}",
+            a.out.join("model").display()
+        );
+    } else {
+        println!(
+            "held-out loss {before:.4} → {after:.4}; use it with: yuanli generate --model {} --lora {}",
+            a.model.display(),
+            a.out.join("adapter").display()
+        );
+    }
     Ok(())
 }

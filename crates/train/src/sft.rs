@@ -232,6 +232,9 @@ pub struct SftOptions {
     /// Continue from `out_dir/checkpoint` (written every `eval_interval` steps and when the
     /// run is stopped) instead of starting over: the same losses as an uninterrupted run.
     pub resume: bool,
+    /// Full fine-tuning: every weight trainable in f32, no adapter; the result is a Hugging
+    /// Face model directory, `out_dir/model`.
+    pub full: bool,
 }
 
 /// Where a fine-tuning run stands, in `out_dir/checkpoint/state.json` beside the adapters'
@@ -259,11 +262,12 @@ pub struct SftState {
 /// The options a checkpoint is only valid for (everything but the output and `resume`).
 fn fingerprint(o: &SftOptions) -> String {
     format!(
-        "model={} data={} eval_data={:?} eval_fraction={} lora={:?} targets={:?} quantized_base={} lr={} steps={} batch_size={} max_len={} eval_examples={} seed={}",
+        "model={} data={} eval_data={:?} eval_fraction={} full={} lora={:?} targets={:?} quantized_base={} lr={} steps={} batch_size={} max_len={} eval_examples={} seed={}",
         o.model.display(),
         o.data.display(),
         o.eval_data,
         o.eval_fraction,
+        o.full,
         o.lora,
         o.targets,
         o.quantized_base,
@@ -507,6 +511,15 @@ pub fn load_for_lora(
 ) -> Result<Pretrained, FinetuneError> {
     let load = if quantized_base { LoadOptions::fast() } else { LoadOptions::exact() };
     let mut p = load_pretrained_with(model, load)?;
+    fits_sft(&p, model, max_len)?;
+    p.store.set_trainable(|name, _| name.contains(".lora_"));
+    p.model.attach_lora(&mut p.store, lora, targets, rng)?;
+    Ok(p)
+}
+
+/// Whether a loaded model can be fine-tuned on examples of `max_len` tokens: its context is
+/// long enough and it has a chat template to render conversations with.
+fn fits_sft(p: &Pretrained, model: &Path, max_len: usize) -> Result<(), FinetuneError> {
     if max_len > p.model.config.max_seq_len {
         return Err(FinetuneError::Options(format!(
             "--max-len {max_len} exceeds the context of {} ({} positions)",
@@ -520,8 +533,14 @@ pub fn load_for_lora(
             model.display()
         )));
     }
-    p.store.set_trainable(|name, _| name.contains(".lora_"));
-    p.model.attach_lora(&mut p.store, lora, targets, rng)?;
+    Ok(())
+}
+
+/// Loads a model for full fine-tuning: every weight an f32 parameter, all of them trainable
+/// (the same checks as [`load_for_lora`]).
+pub fn load_for_full(model: &Path, max_len: usize) -> Result<Pretrained, FinetuneError> {
+    let p = load_pretrained_with(model, LoadOptions { weights: yuanli_models::load::Weights::F32, trainable: true })?;
+    fits_sft(&p, model, max_len)?;
     Ok(p)
 }
 
@@ -584,7 +603,16 @@ pub fn finetune(
         return Err(FinetuneError::Options("steps, batch size and max length (≥ 2) must be positive".into()));
     }
     let mut rng = Rng::new(o.seed);
-    let p = load_for_lora(&o.model, o.quantized_base, &o.lora, &o.targets, o.max_len, &mut rng)?;
+    if o.full && o.quantized_base {
+        return Err(FinetuneError::Options(
+            "full fine-tuning trains every weight in f32; a quantized base is for LoRA (QLoRA)".into(),
+        ));
+    }
+    let p = if o.full {
+        load_for_full(&o.model, o.max_len)?
+    } else {
+        load_for_lora(&o.model, o.quantized_base, &o.lora, &o.targets, o.max_len, &mut rng)?
+    };
     // data
     let mut train_convs = read_conversations(&o.data)?;
     let eval_convs = match &o.eval_data {
@@ -711,11 +739,17 @@ pub fn finetune(
             on_event(&SftEvent::Checkpoint { dir: checkpoint.clone(), step });
         }
     }
-    let dir = o.out_dir.join("adapter");
-    let tmp = o.out_dir.join("adapter.tmp");
+    // The result, written beside and swapped in: the adapter (PEFT's format), or the whole
+    // model as a Hugging Face directory after full fine-tuning.
+    let dir = o.out_dir.join(if o.full { "model" } else { "adapter" });
+    let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    let adapter = Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
-    save_adapter(&tmp, &p.model, &adapter)?;
+    if o.full {
+        yuanli_models::hf::export_llama(&p, &[], &tmp)?;
+    } else {
+        let adapter = Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
+        save_adapter(&tmp, &p.model, &adapter)?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| FinetuneError::File { path: dir.clone(), message: e.to_string() })?;
     on_event(&SftEvent::Saved { dir });
@@ -830,7 +864,31 @@ mod tests {
             eval_examples: 0,
             seed: 7,
             resume: false,
+            full: false,
         }
+    }
+
+    #[test]
+    fn full_fine_tuning_trains_every_weight_and_writes_a_model_that_loads() {
+        let root = std::env::temp_dir().join(format!("yuanli-sft-full-{}", std::process::id()));
+        let o = SftOptions { full: true, lr: 1e-3, ..tiny_run(&root.join("run"), 4) };
+        let mut events = Vec::new();
+        let (before, after) = finetune(&o, &AtomicBool::new(false), &mut |e| events.push(e.clone())).unwrap();
+        assert!(after < before, "held-out loss {before} → {after}");
+        let trainable =
+            events.iter().find_map(|e| if let SftEvent::Data { trainable, .. } = e { Some(*trainable) } else { None });
+        let base = load_pretrained_with(&o.model, LoadOptions::exact()).unwrap();
+        assert_eq!(trainable, Some(base.store.num_params()), "every weight is trainable");
+        let tuned = load_pretrained_with(&root.join("run/model"), LoadOptions::exact()).unwrap();
+        let logits = |p: &Pretrained| {
+            let _g = yuanli_autograd::no_grad();
+            p.model.forward(&Tensor::new(vec![1u32, 5, 9, 2], &[1, 4])).value().to_vec::<f32>()
+        };
+        let (a, b) = (logits(&base), logits(&tuned));
+        assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-4), "the written model is the trained one");
+        let both = SftOptions { quantized_base: true, ..o };
+        assert!(finetune(&both, &AtomicBool::new(false), &mut |_| {}).is_err());
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]
