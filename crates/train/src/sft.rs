@@ -684,6 +684,13 @@ pub fn finetune(
                 train_ex.len()
             )));
         }
+        if st.step >= o.steps {
+            return Err(FinetuneError::Options(format!(
+                "{}: the run already finished its {} steps; nothing to resume",
+                checkpoint.display(),
+                o.steps
+            )));
+        }
         rng = Rng::from_state(st.rng_state);
         on_event(&SftEvent::Resumed { step: st.step });
         (st.first_eval, st.order, st.at, st.step + 1)
@@ -906,6 +913,9 @@ mod tests {
         let want = losses(&ev);
         assert_eq!(want.len(), 6);
         assert!(want.iter().all(|(_, l)| l.is_finite()) && want[5].1 < want[0].1, "it learns: {want:?}");
+        let done = SftOptions { resume: true, ..whole };
+        let err = finetune(&done, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("already finished"), "{err}");
 
         // Stopped after step 3 (as Ctrl-C would), then resumed to 6.
         let part = tiny_run(&root.join("part"), 6);
