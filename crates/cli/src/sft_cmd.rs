@@ -160,6 +160,12 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
     let result = finetune(&o, &stop, &mut on_event);
     bar.finish_and_clear();
     let (before, after) = result.with_context(|| format!("fine-tuning {}", a.model.display()))?;
+    if stop.load(Ordering::Relaxed) {
+        println!(
+            "stopped early; the checkpoint is in {}: run the same command with --resume to continue",
+            a.out.join("checkpoint").display()
+        );
+    }
     if a.full {
         println!(
             "held-out loss {before:.4} → {after:.4}; use it with: yuanli generate --model {}",
