@@ -487,13 +487,9 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> R
         if let Some(d) = deltas.get(ours) {
             values.iter_mut().zip(d).for_each(|(w, d)| *w += d);
         }
-        if arch == "llama" {
+        if let (true, Some(heads)) = (arch == "llama", yuanli_models::load::rope_row_heads(c, ours)) {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
-            if ours.contains("self_attn.q_proj") {
-                values = interleave_rope_rows(&values, c.n_head, c.head_dim, cols, false);
-            } else if ours.contains("self_attn.k_proj") {
-                values = interleave_rope_rows(&values, c.n_kv_head, c.head_dim, cols, false);
-            }
+            values = interleave_rope_rows(&values, heads, c.head_dim, cols, false);
         }
         Ok((shape, values))
     })?;

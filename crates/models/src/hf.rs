@@ -195,14 +195,7 @@ pub fn export_llama(
         let name = info.name.clone();
         let shape = info.shape.clone();
         let mut v = p.store.value_of(info).to_dtype(yuanli_tensor::DType::F32).to_vec::<f32>();
-        let heads = if name.contains("self_attn.q_proj.") {
-            Some(c.n_head)
-        } else if name.contains("self_attn.k_proj.") {
-            Some(c.n_kv_head)
-        } else {
-            None
-        };
-        if let (true, Some(h)) = (interleaved, heads) {
+        if let (true, Some(h)) = (interleaved, crate::load::rope_row_heads(c, &name)) {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
             v = crate::load::interleave_rope_rows(&v, h, c.head_dim, cols, true);
         }

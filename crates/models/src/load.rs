@@ -176,6 +176,20 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     Ok(cfg)
 }
 
+/// The head count of a query or key projection tensor or module of `c` (its name contains
+/// `self_attn.q_proj`: query heads; `self_attn.k_proj`: key-value heads), else `None`: the
+/// tensors whose rows RoPE rotates in pairs, which llama.cpp's converter interleaves
+/// ([`interleave_rope_rows`]).
+pub fn rope_row_heads(c: &LlamaConfig, name: &str) -> Option<usize> {
+    if name.contains("self_attn.q_proj") {
+        Some(c.n_head)
+    } else if name.contains("self_attn.k_proj") {
+        Some(c.n_kv_head)
+    } else {
+        None
+    }
+}
+
 /// The query/key row order of a `llama` GGUF file: within each head of `hd` rows of a
 /// `(heads·hd, cols)` matrix, row `j·hd/2 + i` (Hugging Face's half-split RoPE order: half `j`
 /// of rotation pair `i`) moves to row `2i + j` (llama.cpp's interleaved order, pairs adjacent),

@@ -38,13 +38,7 @@ fn reordered_heads(model: &Llama, module: &str) -> Option<usize> {
     if c.rope_layout != RopeLayout::Interleaved {
         return None;
     }
-    if module.ends_with("self_attn.q_proj") {
-        Some(c.n_head)
-    } else if module.ends_with("self_attn.k_proj") {
-        Some(c.n_kv_head)
-    } else {
-        None
-    }
+    crate::load::rope_row_heads(c, module)
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> LoadError {
@@ -223,17 +217,8 @@ pub fn adapter_deltas(dir: &Path, c: &LlamaConfig, interleaved: bool) -> Result<
                 }
             }
         }
-        if interleaved {
-            let heads = if module.ends_with("self_attn.q_proj") {
-                Some(c.n_head)
-            } else if module.ends_with("self_attn.k_proj") {
-                Some(c.n_kv_head)
-            } else {
-                None
-            };
-            if let Some(h) = heads {
-                delta = interleave_rope_rows(&delta, h, c.head_dim, cols, false);
-            }
+        if let (true, Some(h)) = (interleaved, crate::load::rope_row_heads(c, &module)) {
+            delta = interleave_rope_rows(&delta, h, c.head_dim, cols, false);
         }
         out.push((weight, delta));
     }

@@ -534,10 +534,10 @@ impl Tensor {
         })
     }
 
-    /// Per-row cross-entropy of logits `(…, V)` against u32 `targets` `(…)`.
-    /// Returns `(losses (…), lse (…))`; ignored rows have loss 0.
+    /// The vocabulary size `V` of logits `(…, V)` and the ids of `targets` `(…)`, after checking
+    /// that they fit (u32, one per row).
     #[track_caller]
-    pub fn cross_entropy_rows(&self, targets: &Tensor, ignore_index: Option<u32>) -> (Tensor, Tensor) {
+    fn cross_entropy_targets(&self, targets: &Tensor) -> (usize, Vec<u32>) {
         let v = self.last_axis_rows("cross_entropy");
         assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32, got {}", targets.dtype());
         assert_eq!(
@@ -547,8 +547,15 @@ impl Tensor {
             self.shape(),
             targets.shape()
         );
-        let n = targets.numel();
-        let ids = targets.to_vec::<u32>();
+        (v, targets.to_vec::<u32>())
+    }
+
+    /// Per-row cross-entropy of logits `(…, V)` against u32 `targets` `(…)`.
+    /// Returns `(losses (…), lse (…))`; ignored rows have loss 0.
+    #[track_caller]
+    pub fn cross_entropy_rows(&self, targets: &Tensor, ignore_index: Option<u32>) -> (Tensor, Tensor) {
+        let (v, ids) = self.cross_entropy_targets(targets);
+        let n = ids.len();
         float_dispatch!(self.dtype(), "cross_entropy", T => {
             let (mut losses, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
             self.with_slice(|x: &[T]| cpu::cross_entropy_forward(&mut losses, &mut lse, x, &ids, v, ignore_index));
@@ -561,16 +568,7 @@ impl Tensor {
     /// buffer the caller owns; no target ignored). The chunked LM head's one pass.
     #[track_caller]
     pub fn cross_entropy_grad_(&self, targets: &Tensor, g: f64) -> Tensor {
-        let v = self.last_axis_rows("cross_entropy");
-        assert_eq!(targets.dtype(), DType::U32, "cross_entropy: targets must be u32, got {}", targets.dtype());
-        assert_eq!(
-            &self.shape()[..self.rank() - 1],
-            targets.shape(),
-            "cross_entropy: logits {:?} vs targets {:?}",
-            self.shape(),
-            targets.shape()
-        );
-        let ids = targets.to_vec::<u32>();
+        let (v, ids) = self.cross_entropy_targets(targets);
         float_dispatch!(self.dtype(), "cross_entropy", T => {
             let mut losses = vec![T::ZERO; ids.len()];
             self.with_slice_mut(|x: &mut [T]| cpu::cross_entropy_grad_inplace(x, &mut losses, &ids, v, T::from_f64(g)));
