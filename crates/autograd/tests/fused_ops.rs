@@ -110,7 +110,7 @@ proptest! {
     }
 }
 
-/// Shapes larger than one attention block (128 × 256), so the online-softmax rescaling across
+/// Shapes larger than one attention block (64 or 128 × 256), so the online-softmax rescaling across
 /// key blocks and the multi-block backward both run; q/k/v are strided views of one tensor.
 #[test]
 fn attention_multi_block_strided_views_match_composite() {
@@ -126,6 +126,25 @@ fn attention_multi_block_strided_views_match_composite() {
         2e-5,
         2e-4,
     );
+}
+
+/// Causal attention whose queries are the last 200 of 300 positions (a continued prefill):
+/// rows of a query block see no key of a later key block (the zero-width visible part), and a
+/// sequence longer than the short-sequence block rule (640 keys) takes the long blocks.
+#[test]
+fn attention_offset_and_long_causal_match_composite() {
+    let causal = AttentionOpts { causal: true, ..Default::default() };
+    for (tq, tk) in [(200, 300), (640, 640)] {
+        let (q, k, v) = (randn(&[1, 2, tq, 8], 7), randn(&[1, 1, tk, 8], 8), randn(&[1, 1, tk, 8], 9));
+        fused_matches_composite(
+            "attention offset/long",
+            |x| Var::attention(&x[0], &x[1], &x[2], &causal),
+            |x| composite::attention(&x[0], &x[1], &x[2], &causal),
+            &[q, k, v],
+            2e-5,
+            2e-4,
+        );
+    }
 }
 
 proptest! {
@@ -187,10 +206,11 @@ fn hashed_dropout_is_repeatable_and_drops_p() {
 /// A vocabulary large enough that the fused head runs in several chunks of rows.
 #[test]
 fn linear_cross_entropy_in_several_chunks_matches_the_composite() {
-    let (n, k, v) = (5, 3, 3_000_000);
+    // 24 M logits a chunk: 2 rows of a 9 M vocabulary, so the 5 rows take chunks of 2, 2 and 1.
+    let (n, k, v) = (5, 3, 9_000_000);
     let x = randn(&[n, k], 1);
     let w = randn(&[v, k], 2).mul_scalar(0.1);
-    let targets = Tensor::new(vec![0u32, 7, 2_999_999, 123_456, 7], &[n]);
+    let targets = Tensor::new(vec![0u32, 7, 8_999_999, 123_456, 7], &[n]);
     fused_matches_composite(
         "linear_cross_entropy (chunked)",
         |x| x[0].linear_cross_entropy(&x[1], &targets),

@@ -170,6 +170,8 @@ struct MatmulResult {
 struct AttentionResult {
     b: usize,
     h: usize,
+    /// Key/value heads (fewer than `h`: grouped-query attention).
+    hk: usize,
     t: usize,
     d: usize,
     threads: usize,
@@ -461,15 +463,17 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 writeln!(out, "fused causal attention, f32, {} kernels, {threads} thread(s), median ms", levels().0)?;
                 writeln!(
                     out,
-                    "{:>3} {:>3} {:>5} {:>3} {:>12} {:>16}",
-                    "B", "H", "T", "D", "forward", "forward+backward"
+                    "{:>3} {:>3} {:>3} {:>5} {:>3} {:>12} {:>16}",
+                    "B", "H", "Hkv", "T", "D", "forward", "forward+backward"
                 )?;
             }
             let mut rng = Rng::new(0);
-            for (b, h, t, d) in [(8, 6, 256, 64), (4, 12, 1024, 64)] {
+            // GPT-2-style heads, SmolLM2-135M's grouped heads (9 query heads over 3 kv heads) at
+            // the LoRA benchmark's batch, and a long context.
+            for (b, h, hk, t, d) in [(8, 6, 6, 256, 64), (4, 9, 3, 256, 64), (4, 12, 12, 1024, 64)] {
                 let q = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
-                let k = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
-                let v = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let k = Tensor::randn(&[b, hk, t, d], 0.0, 1.0, DType::F32, &mut rng);
+                let v = Tensor::randn(&[b, hk, t, d], 0.0, 1.0, DType::F32, &mut rng);
                 let dout = Tensor::randn(&[b, h, t, d], 0.0, 1.0, DType::F32, &mut rng);
                 let fwd = time_median(secs, 3, || {
                     std::hint::black_box(Tensor::attention(&q, &k, &v, None, true, None));
@@ -481,6 +485,7 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 let r = AttentionResult {
                     b,
                     h,
+                    hk,
                     t,
                     d,
                     threads,
@@ -492,8 +497,8 @@ pub(crate) fn run(cmd: BenchCommand, threads: usize) -> Result<()> {
                 if !json {
                     writeln!(
                         out,
-                        "{:>3} {:>3} {:>5} {:>3} {:>12.2} {:>16.2}",
-                        b, h, t, d, r.forward_ms, r.forward_backward_ms
+                        "{:>3} {:>3} {:>3} {:>5} {:>3} {:>12.2} {:>16.2}",
+                        b, h, hk, t, d, r.forward_ms, r.forward_backward_ms
                     )?;
                 }
                 results.push(r);

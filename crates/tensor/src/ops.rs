@@ -665,7 +665,12 @@ impl Tensor {
     /// ([`cpu::dropout_keeps`], `i` the row-major index): the same `(p, seed)` always drops
     /// the same elements, so a backward pass can redraw the mask instead of keeping it.
     pub fn dropout_hashed(&self, p: f64, seed: u64) -> Tensor {
-        let out = Tensor::zeros(self.shape(), self.dtype());
+        // Every element is written (`add = false`): float buffers skip the zero-fill.
+        let out = match self.dtype() {
+            DType::F32 => Tensor::new(cpu::alloc_for_overwrite::<f32>(self.numel()), self.shape()),
+            DType::F64 => Tensor::new(cpu::alloc_for_overwrite::<f64>(self.numel()), self.shape()),
+            _ => Tensor::zeros(self.shape(), self.dtype()),
+        };
         out.dropout_hashed_into(self, p, seed, false);
         out
     }

@@ -86,9 +86,11 @@ impl Var {
     }
 }
 
-/// Rows of logits a chunk of [`Var::linear_cross_entropy`] holds at once, in values (32 MB of
-/// f32): with a 49,152-token vocabulary, 170 rows.
-const CE_CHUNK_VALUES: usize = 8 << 20;
+/// Rows of logits a chunk of [`Var::linear_cross_entropy`] holds at once, in values (96 MB of
+/// f32): with a 49,152-token vocabulary, 512 rows. Each chunk's two products stream and pack all
+/// of `W`, so fewer, taller chunks are faster (LoRA step on SmolLM2, 411 counted rows, AVX2:
+/// 0.51 s for the head in chunks of 137 rows, 0.46 s at 170, 0.41 s in one chunk).
+const CE_CHUNK_VALUES: usize = 24 << 20;
 
 /// The fused language-model head and loss, `L = (1/N) Σ_n [lse(x_n·Wᵀ) − x_n·w_{y_n}]`, whose
 /// gradient the forward pass already computes. The loss is the graph's last node, so its
@@ -169,7 +171,9 @@ fn linear_ce(
     assert_eq!(targets.shape(), [n], "linear_cross_entropy: {} rows of x but targets {:?}", n, targets.shape());
     assert_eq!(targets.dtype(), DType::U32, "linear_cross_entropy: targets must be u32");
     let x = x.contiguous();
-    let chunk = (CE_CHUNK_VALUES / v.max(1)).max(1);
+    // As many chunks as the budget needs, of equal size (411 rows: 3 × 137, not 170 + 170 + 71).
+    let max_rows = (CE_CHUNK_VALUES / v.max(1)).max(1);
+    let chunk = n.div_ceil(n.div_ceil(max_rows).max(1)).max(1);
     let mut total = Tensor::zeros(&[], x.dtype());
     let mut dxs = Vec::new();
     let mut dw: Option<Tensor> = None;
