@@ -6,6 +6,7 @@ mod gpt_cmd;
 mod lesson_cmd;
 mod llm_cmd;
 mod quantize_cmd;
+mod serve_cmd;
 mod sft_cmd;
 mod tokenizer_cmd;
 
@@ -54,6 +55,8 @@ enum Command {
     Perplexity(llm_cmd::PerplexityArgs),
     /// Write a model as GGUF in one of llama.cpp's presets (q8_0, q6_k, q5_k_m, q4_k_m, …) or f16/f32.
     Quantize(quantize_cmd::QuantizeArgs),
+    /// Serve a model over HTTP with OpenAI's API (continuous batching; streaming; /metrics).
+    Serve(serve_cmd::ServeArgs),
     /// Fine-tune a model on conversations: LoRA or QLoRA (the adapter in PEFT's format), or every weight with --full; --resume continues a stopped run.
     Sft(sft_cmd::SftArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
@@ -84,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => yuanli_tensor::run_in_pool(|| llm_cmd::chat_cmd(&args)),
         Command::Perplexity(args) => yuanli_tensor::run_in_pool(|| llm_cmd::perplexity_cmd(&args)),
         Command::Quantize(args) => yuanli_tensor::run_in_pool(|| quantize_cmd::run(&args)),
+        Command::Serve(args) => serve_cmd::run(&args),
         Command::Sft(args) => yuanli_tensor::run_in_pool(|| sft_cmd::run(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),

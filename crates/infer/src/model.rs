@@ -263,7 +263,7 @@ impl Model {
     }
 
     /// A text stream over this model's vocabulary.
-    pub fn text_stream<'m>(&'m self, stops: &'m [String]) -> TextStream<'m> {
+    pub fn text_stream(&self, stops: &[String]) -> TextStream<'_> {
         TextStream::new(&self.vocab, stops)
     }
 
@@ -312,7 +312,7 @@ pub(crate) struct TextDriver<'m> {
 }
 
 impl<'m> TextDriver<'m> {
-    pub(crate) fn new(model: &'m Model, stops: &'m [String]) -> Self {
+    pub(crate) fn new(model: &'m Model, stops: &[String]) -> Self {
         TextDriver {
             eos: &model.eos,
             stream: model.text_stream(stops),

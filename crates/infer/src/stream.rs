@@ -11,12 +11,13 @@ pub struct TextStream<'m> {
     decoder: Option<StreamDecoder<'m>>,
     text: String,
     emitted: usize,
-    stops: &'m [String],
+    stops: Vec<String>,
 }
 
 impl<'m> TextStream<'m> {
-    /// A stream over `vocab`, stopping at any of `stops`.
-    pub fn new(vocab: &'m Vocab, stops: &'m [String]) -> Self {
+    /// A stream over `vocab`, stopping at any of `stops` (empty strings are ignored).
+    pub fn new(vocab: &'m Vocab, stops: &[String]) -> Self {
+        let stops = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
         let decoder = match vocab {
             Vocab::Bpe(t) => Some(t.stream_decoder()),
             Vocab::Chars(_) => None,
