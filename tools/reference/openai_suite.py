@@ -33,8 +33,13 @@ def main():
     mid = models[0].id
     msgs = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
-    # Chat, not streamed: text, finish reason, usage.
+    # Chat, not streamed: text, finish reason, usage. Asked twice: the first request leaves the
+    # prompt's full blocks in the prefix cache, and the comparisons below are between requests
+    # that find the same cached prefix (a different split of the prompt between cache and
+    # computation rounds differently, so exact equality is only promised for the same split).
+    c.chat.completions.create(model=mid, messages=msgs, max_tokens=24, temperature=0)
     r = c.chat.completions.create(model=mid, messages=msgs, max_tokens=24, temperature=0)
+    check(r.usage.prompt_tokens_details.cached_tokens > 0, f"the prefix cache served {r.usage.prompt_tokens_details}")
     text = r.choices[0].message.content
     check(r.object == "chat.completion" and bool(text), f"chat answer: {text!r}")
     check("Paris" in text, f"the model knows: {text!r}")
@@ -71,6 +76,7 @@ def main():
 
     # Seeds: the same seed samples the same text.
     kw = dict(model=mid, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20, temperature=1.0)
+    c.chat.completions.create(seed=11, **kw)  # warms the prefix cache, as above
     s1 = c.chat.completions.create(seed=11, **kw).choices[0].message.content
     s2 = c.chat.completions.create(seed=11, **kw).choices[0].message.content
     check(s1 == s2, f"same seed, same sample: {s1!r}")

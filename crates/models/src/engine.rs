@@ -96,6 +96,9 @@ pub enum EngineError {
     /// The session was made by another model.
     #[error("this session was made for another model; make one with this model's new_session")]
     WrongModel,
+    /// A block id that is not in use in this session.
+    #[error("KV block {0} is not in use in this session")]
+    UnknownBlock(u32),
     /// A token's position does not continue its sequence.
     #[error("a token of sequence {seq:?} has position {pos}, but the sequence continues at position {expected}")]
     BadPosition {
@@ -486,6 +489,57 @@ impl Session {
         let new = self.add_sequence();
         self.seqs.insert(new.id, e);
         Ok(new)
+    }
+
+    /// A new sequence whose first positions are the full blocks `blocks` (another sequence's
+    /// or a prefix cache's, see [`Session::retain_block`]): it shares them (no copy) and goes on
+    /// at position `blocks.len() · block_size`. Unknown or free block ids are an error.
+    pub fn add_sequence_on_blocks(&mut self, blocks: &[u32]) -> Result<SeqId, EngineError> {
+        if let Some(&b) = blocks.iter().find(|&&b| self.refs.get(b as usize).is_none_or(|&r| r == 0)) {
+            return Err(EngineError::UnknownBlock(b));
+        }
+        let seq = self.add_sequence();
+        for &b in blocks {
+            self.refs[b as usize] += 1;
+        }
+        let e = self.seqs.get_mut(&seq.id).expect("just added");
+        e.blocks.extend_from_slice(blocks);
+        e.len = blocks.len() * self.block_size;
+        Ok(seq)
+    }
+
+    /// The blocks holding `seq`'s positions, in order (the last may be partly filled).
+    pub fn blocks(&self, seq: SeqId) -> Result<&[u32], EngineError> {
+        Ok(&self.entry(seq)?.blocks)
+    }
+
+    /// Takes a reference to block `b` (which some sequence holds): it stays out of the free pool
+    /// until [`Session::release_block`], after every sequence using it has ended — how a prefix
+    /// cache keeps blocks for later requests.
+    pub fn retain_block(&mut self, b: u32) -> Result<(), EngineError> {
+        match self.refs.get_mut(b as usize) {
+            Some(r) if *r > 0 => {
+                *r += 1;
+                Ok(())
+            }
+            _ => Err(EngineError::UnknownBlock(b)),
+        }
+    }
+
+    /// Drops a reference taken by [`Session::retain_block`]; the block is free when none is left.
+    pub fn release_block(&mut self, b: u32) -> Result<(), EngineError> {
+        match self.refs.get(b as usize) {
+            Some(&r) if r > 0 => {
+                self.release(b);
+                Ok(())
+            }
+            _ => Err(EngineError::UnknownBlock(b)),
+        }
+    }
+
+    /// References to block `b` (sequences and retains; 0 when free).
+    pub fn block_refs(&self, b: u32) -> usize {
+        self.refs.get(b as usize).map_or(0, |&r| r as usize)
     }
 
     /// Ends `seq`: its blocks go back to the pool (those no other sequence shares).

@@ -297,3 +297,38 @@ fn models_and_sessions_cross_threads() {
     send_sync::<yuanli_models::Gpt>();
     send::<Session>();
 }
+
+/// A sequence started on another's full blocks (as a prefix cache starts one) and fed only the
+/// rest gives the logits of feeding everything; a retained block outlives its sequence and is
+/// free after its release; unknown blocks are errors.
+#[test]
+fn a_sequence_on_shared_blocks_equals_feeding_the_whole_prompt() {
+    let m = model(7, false);
+    let mut s = m.new_session(SessionOpts { max_tokens: 256, block_size: 8, kv_type: KvType::F32 });
+    let ids = tokens(3, 29);
+    let mut whole = Vec::new();
+    let a = s.add_sequence();
+    feed(&m, &mut s, a, &ids, ids.len() - 1, &mut whole).unwrap();
+    // Keep the first three full blocks (24 positions), end the sequence that wrote them.
+    let prefix: Vec<u32> = s.blocks(a).unwrap()[..3].to_vec();
+    for &b in &prefix {
+        s.retain_block(b).unwrap();
+    }
+    let free_before = s.free_blocks();
+    s.remove(a).unwrap();
+    assert_eq!(s.free_blocks(), free_before + 1, "only the unretained fourth block comes back");
+    let b = s.add_sequence_on_blocks(&prefix).unwrap();
+    assert_eq!(s.len(b).unwrap(), 24);
+    let mut rest = Vec::new();
+    feed(&m, &mut s, b, &ids[24..], ids.len() - 25, &mut rest).unwrap();
+    assert!(max_diff(&whole, &rest) < 1e-5, "{}", max_diff(&whole, &rest));
+    s.remove(b).unwrap();
+    for &blk in &prefix {
+        assert_eq!(s.block_refs(blk), 1);
+        s.release_block(blk).unwrap();
+    }
+    assert_eq!(s.free_blocks(), s.total_blocks());
+    assert!(matches!(s.add_sequence_on_blocks(&[prefix[0]]), Err(EngineError::UnknownBlock(_))));
+    assert!(matches!(s.retain_block(10_000), Err(EngineError::UnknownBlock(10_000))));
+    assert!(matches!(s.release_block(prefix[0]), Err(EngineError::UnknownBlock(_))));
+}

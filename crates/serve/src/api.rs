@@ -386,9 +386,12 @@ pub fn finish_reason(f: Finish) -> &'static str {
     }
 }
 
-/// `usage`.
-pub fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+/// `usage`, with the prompt tokens the prefix cache supplied as `prompt_tokens_details.cached_tokens`.
+pub fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
 }
 
 /// Chat `logprobs.content` entries.

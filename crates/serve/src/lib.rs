@@ -7,6 +7,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the web chat page (no key needed to load it; it sends the key you type) |
 //! | `GET /health` | `{"status": "ok"}` (no key needed) |
 //! | `GET /v1/models` | the model served |
 //! | `POST /v1/chat/completions` | chat, streamed (SSE) or not, with usage and log-probabilities |
@@ -19,6 +20,7 @@
 //! 429 when the waiting queue is full, 503 while shutting down.
 
 pub mod api;
+mod prefix;
 pub mod scheduler;
 
 use std::convert::Infallible;
@@ -32,7 +34,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -66,6 +68,10 @@ impl Default for ServeOpts {
         }
     }
 }
+
+/// The web chat served at `/`: one self-contained page (no build step) that streams replies
+/// from `/v1/chat/completions`, with a stop button, a system prompt and the sampling settings.
+pub const CHAT_PAGE: &str = include_str!("chat.html");
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -103,6 +109,7 @@ impl Server {
             .route("/metrics", get(metrics))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_key));
         let router = Router::new()
+            .route("/", get(|| async { Html(CHAT_PAGE) }))
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
             .merge(v1)
             .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such route") })
@@ -270,21 +277,29 @@ struct Collected {
     finish: &'static str,
     prompt_tokens: usize,
     completion_tokens: usize,
+    cached_tokens: usize,
 }
 
 async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiError> {
-    let mut c =
-        Collected { text: String::new(), logprobs: Vec::new(), finish: "stop", prompt_tokens: 0, completion_tokens: 0 };
+    let mut c = Collected {
+        text: String::new(),
+        logprobs: Vec::new(),
+        finish: "stop",
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cached_tokens: 0,
+    };
     while let Some(e) = rx.recv().await {
         match e {
             Event::Text { text, logprobs } => {
                 c.text.push_str(&text);
                 c.logprobs.extend(logprobs);
             }
-            Event::Done { finish, prompt_tokens, completion_tokens } => {
+            Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                 c.finish = api::finish_reason(finish);
                 c.prompt_tokens = prompt_tokens;
                 c.completion_tokens = completion_tokens;
+                c.cached_tokens = cached_tokens;
                 return Ok(c);
             }
             Event::Failed(m) => return Err(ApiError::status(StatusCode::SERVICE_UNAVAILABLE, m)),
@@ -329,10 +344,10 @@ fn stream_response(
                     let out = vec![sse(&(fmt.piece)(&text, &logprobs, offset))];
                     Some((out, (rx, None, offset + text.len(), false, fmt)))
                 }
-                Event::Done { finish, prompt_tokens, completion_tokens } => {
+                Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
                     let mut out = vec![sse(&(fmt.last)(api::finish_reason(finish)))];
                     if fmt.include_usage {
-                        out.push(sse(&(fmt.usage)(api::usage(prompt_tokens, completion_tokens))));
+                        out.push(sse(&(fmt.usage)(api::usage(prompt_tokens, completion_tokens, cached_tokens))));
                     }
                     out.push(Ok(SseEvent::default().data("[DONE]")));
                     Some((out, (rx, None, offset, true, fmt)))
@@ -392,7 +407,7 @@ async fn chat_completions(
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish}],
-        "usage": api::usage(c.prompt_tokens, c.completion_tokens),
+        "usage": api::usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens),
     }))
     .into_response())
 }
@@ -460,7 +475,7 @@ async fn completions(
     Ok(Json(json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish}],
-        "usage": api::usage(c.prompt_tokens, c.completion_tokens),
+        "usage": api::usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens),
     }))
     .into_response())
 }
@@ -537,6 +552,13 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     metric("kv_blocks_used", "gauge", "KV cache blocks in use.", g(&st.kv_blocks_used).to_string());
     metric("kv_blocks_total", "gauge", "KV cache blocks in the pool.", g(&st.kv_blocks_total).to_string());
     metric("preemptions_total", "counter", "Sequences preempted for KV room.", c(&st.preemptions).to_string());
+    metric(
+        "prefix_cache_hit_tokens_total",
+        "counter",
+        "Prompt tokens found in the prefix cache.",
+        c(&st.prefix_hit_tokens).to_string(),
+    );
+    metric("prefix_cache_blocks", "gauge", "KV blocks held by the prefix cache.", g(&st.prefix_blocks).to_string());
     metric("engine_steps_total", "counter", "Batched engine steps.", c(&st.steps).to_string());
     out.push_str("# HELP yuanli_time_to_first_token_seconds From request arrival to its first generated token.\n");
     out.push_str("# TYPE yuanli_time_to_first_token_seconds histogram\n");

@@ -13,6 +13,9 @@
 //! requests join between steps; a finished, stopped or cancelled sequence (its client went
 //! away: the channel is closed) leaves at once and its KV blocks go back to the pool.
 //!
+//! Full blocks of finished prompts stay in a [prefix cache](crate::prefix): a request whose
+//! prompt begins with cached blocks starts on them and reads only the rest.
+//!
 //! KV blocks are taken as sequences grow. When a step needs more blocks than are free, the
 //! most recently admitted sequences are *preempted*: their blocks are freed and they wait at
 //! the head of the queue; when they come back they read their prompt and what they had
@@ -23,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::prefix::PrefixCache;
 use tokio::sync::mpsc::UnboundedSender;
 use yuanli_infer::{Finish, Model, TextStream};
 use yuanli_models::{Batch, Logits, Sampler, SamplingParams, SeqId, Session, SessionOpts};
@@ -98,6 +102,8 @@ pub enum Event {
         prompt_tokens: usize,
         /// Generated tokens (end-of-sequence token included).
         completion_tokens: usize,
+        /// Prompt tokens found in the prefix cache (not computed).
+        cached_tokens: usize,
     },
     /// The job could not run (the message says why).
     Failed(String),
@@ -141,6 +147,10 @@ pub struct Stats {
     pub finished: AtomicU64,
     /// Preemptions.
     pub preemptions: AtomicU64,
+    /// Prompt tokens found in the prefix cache.
+    pub prefix_hit_tokens: AtomicU64,
+    /// Blocks in the prefix cache now.
+    pub prefix_blocks: AtomicUsize,
     /// Engine steps.
     pub steps: AtomicU64,
     /// Time to first token: count, sum (µs), and counts at most each of [`TTFT_BUCKETS`].
@@ -268,6 +278,8 @@ struct Live<'m> {
     fed: usize,
     prompt_len: usize,
     generated: usize,
+    /// Prompt positions the prefix cache supplied.
+    cached: usize,
     stream: TextStream<'m>,
     sampler: Sampler,
     rng: Rng,
@@ -291,10 +303,12 @@ struct Engine<'m> {
     logits: Vec<f32>,
     /// For each logits row, the index in `running` it belongs to.
     rows: Vec<usize>,
+    cache: PrefixCache,
 }
 
 impl<'m> Engine<'m> {
     fn new(model: &'m Model, session: Session, opts: &SchedulerOpts) -> Self {
+        let session_block = session.block_size();
         Engine {
             model,
             session,
@@ -304,6 +318,7 @@ impl<'m> Engine<'m> {
             batch: Batch::new(),
             logits: Vec::new(),
             rows: Vec::new(),
+            cache: PrefixCache::new(session_block),
         }
     }
 
@@ -329,25 +344,26 @@ impl<'m> Engine<'m> {
             // Preempted sequences come back first, and only when the pool has room for them.
             while self.running.len() < self.opts.parallel {
                 let Some(p) = self.paused.front() else { break };
-                if self.blocks_for(p.ids.len() + 1) > self.session.free_blocks() {
+                if self.blocks_for(p.ids.len() + 1) > self.available() {
                     break;
                 }
                 let mut p = self.paused.pop_front().expect("checked above");
-                p.seq = Some(self.session.add_sequence());
+                self.start_on_cache(&mut p, shared);
                 self.running.push(p);
             }
             while self.running.len() < self.opts.parallel && self.paused.is_empty() {
                 let Some((job, _)) = q.waiting.front() else { break };
                 // Admit when its prompt fits in what is free now (the running sequences take
                 // theirs as they grow; preemption settles a shortfall).
-                if !self.running.is_empty() && self.blocks_for(job.prompt.len() + 1) > self.session.free_blocks() {
+                if !self.running.is_empty() && self.blocks_for(job.prompt.len() + 1) > self.available() {
                     break;
                 }
                 let (job, submitted) = q.waiting.pop_front().expect("checked above");
                 if job.events.is_closed() {
                     continue;
                 }
-                let live = self.live(job, submitted);
+                let mut live = self.live(job, submitted);
+                self.start_on_cache(&mut live, shared);
                 self.running.push(live);
             }
             shared.stats.waiting.store(q.waiting.len() + self.paused.len(), Ordering::Relaxed);
@@ -365,11 +381,12 @@ impl<'m> Engine<'m> {
     fn live(&mut self, job: Job, submitted: Instant) -> Live<'m> {
         let stream = self.model.text_stream(&job.stops);
         Live {
-            seq: Some(self.session.add_sequence()),
+            seq: None,
             ids: job.prompt.clone(),
             fed: 0,
             prompt_len: job.prompt.len(),
             generated: 0,
+            cached: 0,
             stream,
             sampler: Sampler::default(),
             rng: Rng::new(job.seed),
@@ -377,6 +394,41 @@ impl<'m> Engine<'m> {
             submitted,
             job,
         }
+    }
+
+    /// Gives `l` a KV sequence, on the longest cached prefix of what it must read (at least one
+    /// token is left to feed: the step that feeds it yields the next token's logits).
+    fn start_on_cache(&mut self, l: &mut Live<'m>, shared: &Shared) {
+        let blocks = self.cache.lookup(&l.ids, l.ids.len() - 1);
+        let seq = match self.session.add_sequence_on_blocks(&blocks) {
+            Ok(seq) if !blocks.is_empty() => {
+                l.fed = blocks.len() * self.session.block_size();
+                if l.generated == 0 {
+                    l.cached = l.fed.min(l.prompt_len);
+                    shared.stats.prefix_hit_tokens.fetch_add(l.cached as u64, Ordering::Relaxed);
+                }
+                seq
+            }
+            Ok(seq) => seq,
+            Err(_) => self.session.add_sequence(),
+        };
+        l.seq = Some(seq);
+    }
+
+    /// Caches the full blocks `l` has computed.
+    fn cache_blocks(&mut self, i: usize) {
+        let l = &self.running[i];
+        if let Some(seq) = l.seq {
+            if let Ok(blocks) = self.session.blocks(seq) {
+                let blocks = blocks.to_vec();
+                self.cache.insert(&mut self.session, &l.ids[..l.fed], &blocks);
+            }
+        }
+    }
+
+    /// Free blocks, counting cached blocks no sequence uses (eviction frees them on demand).
+    fn available(&self) -> usize {
+        self.session.free_blocks() + self.cache.evictable(&self.session)
     }
 
     fn blocks_for(&self, positions: usize) -> usize {
@@ -452,6 +504,7 @@ impl<'m> Engine<'m> {
         }
         let vocab = self.model.lm().vocab_size();
         let mut done = Vec::new();
+        let mut prompts_done = Vec::new();
         for (row, &i) in self.rows.iter().enumerate() {
             let logits = &self.logits[row * vocab..(row + 1) * vocab];
             let l = &mut self.running[i];
@@ -465,6 +518,7 @@ impl<'m> Engine<'m> {
                 shared.stats.observe_ttft(l.submitted.elapsed().as_secs_f64());
             }
             l.generated += 1;
+            let prompt_done = l.generated == 1;
             shared.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             let finish = if self.model.eos.contains(&tok) {
                 Some(Finish::Eos)
@@ -483,10 +537,16 @@ impl<'m> Engine<'m> {
             };
             if let Some(f) = finish {
                 done.push((i, f));
+            } else if prompt_done {
+                prompts_done.push(i);
             }
+        }
+        for i in prompts_done {
+            self.cache_blocks(i);
         }
         // Leave in reverse index order so that the indices stay valid.
         for (i, finish) in done.into_iter().rev() {
+            self.cache_blocks(i);
             let mut l = self.running.remove(i);
             if finish != Finish::Stop && finish != Finish::Cancelled {
                 let tail = l.stream.finish();
@@ -494,11 +554,17 @@ impl<'m> Engine<'m> {
                     l.send(Event::Text { text: tail, logprobs: Vec::new() });
                 }
             }
-            l.send(Event::Done { finish, prompt_tokens: l.prompt_len, completion_tokens: l.generated });
+            l.send(Event::Done {
+                finish,
+                prompt_tokens: l.prompt_len,
+                completion_tokens: l.generated,
+                cached_tokens: l.cached,
+            });
             self.retire(l, shared);
         }
         let used = self.session.total_blocks() - self.session.free_blocks();
         shared.stats.kv_blocks_used.store(used, Ordering::Relaxed);
+        shared.stats.prefix_blocks.store(self.cache.len(), Ordering::Relaxed);
         shared.stats.running.store(self.running.len(), Ordering::Relaxed);
     }
 
@@ -533,8 +599,10 @@ impl<'m> Engine<'m> {
         need
     }
 
-    /// Preempts the most recently admitted sequences until this step's blocks fit.
+    /// Evicts cached blocks no sequence uses, then preempts the most recently admitted
+    /// sequences, until this step's blocks fit.
     fn preempt_to_fit(&mut self, shared: &Shared) {
+        while self.blocks_needed() > self.session.free_blocks() && self.cache.evict_one(&mut self.session) {}
         while self.running.len() > 1 && self.blocks_needed() > self.session.free_blocks() {
             let mut l = self.running.pop().expect("more than one running");
             if let Some(seq) = l.seq.take() {
@@ -543,6 +611,7 @@ impl<'m> Engine<'m> {
             l.fed = 0;
             shared.stats.preemptions.fetch_add(1, Ordering::Relaxed);
             self.paused.push_front(l);
+            while self.blocks_needed() > self.session.free_blocks() && self.cache.evict_one(&mut self.session) {}
         }
         // One sequence alone that still does not fit has outgrown the pool.
         if self.running.len() == 1 && self.blocks_needed() > self.session.free_blocks() {

@@ -5,21 +5,14 @@
 //!
 //! Skips locally without the model or the client; fails under `CI=true`.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::{root, skip, start};
 use yuanli_infer::{Model, OpenOptions};
-use yuanli_serve::{SchedulerOpts, ServeOpts, Server};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn skip(why: &str) {
-    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "cannot run under CI=true: {why}");
-    eprintln!("SKIP: {why}");
-}
+use yuanli_serve::{SchedulerOpts, ServeOpts};
 
 /// A Python that can import `openai`: `$YUANLI_SERVE_PYTHON` or `bench/.venv`.
 fn python_with_openai() -> Option<String> {
@@ -28,20 +21,6 @@ fn python_with_openai() -> Option<String> {
     candidates.into_iter().find(|py| {
         std::process::Command::new(py).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success())
     })
-}
-
-/// Serves `model` on a free port from a runtime thread of its own.
-fn start(model: Arc<Model>, opts: ServeOpts) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            Server::new(model, opts).run(listener, std::future::pending()).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
 }
 
 #[test]

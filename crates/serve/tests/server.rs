@@ -3,6 +3,8 @@
 //! and continuous batching (with preemption) answering each request exactly as it would be
 //! answered alone.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::ControlFlow;
@@ -12,7 +14,7 @@ use serde_json::{json, Value};
 use yuanli_infer::{GenerateOptions, Model, Vocab};
 use yuanli_models::{ChatTemplate, Llama, LlamaConfig, Message, SamplingParams};
 use yuanli_nn::ParamStore;
-use yuanli_serve::{SchedulerOpts, ServeOpts, Server};
+use yuanli_serve::{SchedulerOpts, ServeOpts};
 use yuanli_tensor::{Rng, RopeLayout};
 
 const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}\
@@ -46,20 +48,10 @@ fn model(ctx: usize) -> Model {
     Model::from_parts(Box::new(llama), Vocab::Chars(chars), Some(ChatTemplate::new(TEMPLATE, "", "")), Vec::new())
 }
 
-/// A server on a free port, on its own runtime thread; dropped with the test process.
+/// The tiny model served on a free port.
 fn start(opts: ServeOpts) -> (SocketAddr, Arc<Model>) {
     let m = Arc::new(model(256));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let served = m.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            Server::new(served, opts).run(listener, std::future::pending()).await.unwrap();
-        });
-    });
-    (rx.recv().unwrap(), m)
+    (common::start(m.clone(), opts), m)
 }
 
 fn opts() -> ServeOpts {
@@ -338,4 +330,36 @@ fn api_key_queue_limit_tokenizer_and_models() {
     let (st, v) = post(addr, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}]}));
     assert_eq!(st, 429, "{v}");
     assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+#[test]
+fn a_shared_system_prompt_is_read_once_and_answers_stay_the_same() {
+    let (addr, m) = start(opts());
+    let system = "You are a terse assistant. ".repeat(5); // 135 characters: 8 full blocks of 16
+    let ask = |user: &str| {
+        let r = json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                       "max_tokens": 8, "temperature": 0});
+        let (st, v) = post(addr, "/v1/chat/completions", &r);
+        assert_eq!(st, 200, "{v}");
+        v
+    };
+    let reference = |user: &str| {
+        let msgs = [Message::new("system", &system), Message::new("user", user)];
+        let ids = m.encode(&m.render_chat(&msgs).unwrap(), true).unwrap();
+        alone(&m, &ids, 8, &[])
+    };
+    let first = ask("first question");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let second = ask("another one");
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    // "<system>" + 135 characters + "|<user>a" share the first 9 blocks (144 positions).
+    assert_eq!(cached, 144, "{second}");
+    assert_eq!(second["choices"][0]["message"]["content"], reference("another one"));
+    assert_eq!(first["choices"][0]["message"]["content"], reference("first question"));
+    // The same request again reuses all but its last block.
+    let again = ask("another one");
+    assert_eq!(again["choices"][0]["message"]["content"], second["choices"][0]["message"]["content"]);
+    assert!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= cached);
+    let (_, metrics) = http(addr, "GET", "/metrics", &[], b"");
+    assert!(metrics.contains("yuanli_prefix_cache_hit_tokens_total"), "{metrics}");
 }
