@@ -1,7 +1,8 @@
 """Load test of `yuanli serve` on loopback (and of llama.cpp's `llama-server` on the same load,
 when given one): N concurrent streaming chat clients, greedy, M tokens each.
 
-Reports, per server: aggregate generated tokens/s, one client alone, time to first token p50/p95,
+Reports, per server: aggregate generated tokens/s, one client alone (the median of the requests
+run one at a time), time to first token p50/p95,
 whether every concurrent reply equals the same request served alone, errors, the server's peak
 memory (VmHWM); and the prefix cache: time to first token of a request with a ~500-token system
 prompt, then of a second request sharing it.
@@ -111,10 +112,11 @@ def run_load(name, port, pid, clients, tokens):
     same = sum(1 for r, a in zip(results, alone) if r[0] == a[0])
     total = sum(r[3] for r in results)
     ttfts = [r[1] for r in results if r[1] is not None]
-    single = one[3] / one[2] if one[2] else float("nan")
+    # One client alone: the median over the requests run one at a time (each a fresh prompt).
+    single = statistics.median(a[3] / a[2] for a in alone if a[2] and not a[4])
     agg = total / wall
     print(f"{name}: {clients} clients x {tokens} tokens: aggregate {agg:.1f} tok/s ({total} tokens in {wall:.1f} s); "
-          f"one client alone {single:.1f} tok/s (ttft {one[1] or float('nan'):.2f} s); "
+          f"one client alone {single:.1f} tok/s (median of {len(alone)}; first ttft {one[1] or float('nan'):.2f} s); "
           f"ttft p50 {pct(ttfts, 50):.2f} s p95 {pct(ttfts, 95):.2f} s; "
           f"replies equal to alone {same}/{clients}; errors {len(errors)}; peak RSS {peak_rss_mb(pid):.0f} MB")
     for e in errors[:3]:

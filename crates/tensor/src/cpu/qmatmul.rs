@@ -854,8 +854,24 @@ fn dot_row_f32(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
     simd::dequant_dot(ty, w, x)
 }
 
-/// From this many tokens on, [`qmatmul`] dequantizes panels of weights and runs an f32 GEMM.
+/// From this many tokens on, [`qmatmul`] dequantizes panels of weights and runs an f32 GEMM
+/// (or bf16, [`uses_bf16_gemm`]) — except where [`gemm_min_tokens`] says later.
 pub const GEMM_MIN_TOKENS: usize = 16;
+
+/// Where the 32-weight formats have the bf16 tile kernel (AVX-512 BF16), it beats dequantizing
+/// panels up to this many tokens: a batch of 16–31 decoding sequences keeps the tile kernel
+/// (`yuanli bench qmatmul`, Zen 4, 2 threads, 1536×576: Q4_1 at t = 15 → 326 µs, t = 16 on
+/// panels → 433 µs; Q5_0 316 µs vs 666 µs; at t = 32 the two routes meet).
+pub const GEMM_MIN_TOKENS_BF16_TILE: usize = 32;
+
+/// The token count from which `ty` takes the GEMM route with `kernel`.
+pub fn gemm_min_tokens(kernel: QKernel, ty: QuantType) -> usize {
+    if uses_bf16_gemm(kernel, ty) && uses_quantized_acts(ty) {
+        GEMM_MIN_TOKENS_BF16_TILE
+    } else {
+        GEMM_MIN_TOKENS
+    }
+}
 /// Weight rows dequantized at once by the GEMM route (a per-thread buffer of `PANEL_ROWS·cols`).
 const PANEL_ROWS: usize = 256;
 /// Weight rows per panel of the bf16 route (a multiple of the 12-row micro-tile).
@@ -885,7 +901,7 @@ pub fn uses_bf16_gemm(kernel: QKernel, ty: QuantType) -> bool {
 /// the 16-bit integer route's). One token (single-sequence decoding) keeps the 16-bit integer
 /// route: it is bound by reading the weights, not by arithmetic.
 pub fn uses_bf16_route(kernel: QKernel, ty: QuantType, t: usize) -> bool {
-    uses_bf16_gemm(kernel, ty) && (t >= GEMM_MIN_TOKENS || (t > 1 && uses_quantized_acts(ty)))
+    uses_bf16_gemm(kernel, ty) && (t >= gemm_min_tokens(kernel, ty) || (t > 1 && uses_quantized_acts(ty)))
 }
 
 /// A raw pointer that may cross threads; each thread writes a disjoint set of elements.
@@ -941,7 +957,8 @@ pub fn qmatmul_with(
     assert!(qkernel_supported(kernel), "qmatmul: kernel {kernel:?} is not supported on this CPU");
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    if t >= GEMM_MIN_TOKENS && uses_bf16_gemm(kernel, ty) {
+    let gemm_from = gemm_min_tokens(kernel, ty);
+    if t >= gemm_from && uses_bf16_gemm(kernel, ty) {
         // Prefill with bf16 arithmetic: the activations are rounded and packed once; each
         // thread dequantizes its rows of W a panel at a time, rounds them to bf16 pairs, and
         // runs the `vdpbf16ps` kernel (twice the multiply-adds per instruction of f32 FMA).
@@ -974,7 +991,7 @@ pub fn qmatmul_with(
                 }
             });
         });
-    } else if t >= GEMM_MIN_TOKENS {
+    } else if t >= gemm_from {
         // Prefill: each thread dequantizes its rows of W, a panel at a time, into a reused
         // f32 buffer and multiplies with a single-threaded f32 GEMM (`gemm` crate). The
         // weights are decoded once per call instead of once per token tile, the arithmetic
@@ -1054,7 +1071,7 @@ pub fn qmatmul_many(
     pool: &SpinPool,
 ) {
     let kernel = best_qkernel();
-    if t >= GEMM_MIN_TOKENS {
+    if outs.iter().any(|o| t >= gemm_min_tokens(kernel, o.ty)) {
         for o in outs.iter_mut() {
             qmatmul_with(kernel, o.ty, o.w, o.rows, cols, x, t, acts, o.y, pool);
         }
@@ -1066,7 +1083,7 @@ pub fn qmatmul_many(
     qmatmul_small(kernel, x, t, cols, outs, acts, pool)
 }
 
-/// The routes for a few tokens (`t <` [`GEMM_MIN_TOKENS`]), for one or more products of `x`
+/// The routes for a few tokens (`t <` [`gemm_min_tokens`]), for one or more products of `x`
 /// (sizes checked by the callers): each thread takes a share of all the products' rows, and
 /// each row is multiplied with every token —
 /// - in bf16 (`dotn_bf16`) where [`uses_bf16_route`] says so (several tokens, 32-weight
@@ -1127,21 +1144,25 @@ fn qmatmul_small(
             let put = |tok: usize, r: usize, v: f32| unsafe { *out.get().add(tok * o.rows + r) = v };
             let mut r0 = r0;
             #[cfg(target_arch = "x86_64")]
-            if t == TILE && routes[k] == Route::Bf16 {
+            if t.is_multiple_of(TILE) && routes[k] == Route::Bf16 {
+                // Two weight rows at a time against each tile of 8 tokens (a batch of 8, 16 or
+                // 24 decoding sequences).
                 while r0 + 2 <= r1 {
-                    // SAFETY: as in `tile_bf16`.
-                    let v = unsafe {
-                        x86::dot8x2_bf16(
-                            o.ty,
-                            &o.w[r0 * rb..(r0 + 1) * rb],
-                            &o.w[(r0 + 1) * rb..(r0 + 2) * rb],
-                            &acts.bf16_rows,
-                            pairs,
-                        )
-                    };
-                    for n in 0..TILE {
-                        put(n, r0, v[0][n]);
-                        put(n, r0 + 1, v[1][n]);
+                    for t0 in (0..t).step_by(TILE) {
+                        // SAFETY: as in `tile_bf16`.
+                        let v = unsafe {
+                            x86::dot8x2_bf16(
+                                o.ty,
+                                &o.w[r0 * rb..(r0 + 1) * rb],
+                                &o.w[(r0 + 1) * rb..(r0 + 2) * rb],
+                                &acts.bf16_rows[t0 * pairs..(t0 + TILE) * pairs],
+                                pairs,
+                            )
+                        };
+                        for n in 0..TILE {
+                            put(t0 + n, r0, v[0][n]);
+                            put(t0 + n, r0 + 1, v[1][n]);
+                        }
                     }
                     r0 += 2;
                 }
@@ -1294,9 +1315,10 @@ mod tests {
         ] {
             // An odd number of blocks, and more blocks than a scale chunk holds (64).
             let cols_list: &[usize] = if ty.block_len() == 256 { &[768] } else { &[32 * 7, 32 * 67] };
-            // Token counts below and above the GEMM route's threshold.
-            for (&cols, (rows, t)) in cols_list.iter().cycle().zip([(13, 1), (5, 7), (32, 4), (7, 13), (3, 9), (9, 21)])
-            {
+            // Token counts below and above the GEMM route's thresholds (16, and 32 where the bf16
+            // tile kernel runs), and multiples of the 8-token tile (the two-row tile path).
+            let cases = [(13, 1), (5, 7), (32, 4), (7, 13), (3, 9), (9, 21), (6, 16), (5, 24), (4, 40)];
+            for (&cols, (rows, t)) in cols_list.iter().cycle().zip(cases) {
                 let w = random_weights(ty, rows, cols, &mut rng);
                 let x: Vec<f32> = (0..t * cols).map(|_| rng.normal() as f32).collect();
                 let mut wf = vec![0f32; rows * cols];
