@@ -363,3 +363,76 @@ fn a_shared_system_prompt_is_read_once_and_answers_stay_the_same() {
     let (_, metrics) = http(addr, "GET", "/metrics", &[], b"");
     assert!(metrics.contains("yuanli_prefix_cache_hit_tokens_total"), "{metrics}");
 }
+
+#[test]
+fn bad_requests_do_not_disturb_a_running_stream() {
+    let (addr, m) = start(opts());
+    let body =
+        json!({"messages": [{"role": "user", "content": "long"}], "max_tokens": 120, "temperature": 0, "stream": true});
+    let stream =
+        std::thread::spawn(move || http(addr, "POST", "/v1/chat/completions", &[], body.to_string().as_bytes()));
+    for bad in [
+        "{oops".to_string(),
+        json!({"messages": [{"role": "user", "content": "x".repeat(400)}]}).to_string(),
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}).to_string(),
+        json!({"messages": "nope"}).to_string(),
+    ] {
+        let (st, _) = http(addr, "POST", "/v1/chat/completions", &[], bad.as_bytes());
+        assert_eq!(st, 400);
+    }
+    let (st, body) = stream.join().unwrap();
+    assert_eq!(st, 200);
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, alone(&m, &chat_ids(&m, "long"), 120, &[]));
+}
+
+/// Graceful shutdown (what SIGTERM triggers): a stream already running ends complete, and the
+/// server stops taking connections.
+#[test]
+fn shutdown_lets_running_streams_finish() {
+    // A long answer (3,000 tokens), so that the shutdown comes while it is being generated.
+    let m = Arc::new(model(4096));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = m.clone();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            yuanli_serve::Server::new(served, opts()).run(listener, stop).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    // Open a stream and read its first chunk, so that it is surely running.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body =
+        json!({"messages": [{"role": "user", "content": "bye"}], "max_tokens": 3000, "temperature": 0, "stream": true})
+            .to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut first = [0u8; 64];
+    let n = s.read(&mut first).unwrap();
+    assert!(n > 0);
+    stop_tx.send(()).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let all = String::from_utf8_lossy(&first[..n]).to_string() + &String::from_utf8_lossy(&rest);
+    assert!(all.contains("data: [DONE]"), "the running stream ended complete: {all:.300}");
+    assert!(all.contains("\"finish_reason\":\"length\""), "{all:.300}");
+    assert!(all.matches("\"content\":").count() > 2000, "every token was streamed");
+    server.join().unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "no new connections after shutdown");
+}
