@@ -639,7 +639,7 @@ mod x86 {
         }
     }
 
-    /// `Σ_k W[row, k]·a_n[k]` for `N ≤ 8` token rows in bf16 (AVX-512 BF16): each 32-weight
+    /// `Σ_k W[row, k]·a_n[k]` for `N ≤ 16` token rows in bf16 (AVX-512 BF16): each 32-weight
     /// block is dequantized once, in registers (`d·q + c` in f32, then rounded to bf16 pairs),
     /// and multiplied with every row's bf16 activations by one `vdpbf16ps` (32 multiply-adds
     /// into 16 f32 lanes). `a` holds the rows as bf16 pairs, `pairs` per row.
@@ -1144,6 +1144,26 @@ fn qmatmul_small(
             let put = |tok: usize, r: usize, v: f32| unsafe { *out.get().add(tok * o.rows + r) = v };
             let mut r0 = r0;
             #[cfg(target_arch = "x86_64")]
+            if t.is_multiple_of(2 * TILE) && routes[k] == Route::Bf16 {
+                // 16, 32, … decoding sequences: each weight block decoded once per 16 tokens.
+                for r in r0..r1 {
+                    for t0 in (0..t).step_by(2 * TILE) {
+                        // SAFETY: as in `tile_bf16`; the slice holds 16 rows of `pairs` pairs.
+                        let v = unsafe {
+                            x86::dotn_bf16::<16>(
+                                o.ty,
+                                &o.w[r * rb..(r + 1) * rb],
+                                &acts.bf16_rows[t0 * pairs..(t0 + 2 * TILE) * pairs],
+                                pairs,
+                            )
+                        };
+                        for (n, &vn) in v.iter().enumerate() {
+                            put(t0 + n, r, vn);
+                        }
+                    }
+                }
+                continue;
+            }
             if t.is_multiple_of(TILE) && routes[k] == Route::Bf16 {
                 // Two weight rows at a time against each tile of 8 tokens (a batch of 8, 16 or
                 // 24 decoding sequences).
