@@ -858,16 +858,17 @@ fn dot_row_f32(ty: QuantType, w: &[u8], x: &[f32]) -> f32 {
 /// (or bf16, [`uses_bf16_gemm`]) — except where [`gemm_min_tokens`] says later.
 pub const GEMM_MIN_TOKENS: usize = 16;
 
-/// Where the 32-weight formats have the bf16 tile kernel (AVX-512 BF16), it beats dequantizing
-/// panels up to this many tokens: a batch of 16–31 decoding sequences keeps the tile kernel
-/// (`yuanli bench qmatmul`, Zen 4, 2 threads, 1536×576: Q4_1 at t = 15 → 326 µs, t = 16 on
-/// panels → 433 µs; Q5_0 316 µs vs 666 µs; at t = 32 the two routes meet).
-pub const GEMM_MIN_TOKENS_BF16_TILE: usize = 32;
+/// For the 32-weight formats with the x86 kernels, the tile kernels (bf16 with AVX-512 BF16,
+/// else 16-bit integer) beat dequantizing panels up to this many tokens: a batch of 16–31
+/// decoding sequences keeps them (`yuanli bench qmatmul`, Zen 4, 2 threads, Q4_1 1536×576:
+/// bf16 tiles at t = 15 → 326 µs vs panels at t = 16 → 433 µs; AVX2, integer tiles at t = 8 →
+/// 156 µs vs panels at t = 16 → 785 µs; at t = 32 the routes meet).
+pub const GEMM_MIN_TOKENS_TILE: usize = 32;
 
 /// The token count from which `ty` takes the GEMM route with `kernel`.
 pub fn gemm_min_tokens(kernel: QKernel, ty: QuantType) -> usize {
-    if uses_bf16_gemm(kernel, ty) && uses_quantized_acts(ty) {
-        GEMM_MIN_TOKENS_BF16_TILE
+    if kernel != QKernel::Portable && uses_quantized_acts(ty) {
+        GEMM_MIN_TOKENS_TILE
     } else {
         GEMM_MIN_TOKENS
     }
