@@ -7,9 +7,12 @@ the first failed check, printing what it saw.
 Usage: python tools/reference/openai_suite.py --base URL --keyed URL --key KEY --full URL
 """
 import argparse
+import json
 import sys
 
+import jsonschema
 import openai
+import pydantic
 
 
 def check(cond, what):
@@ -100,6 +103,51 @@ def main():
     check(len(r.choices[0].logprobs.tokens) == 4 and len(r.choices[0].logprobs.top_logprobs[0]) == 2,
           f"completion logprobs {r.choices[0].logprobs}")
 
+    # Structured output: a JSON schema (validated here by the `jsonschema` package), the
+    # client's own pydantic helper (`parse`), and any JSON object.
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "country": {"type": "string", "maxLength": 40},
+            "population_millions": {"type": "number", "minimum": 0},
+            "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 3},
+        },
+        "required": ["city", "country", "population_millions", "landmarks"],
+        "additionalProperties": False,
+    }
+    for seed, temp in [(1, 0.0), (2, 0.8), (3, 1.0)]:
+        r = c.chat.completions.create(
+            model=mid, messages=[{"role": "user", "content": "Describe Paris as JSON."}], max_tokens=200,
+            temperature=temp, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}})
+        doc = json.loads(r.choices[0].message.content)
+        jsonschema.validate(doc, schema)
+        check(r.choices[0].finish_reason == "stop", f"json_schema at temperature {temp}: {doc}")
+
+    class City(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=30)
+        is_capital: bool
+        rank: int = pydantic.Field(ge=1, le=100)
+
+    r = c.chat.completions.parse(model=mid, messages=[{"role": "user", "content": "Tell me about Lyon."}],
+                                 max_tokens=100, temperature=0, response_format=City)
+    check(isinstance(r.choices[0].message.parsed, City), f"parse() with a pydantic model: {r.choices[0].message.parsed}")
+    stream = c.chat.completions.create(
+        model=mid, messages=[{"role": "user", "content": "Give a JSON object with the name and age of a cat called Tom."}],
+        max_tokens=120, temperature=0, stream=True, response_format={"type": "json_object"})
+    pieces, finish = [], None
+    for ch in stream:
+        for choice in ch.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    text = "".join(pieces)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    check(finish == "stop" and isinstance(doc, dict), f"streamed json_object parses to an object: {text!r} ({finish})")
+
     # Errors, each with its status and the field named.
     def expect(exc, status, fn, param=None):
         try:
@@ -125,6 +173,11 @@ def main():
     expect(openai.NotFoundError, 404, lambda: c.chat.completions.create(model="gpt-4o", messages=msgs), "model")
     expect(openai.BadRequestError, 400, lambda: c.post("/chat/completions", cast_to=object,
                                                        body={"messages": msgs, "max_tokens": "ten"}), "max_tokens")
+
+    expect(openai.BadRequestError, 400, lambda: c.chat.completions.create(
+        model=mid, messages=msgs, response_format={"type": "json_schema", "json_schema": {
+            "name": "bad", "schema": {"type": "object", "properties": {"a": {"type": "frog"}}}}}),
+        "response_format.json_schema.schema")
 
     keyed = openai.OpenAI(base_url=a.keyed, api_key="wrong", max_retries=0)
     expect(openai.AuthenticationError, 401, lambda: keyed.models.list())

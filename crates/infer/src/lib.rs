@@ -9,14 +9,19 @@
 //! - [`TextStream`] turns generated ids into text as they come (whole UTF-8 characters only)
 //!   and watches for stop strings;
 //! - [`Model::generate_text`] runs one generation with EOS, stop strings and streaming;
+//! - [`Grammars`] and [`Constraint`] restrict sampling to a JSON schema (structured output);
 //! - [`Chat`] is a conversation that keeps its KV cache between turns (only the new turn is
 //!   prefilled) and drops its oldest turns when the context fills.
 
 mod chat;
+mod constrain;
 mod model;
 mod stream;
+#[doc(hidden)]
+pub mod testing;
 
 pub use chat::{Chat, ChatReply, CHAT_CONTEXT};
+pub use constrain::{Constraint, Format, Grammars};
 pub use model::{Finish, GenerateOptions, Model, ModelKind, OpenOptions, TextGeneration, Vocab};
 pub use stream::TextStream;
 

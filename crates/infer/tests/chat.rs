@@ -3,41 +3,12 @@
 //! answers. On a small random LLaMA with a character vocabulary and a toy chat template.
 
 use std::ops::ControlFlow;
-use yuanli_infer::{Chat, GenerateOptions, Model, Vocab};
-use yuanli_models::{ChatTemplate, Llama, LlamaConfig, Message, SamplingParams};
-use yuanli_nn::ParamStore;
-use yuanli_tensor::{Rng, RopeLayout};
-
-const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}\
-                        {% if add_generation_prompt %}<assistant>{% endif %}";
+use yuanli_infer::{Chat, GenerateOptions, Model};
+use yuanli_models::{Message, SamplingParams};
 
 /// Printable ASCII as the vocabulary, a random model with a context of `ctx`.
 fn model(ctx: usize) -> Model {
-    let chars: Vec<char> = (32u8..127).map(char::from).collect();
-    let cfg = LlamaConfig {
-        vocab_size: chars.len(),
-        hidden_size: 32,
-        intermediate_size: 48,
-        n_layer: 2,
-        n_head: 4,
-        n_kv_head: 2,
-        head_dim: 8,
-        rope_theta: 10_000.0,
-        rope_layout: RopeLayout::HalfSplit,
-        rms_norm_eps: 1e-5,
-        max_seq_len: ctx,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        extras: Default::default(),
-    };
-    let mut store = ParamStore::frozen();
-    let llama = Llama::new(cfg, &mut store).unwrap();
-    let mut rng = Rng::new(4);
-    for p in store.params() {
-        let v: Vec<f32> = (0..p.numel()).map(|_| 0.6 * rng.normal() as f32).collect();
-        store.set_values(p, &v);
-    }
-    Model::from_parts(Box::new(llama), Vocab::Chars(chars), Some(ChatTemplate::new(TEMPLATE, "", "")), Vec::new())
+    yuanli_infer::testing::char_model(ctx, &[])
 }
 
 fn opts() -> GenerateOptions {

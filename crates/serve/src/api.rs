@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use yuanli_infer::Finish;
+use yuanli_infer::{Finish, Format};
 use yuanli_models::{Message, SamplingParams};
 
 use crate::scheduler::TokenLogprob;
@@ -202,6 +202,8 @@ pub struct Plan {
     pub stream: bool,
     /// Usage chunk at the end of a stream?
     pub include_usage: bool,
+    /// Structured output: the document the reply must be.
+    pub format: Option<Format>,
 }
 
 /// Checks the fields both endpoints share.
@@ -255,18 +257,10 @@ pub fn plan(c: &GenRequest, served: &str) -> Result<Plan, ApiError> {
             }
         }
     }
-    if let Some(rf) = &c.response_format {
-        match rf.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some(t @ ("json_object" | "json_schema")) => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    format!("response_format {t} (structured output) is not supported yet; only \"text\""),
-                ))
-            }
-            _ => return Err(ApiError::invalid("response_format", "response_format.type must be \"text\"")),
-        }
-    }
+    let format = match &c.response_format {
+        None => None,
+        Some(rf) => response_format(rf)?,
+    };
     let stops = match &c.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s.clone()],
@@ -285,7 +279,51 @@ pub fn plan(c: &GenRequest, served: &str) -> Result<Plan, ApiError> {
         return Err(ApiError::invalid("stream_options", "stream_options needs stream: true"));
     }
     let params = SamplingParams { temperature, top_p, top_k: top_k as usize, ..SamplingParams::default() };
-    Ok(Plan { max_tokens, params, seed, stops, stream, include_usage })
+    Ok(Plan { max_tokens, params, seed, stops, stream, include_usage, format })
+}
+
+/// `response_format`: `{"type":"text"}`, `{"type":"json_object"}` or
+/// `{"type":"json_schema","json_schema":{"name":…,"schema":{…},"strict":…}}`. Whether the schema
+/// compiles is checked later, by the grammar compiler.
+fn response_format(rf: &Value) -> Result<Option<Format>, ApiError> {
+    let kind = rf.get("type").and_then(Value::as_str);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Format::JsonObject)),
+        Some("json_schema") => {
+            let Some(js) = rf.get("json_schema").filter(|v| v.is_object()) else {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema",
+                    "response_format.json_schema is required (an object with `name` and `schema`)",
+                ));
+            };
+            if let Some(name) = js.get("name") {
+                if !name.is_string() {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.name",
+                        "response_format.json_schema.name must be a string",
+                    ));
+                }
+            }
+            match js.get("schema") {
+                Some(schema) if schema.is_object() || schema.is_boolean() => {
+                    Ok(Some(Format::JsonSchema(schema.clone())))
+                }
+                Some(_) => Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "response_format.json_schema.schema must be a JSON schema (an object)",
+                )),
+                None => Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "response_format.json_schema.schema is required",
+                )),
+            }
+        }
+        _ => Err(ApiError::invalid(
+            "response_format.type",
+            "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
 }
 
 /// Chat: the conversation as the chat template reads it, and the alternatives per position

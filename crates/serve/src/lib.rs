@@ -40,7 +40,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use yuanli_infer::Model;
+use yuanli_infer::{Constraint, Format, Grammars, Model};
 
 use api::{ApiError, Plan};
 pub use scheduler::{Event, Job, Scheduler, SchedulerOpts, Stats, SubmitError, TokenLogprob};
@@ -82,6 +82,7 @@ impl IntoResponse for ApiError {
 struct AppState {
     model: Arc<Model>,
     scheduler: Scheduler,
+    grammars: Result<Arc<Grammars>, String>,
     opts: ServeOpts,
     created: u64,
 }
@@ -95,11 +96,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the engine loop for `model` and builds the routes.
-    pub fn new(model: Arc<Model>, opts: ServeOpts) -> Server {
-        let scheduler = Scheduler::start(model.clone(), opts.scheduler.clone());
+    /// Starts the engine loop for `model` and builds the routes; fails only when the operating
+    /// system refuses the engine thread.
+    pub fn new(model: Arc<Model>, opts: ServeOpts) -> std::io::Result<Server> {
+        let scheduler = Scheduler::start(model.clone(), opts.scheduler.clone())?;
+        // The token trie for structured output, built once (a model without a byte-level
+        // vocabulary serves everything else and refuses `response_format` with the reason).
+        let grammars = Grammars::new(&model).map(Arc::new).map_err(|e| e.to_string());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let state: Shared = Arc::new(AppState { model, scheduler: scheduler.clone(), opts: opts.clone(), created });
+        let state: Shared =
+            Arc::new(AppState { model, scheduler: scheduler.clone(), grammars, opts: opts.clone(), created });
         let v1 = Router::new()
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat_completions))
@@ -115,7 +121,7 @@ impl Server {
             .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such route") })
             .layer(DefaultBodyLimit::max(opts.max_body_bytes))
             .with_state(state);
-        Server { router, scheduler }
+        Ok(Server { router, scheduler })
     }
 
     /// The routes (for tests that drive them without a socket).
@@ -172,7 +178,7 @@ pub fn serve_blocking(
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         on_ready(listener.local_addr()?);
-        Server::new(model, opts).run(listener, shutdown_signal()).await
+        Server::new(model, opts)?.run(listener, shutdown_signal()).await
     })
 }
 
@@ -213,8 +219,25 @@ fn request_id(prefix: &str) -> String {
 }
 
 /// Checks the prompt against the context and queues the job.
-fn submit(
-    s: &AppState,
+/// Compiles a request's structured-output format (off the async threads: a large schema takes
+/// a while); a schema that does not compile is the client's error.
+async fn constraint(s: &Shared, format: &Format) -> Result<Constraint, ApiError> {
+    let grammars = s.grammars.clone().map_err(|why| {
+        ApiError::invalid("response_format", format!("structured output is not available for this model: {why}"))
+    })?;
+    let param = match format {
+        Format::JsonObject => "response_format",
+        Format::JsonSchema(_) => "response_format.json_schema.schema",
+    };
+    let format = format.clone();
+    tokio::task::spawn_blocking(move || grammars.constraint(&format))
+        .await
+        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, format!("compiling the schema failed: {e}")))?
+        .map_err(|msg| ApiError::invalid(param, format!("{param} is not a schema this server can follow: {msg}")))
+}
+
+async fn submit(
+    s: &Shared,
     prompt: Vec<u32>,
     plan: &Plan,
     top_logprobs: Option<usize>,
@@ -247,6 +270,10 @@ fn submit(
         Some(n) => n,
         None => room,
     };
+    let constraint = match &plan.format {
+        Some(f) => Some(constraint(s, f).await?),
+        None => None,
+    };
     let (tx, rx) = unbounded_channel();
     let prompt_len = prompt.len();
     let job = Job {
@@ -256,6 +283,7 @@ fn submit(
         seed: plan.seed,
         stops: plan.stops.clone(),
         top_logprobs,
+        constraint,
         events: tx,
     };
     match s.scheduler.submit(job) {
@@ -375,7 +403,7 @@ async fn chat_completions(
     let (messages, top) = api::chat_parts(&req)?;
     let text = s.model.render_chat(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let prompt = s.model.encode(&text, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let (rx, _) = submit(&s, prompt, &plan, top)?;
+    let (rx, _) = submit(&s, prompt, &plan, top).await?;
     let (id, created, model) = (request_id("chatcmpl"), now(), s.opts.model_id.clone());
     if plan.stream {
         let chunk = {
@@ -445,7 +473,7 @@ async fn completions(
         }
     }
     .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
-    let (rx, _) = submit(&s, prompt, &plan, top)?;
+    let (rx, _) = submit(&s, prompt, &plan, top).await?;
     let (id, created, model) = (request_id("cmpl"), now(), s.opts.model_id.clone());
     if plan.stream {
         let chunk = {

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crate::prefix::PrefixCache;
 use tokio::sync::mpsc::UnboundedSender;
-use yuanli_infer::{Finish, Model, TextStream};
+use yuanli_infer::{Constraint, Finish, Model, TextStream};
 use yuanli_models::{Batch, Logits, Sampler, SamplingParams, SeqId, Session, SessionOpts};
 use yuanli_tensor::Rng;
 
@@ -65,6 +65,8 @@ pub struct Job {
     pub stops: Vec<String>,
     /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
     pub top_logprobs: Option<usize>,
+    /// Structured output: only tokens this grammar allows are sampled.
+    pub constraint: Option<Constraint>,
     /// Where the events go; closing it cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -203,8 +205,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the loop on its own thread, with a KV pool of `opts.kv_tokens` positions.
-    pub fn start(model: Arc<Model>, opts: SchedulerOpts) -> Scheduler {
+    /// Starts the loop on its own thread, with a KV pool of `opts.kv_tokens` positions; fails
+    /// only when the operating system refuses a thread.
+    pub fn start(model: Arc<Model>, opts: SchedulerOpts) -> std::io::Result<Scheduler> {
         let session = model.lm().new_session(SessionOpts::tokens(opts.kv_tokens.max(1)));
         let pool_tokens = session.total_blocks() * session.block_size();
         let shared = Arc::new(Shared {
@@ -220,9 +223,8 @@ impl Scheduler {
             .name("yuanli-engine".into())
             // Its own thread, not a worker of the compute pool: the loop sleeps between requests,
             // and a sleeping pool worker would leave the kernels one thread short.
-            .spawn(move || Engine::new(&model, session, &opts).run(&s))
-            .expect("spawning the engine thread");
-        Scheduler { shared, thread: Arc::new(Mutex::new(Some(thread))) }
+            .spawn(move || Engine::new(&model, session, &opts).run(&s))?;
+        Ok(Scheduler { shared, thread: Arc::new(Mutex::new(Some(thread))) })
     }
 
     /// Queues a job; it starts when a slot and KV room are free.
@@ -301,6 +303,8 @@ struct Engine<'m> {
     paused: VecDeque<Live<'m>>,
     batch: Batch,
     logits: Vec<f32>,
+    /// One row of logits with a grammar's mask applied.
+    masked: Vec<f32>,
     /// For each logits row, the index in `running` it belongs to.
     rows: Vec<usize>,
     cache: PrefixCache,
@@ -317,6 +321,7 @@ impl<'m> Engine<'m> {
             paused: VecDeque::new(),
             batch: Batch::new(),
             logits: Vec::new(),
+            masked: Vec::new(),
             rows: Vec::new(),
             cache: PrefixCache::new(session_block),
         }
@@ -508,7 +513,25 @@ impl<'m> Engine<'m> {
         for (row, &i) in self.rows.iter().enumerate() {
             let logits = &self.logits[row * vocab..(row + 1) * vocab];
             let l = &mut self.running[i];
-            let tok = l.sampler.pick(logits, vocab, l.job.params, &l.ids, &mut l.rng);
+            let tok = match &mut l.job.constraint {
+                None => Ok(l.sampler.pick(logits, vocab, l.job.params, &l.ids, &mut l.rng)),
+                Some(c) => {
+                    self.masked.clear();
+                    self.masked.extend_from_slice(logits);
+                    c.mask(&mut self.masked).and_then(|()| {
+                        let tok = l.sampler.pick(&self.masked, vocab, l.job.params, &l.ids, &mut l.rng);
+                        c.commit(tok).map(|()| tok)
+                    })
+                }
+            };
+            let tok = match tok {
+                Ok(t) => t,
+                Err(msg) => {
+                    l.send(Event::Failed(msg));
+                    done.push((i, Finish::Cancelled));
+                    continue;
+                }
+            };
             let logprobs = match l.job.top_logprobs {
                 Some(n) => vec![token_logprob(self.model, logits, tok, n)],
                 None => Vec::new(),

@@ -1,7 +1,9 @@
 //! The official `openai` Python client (from PyPI, in `bench/.venv`) runs
 //! tools/reference/openai_suite.py against `yuanli serve` on SmolLM2-135M-Instruct: chat and
-//! completions, streamed and not, usage, stop strings, seeds, log-probabilities, and the error
-//! statuses the client maps to its exceptions (400, 401, 404, 429).
+//! completions, streamed and not, usage, stop strings, seeds, log-probabilities, structured
+//! output (json_schema replies validated by the `jsonschema` package, the client's pydantic
+//! `parse`, json_object), and the error statuses the client maps to its exceptions (400, 401,
+//! 404, 429).
 //!
 //! Skips locally without the model or the client; fails under `CI=true`.
 
@@ -14,12 +16,15 @@ use common::{root, skip, start};
 use yuanli_infer::{Model, OpenOptions};
 use yuanli_serve::{SchedulerOpts, ServeOpts};
 
-/// A Python that can import `openai`: `$YUANLI_SERVE_PYTHON` or `bench/.venv`.
+/// A Python that can import `openai` and `jsonschema`: `$YUANLI_SERVE_PYTHON` or `bench/.venv`.
 fn python_with_openai() -> Option<String> {
     let mut candidates: Vec<String> = std::env::var("YUANLI_SERVE_PYTHON").into_iter().collect();
     candidates.push(root().join("bench/.venv/bin/python").display().to_string());
     candidates.into_iter().find(|py| {
-        std::process::Command::new(py).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success())
+        std::process::Command::new(py)
+            .args(["-c", "import openai, jsonschema"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     })
 }
 
@@ -30,7 +35,9 @@ fn the_official_openai_client_runs_its_suite() {
         return skip("models/SmolLM2-135M-Instruct.Q4_1.gguf is missing (bash tools/fetch_models.sh)");
     }
     let Some(python) = python_with_openai() else {
-        return skip("no Python with `openai` (bench/.venv: pip install -r bench/requirements-serve.txt)");
+        return skip(
+            "no Python with `openai` and `jsonschema` (bench/.venv: pip install -r bench/requirements-serve.txt)",
+        );
     };
     let model = Arc::new(Model::open(&path, OpenOptions::default()).unwrap());
     let opts = ServeOpts {

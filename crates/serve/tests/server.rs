@@ -11,41 +11,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use yuanli_infer::{GenerateOptions, Model, Vocab};
-use yuanli_models::{ChatTemplate, Llama, LlamaConfig, Message, SamplingParams};
-use yuanli_nn::ParamStore;
+use yuanli_infer::{GenerateOptions, Model};
+use yuanli_models::{Message, SamplingParams};
 use yuanli_serve::{SchedulerOpts, ServeOpts};
-use yuanli_tensor::{Rng, RopeLayout};
-
-const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}\
-                        {% if add_generation_prompt %}<assistant>{% endif %}";
 
 fn model(ctx: usize) -> Model {
-    let chars: Vec<char> = (32u8..127).map(char::from).collect();
-    let cfg = LlamaConfig {
-        vocab_size: chars.len(),
-        hidden_size: 32,
-        intermediate_size: 48,
-        n_layer: 2,
-        n_head: 4,
-        n_kv_head: 2,
-        head_dim: 8,
-        rope_theta: 10_000.0,
-        rope_layout: RopeLayout::HalfSplit,
-        rms_norm_eps: 1e-5,
-        max_seq_len: ctx,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        extras: Default::default(),
-    };
-    let mut store = ParamStore::frozen();
-    let llama = Llama::new(cfg, &mut store).unwrap();
-    let mut rng = Rng::new(4);
-    for p in store.params() {
-        let v: Vec<f32> = (0..p.numel()).map(|_| 0.6 * rng.normal() as f32).collect();
-        store.set_values(p, &v);
-    }
-    Model::from_parts(Box::new(llama), Vocab::Chars(chars), Some(ChatTemplate::new(TEMPLATE, "", "")), Vec::new())
+    yuanli_infer::testing::char_model(ctx, &[])
 }
 
 /// The tiny model served on a free port.
@@ -270,7 +241,7 @@ fn every_bad_request_gets_its_status_and_names_the_field() {
         (format!(r#"{{{msgs},"top_logprobs":3}}"#), 400, Some("top_logprobs")),
         (format!(r#"{{{msgs},"n":2}}"#), 400, Some("n")),
         (format!(r#"{{{msgs},"model":"gpt-9"}}"#), 404, Some("model")),
-        (format!(r#"{{{msgs},"response_format":{{"type":"json_object"}}}}"#), 400, Some("response_format")),
+        (format!(r#"{{{msgs},"response_format":{{"type":"json_object"}}}}"#), 400, Some("response_format")), // no EOS
         (r#"{"messages":[{"role":"wizard","content":"hi"}]}"#.into(), 400, Some("messages[0].role")),
         (r#"{"messages":[{"role":"user","content":5}]}"#.into(), 400, Some("messages[0].content")),
         (r#"{"messages":[]}"#.into(), 400, Some("messages")),
@@ -409,7 +380,7 @@ fn shutdown_lets_running_streams_finish() {
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            yuanli_serve::Server::new(served, opts()).run(listener, stop).await.unwrap();
+            yuanli_serve::Server::new(served, opts()).unwrap().run(listener, stop).await.unwrap();
         });
     });
     let addr = rx.recv().unwrap();
@@ -435,4 +406,101 @@ fn shutdown_lets_running_streams_finish() {
     assert!(all.matches("\"content\":").count() > 2000, "every token was streamed");
     server.join().unwrap();
     assert!(TcpStream::connect(addr).is_err(), "no new connections after shutdown");
+}
+
+/// Structured output on the random model (`~` ends a sequence): whatever it samples, the reply
+/// parses and follows the schema; an object-only request gives an object; schemas that do not
+/// compile are 400s naming the schema, and the server goes on.
+#[test]
+fn structured_output_always_parses_and_follows_the_schema() {
+    let m = Arc::new(yuanli_infer::testing::char_model(256, &['~']));
+    let addr = common::start(m, opts());
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"enum": ["ada", "bob", "cy"]},
+            "ok": {"type": "boolean"},
+            "n": {"type": "integer", "minimum": 0, "maximum": 99},
+            "tags": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3}
+        },
+        "required": ["name", "ok", "n", "tags"],
+        "additionalProperties": false
+    });
+    let rf = json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": true}});
+    let mut texts = std::collections::HashSet::new();
+    for seed in 0..6 {
+        let stream = seed % 2 == 1;
+        let req = json!({"messages": [{"role": "user", "content": "who?"}], "max_tokens": 120,
+                         "temperature": 1.0, "seed": seed, "response_format": rf, "stream": stream});
+        let text = if stream {
+            let (st, body) = http(addr, "POST", "/v1/chat/completions", &[], req.to_string().as_bytes());
+            assert_eq!(st, 200, "{body}");
+            let data = sse_data(&body);
+            let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+            let finish = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).next_back();
+            assert_eq!(finish, Some("stop"), "seed {seed}: the document ends with the end-of-sequence token");
+            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<String>()
+        } else {
+            let (st, v) = post(addr, "/v1/chat/completions", &req);
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(v["choices"][0]["finish_reason"], "stop", "seed {seed}: {v}");
+            v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        };
+        let doc: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {text:?} does not parse: {e}"));
+        let obj = doc.as_object().unwrap_or_else(|| panic!("seed {seed}: {text} is not an object"));
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 4, "seed {seed}: {text}");
+        assert!(["ada", "bob", "cy"].contains(&obj["name"].as_str().unwrap_or("")), "seed {seed}: {text}");
+        assert!(obj["ok"].is_boolean(), "seed {seed}: {text}");
+        assert!(obj["n"].as_u64().is_some_and(|n| n <= 99), "seed {seed}: {text}");
+        let tags = obj["tags"].as_array().unwrap_or_else(|| panic!("seed {seed}: {text}"));
+        assert!(tags.len() <= 3 && tags.iter().all(|t| t == "x" || t == "y"), "seed {seed}: {text}");
+        texts.insert(text);
+    }
+    assert!(texts.len() > 1, "different seeds sample different documents: {texts:?}");
+
+    // json_object: any object; on a random model it may run out of tokens before closing.
+    let req = json!({"messages": [{"role": "user", "content": "obj"}], "max_tokens": 60, "temperature": 0,
+                     "response_format": {"type": "json_object"}});
+    let (st, v) = post(addr, "/v1/chat/completions", &req);
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with('{'), "{text}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(text).is_ok_and(|d| d.is_object()), "{text}");
+    }
+
+    // Schemas that cannot be followed, and malformed response_format fields.
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frog"}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 5, "maximum": 1}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1, 2]}}),
+            "response_format.json_schema.schema",
+        ),
+        (json!({"type": "json_schema", "json_schema": {"name": "x"}}), "response_format.json_schema.schema"),
+        (json!({"type": "json_schema"}), "response_format.json_schema"),
+        (json!({"type": "yaml"}), "response_format.type"),
+    ];
+    for (rf, param) in bad {
+        let req = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "response_format": rf});
+        let (st, v) = post(addr, "/v1/chat/completions", &req);
+        assert_eq!(st, 400, "{rf}: {v}");
+        assert_eq!(v["error"]["param"], param, "{rf}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains(param)), "{rf}: {v}");
+    }
+    let (st, _) =
+        post(addr, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}));
+    assert_eq!(st, 200);
 }

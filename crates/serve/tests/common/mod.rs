@@ -29,7 +29,7 @@ pub(crate) fn start(model: Arc<Model>, opts: ServeOpts) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            Server::new(model, opts).run(listener, std::future::pending()).await.unwrap();
+            Server::new(model, opts).unwrap().run(listener, std::future::pending()).await.unwrap();
         });
     });
     rx.recv().unwrap()
