@@ -8,7 +8,7 @@ memory (VmHWM); and the prefix cache: time to first token of a request with a ~5
 prompt, then of a second request sharing it.
 
 Usage: python3 bench/serve.py [--binary target/release/yuanli] [--model M.gguf] [--clients 16]
-       [--tokens 64] [--threads 2] [--llama-server PATH]
+       [--tokens 64] [--threads 2] [--also-variant] [--llama-server PATH [--llama-arg=--no-repack]]
 (stdlib only; bounded: every request has a timeout and the run a fixed number of requests.)
 """
 import argparse
@@ -125,15 +125,33 @@ def run_load(name, port, pid, clients, tokens):
             "same": same, "errors": len(errors), "peak_rss_mb": peak_rss_mb(pid)}
 
 
+def prefix_hits(port):
+    """`yuanli_prefix_cache_hit_tokens_total` from the server's /metrics (None where it has none)."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        text = r.read().decode("utf-8", "replace") if r.status == 200 else ""
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("yuanli_prefix_cache_hit_tokens_total "):
+            return int(float(line.split()[1]))
+    return None
+
+
 def run_prefix(name, port):
     system = ("You are a helpful assistant for a public library. " +
               "Answer questions about opening hours, borrowing rules, late fees, events and the catalogue. " * 40)
     ask = lambda q: stream_chat(port, [{"role": "system", "content": system}, {"role": "user", "content": q}], 4)
     first = ask("When do you open on Saturdays?")
+    hits = prefix_hits(port)
     second = ask("How many books can I borrow?")
     if first[1] and second[1]:
+        after = prefix_hits(port)
+        shown = f"; /metrics: prompt tokens from the prefix cache +{after - hits}" if None not in (hits, after) else ""
         print(f"{name}: shared system prompt: ttft first {first[1]:.3f} s, second {second[1]:.3f} s "
-              f"= {second[1] / first[1]:.2f}x")
+              f"= {second[1] / first[1]:.2f}x{shown}")
         return second[1] / first[1]
     print(f"{name}: prefix test failed: {first[4] or second[4]}")
     return float("nan")
@@ -149,13 +167,23 @@ def main():
     ap.add_argument("--port", type=int, default=8089)
     ap.add_argument("--kv-tokens", type=int, default=32768)
     ap.add_argument("--llama-server", default=None, help="llama.cpp's llama-server binary, for the same load")
+    ap.add_argument("--llama-arg", action="append", default=[],
+                    help="an extra argument for llama-server (repeatable), e.g. --llama-arg=--no-repack where "
+                         "its AMX kernels crash (seen on an AMX Xeon, llama.cpp in llama-cpp-python 0.3.36)")
+    ap.add_argument("--also-variant", action="store_true",
+                    help="also run `yuanli serve --batch-invariant false` (kernels chosen by batch size) on the load")
     a = ap.parse_args()
 
-    servers = [("yuanli", [a.binary, "--threads", str(a.threads), "serve", "--model", a.model, "--port", str(a.port),
-                           "--parallel", str(a.clients), "--kv-tokens", str(a.kv_tokens)])]
+    yuanli = [a.binary, "--threads", str(a.threads), "serve", "--model", a.model, "--parallel", str(a.clients),
+              "--kv-tokens", str(a.kv_tokens)]
+    servers = [("yuanli", yuanli)]
+    if a.also_variant:
+        servers.append(("yuanli (batch-invariant off)", yuanli + ["--batch-invariant", "false"]))
     if a.llama_server:
         servers.append(("llama.cpp", [a.llama_server, "-m", a.model, "-t", str(a.threads), "-np", str(a.clients),
-                                      "-c", str(a.kv_tokens), "--port", str(a.port + 1), "-cb"]))
+                                      "-c", str(a.kv_tokens), "-cb"] + a.llama_arg))
+    for i, (_, cmd) in enumerate(servers):
+        cmd += ["--port", str(a.port + i)]
     out = {}
     for i, (name, cmd) in enumerate(servers):
         port = a.port + i
@@ -171,8 +199,9 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
     if "llama.cpp" in out:
-        y, l = out["yuanli"], out["llama.cpp"]
-        print(f"ratio yuanli / llama.cpp aggregate tok/s: {y['aggregate_tok_s'] / l['aggregate_tok_s']:.2f}x")
+        l = out["llama.cpp"]
+        for name in (n for n in out if n.startswith("yuanli")):
+            print(f"ratio {name} / llama.cpp aggregate tok/s: {out[name]['aggregate_tok_s'] / l['aggregate_tok_s']:.2f}x")
     print(json.dumps(out))
 
 

@@ -240,13 +240,21 @@ pub struct SessionOpts {
     pub block_size: usize,
     /// The storage type of keys and values.
     pub kv_type: KvType,
+    /// Batch-invariant arithmetic: each token's logits are bitwise the same whichever other
+    /// tokens share its step (a request decoded alone or among fifteen others, a prompt read in
+    /// one piece or after a cached prefix). The matrix products then choose their route by
+    /// the weights' format only, never by the token count (see
+    /// [`QuantizedActs::batch_invariant`]); long prompts are read slower (no GEMM), and on
+    /// AVX-512 BF16 batches decode a little slower (no bf16 tiles) — measured in
+    /// `docs/benchmarks.md`.
+    pub batch_invariant: bool,
 }
 
 impl SessionOpts {
     /// A pool for `max_tokens` positions in blocks of [`DEFAULT_BLOCK_SIZE`], the KV type the
     /// model prefers.
     pub fn tokens(max_tokens: usize) -> SessionOpts {
-        SessionOpts { max_tokens, block_size: DEFAULT_BLOCK_SIZE, kv_type: KvType::Auto }
+        SessionOpts { max_tokens, block_size: DEFAULT_BLOCK_SIZE, kv_type: KvType::Auto, batch_invariant: false }
     }
 }
 
@@ -415,6 +423,8 @@ pub struct Session {
     next_seq: u32,
     pub(crate) plan: StepPlan,
     pub(crate) scratch: Scratch,
+    /// [`SessionOpts::batch_invariant`] (the scratch's copy is taken out during a step).
+    batch_invariant: bool,
     /// Per-thread attention scratch.
     att_tls: Vec<f32>,
 }
@@ -439,8 +449,12 @@ impl Session {
             seqs: HashMap::new(),
             next_seq: 0,
             plan: StepPlan { tables: Vec::with_capacity(2 * n_blocks), ..StepPlan::default() },
-            scratch: Scratch::default(),
+            scratch: Scratch {
+                acts: QuantizedActs { batch_invariant: opts.batch_invariant, ..QuantizedActs::default() },
+                ..Scratch::default()
+            },
             att_tls: Vec::new(),
+            batch_invariant: opts.batch_invariant,
         }
     }
 
@@ -750,6 +764,10 @@ impl Session {
         let qd = n_head * d;
         let t = t1 - t0;
         // Items of this piece: runs of consecutive tokens of one sequence.
+        // Batch-invariant sessions take the per-token route for every token: a query's
+        // result then depends on its position and the cache only, not on how many of its
+        // sequence's tokens share the step.
+        let blocked_from = if self.batch_invariant { usize::MAX } else { BLOCKED_FROM };
         let plan = &mut self.plan;
         plan.items.clear();
         let mut i = t0;
@@ -758,7 +776,7 @@ impl Session {
             while j < t1 && plan.table[j] == plan.table[i] && plan.pos[j] == plan.pos[j - 1] + 1 {
                 j += 1;
             }
-            if j - i >= BLOCKED_FROM {
+            if j - i >= blocked_from {
                 for b0 in (i..j).step_by(ATT_BLOCK) {
                     let m = ATT_BLOCK.min(j - b0);
                     plan.items.extend((0..n_head).map(|h| (b0, m, h)));

@@ -304,7 +304,8 @@ fn models_and_sessions_cross_threads() {
 #[test]
 fn a_sequence_on_shared_blocks_equals_feeding_the_whole_prompt() {
     let m = model(7, false);
-    let mut s = m.new_session(SessionOpts { max_tokens: 256, block_size: 8, kv_type: KvType::F32 });
+    let mut s =
+        m.new_session(SessionOpts { max_tokens: 256, block_size: 8, kv_type: KvType::F32, ..SessionOpts::tokens(256) });
     let ids = tokens(3, 29);
     let mut whole = Vec::new();
     let a = s.add_sequence();

@@ -43,11 +43,14 @@ pub struct SchedulerOpts {
     pub step_tokens: usize,
     /// Requests waiting for a slot at most; beyond it [`Scheduler::submit`] refuses.
     pub max_waiting: usize,
+    /// Batch-invariant arithmetic ([`SessionOpts::batch_invariant`]): each reply is what the
+    /// request gets alone, whatever else runs. On by default.
+    pub batch_invariant: bool,
 }
 
 impl Default for SchedulerOpts {
     fn default() -> Self {
-        SchedulerOpts { parallel: 16, kv_tokens: 32_768, step_tokens: 512, max_waiting: 64 }
+        SchedulerOpts { parallel: 16, kv_tokens: 32_768, step_tokens: 512, max_waiting: 64, batch_invariant: true }
     }
 }
 
@@ -208,7 +211,10 @@ impl Scheduler {
     /// Starts the loop on its own thread, with a KV pool of `opts.kv_tokens` positions; fails
     /// only when the operating system refuses a thread.
     pub fn start(model: Arc<Model>, opts: SchedulerOpts) -> std::io::Result<Scheduler> {
-        let session = model.lm().new_session(SessionOpts::tokens(opts.kv_tokens.max(1)));
+        let session = model.lm().new_session(SessionOpts {
+            batch_invariant: opts.batch_invariant,
+            ..SessionOpts::tokens(opts.kv_tokens.max(1))
+        });
         let pool_tokens = session.total_blocks() * session.block_size();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { waiting: VecDeque::new(), shutdown: false }),

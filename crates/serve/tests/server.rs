@@ -187,7 +187,7 @@ fn concurrent_requests_with_preemption_each_equal_the_request_alone() {
     // A pool of 96 positions for 6 requests of ~50 positions each, 4 at a time: requests wait,
     // and running ones are preempted and recomputed when the pool runs out.
     let mut o = opts();
-    o.scheduler = SchedulerOpts { parallel: 4, kv_tokens: 96, step_tokens: 16, max_waiting: 64 };
+    o.scheduler = SchedulerOpts { parallel: 4, kv_tokens: 96, step_tokens: 16, ..SchedulerOpts::default() };
     let (addr, m) = start(o);
     let users = ["one", "second prompt", "3", "fourth, longer prompt here", "v", "sixth"];
     let handles: Vec<_> = users

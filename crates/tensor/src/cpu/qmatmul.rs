@@ -81,6 +81,16 @@ pub struct QuantizedActs {
     pub bf16: bf16gemm::PackedActs,
     /// The activations rounded to bf16, row by row as pairs (the small-batch bf16 route).
     pub bf16_rows: Vec<u32>,
+    /// Choose the route by the weights' format only, never by the token count, so that each
+    /// token's outputs are bitwise the same whatever other tokens share the product: the
+    /// 32-weight formats take the 16-bit integer kernels at every `t` — one token, tiles of 8
+    /// and prefill alike, summed in the same order (`dot1_avx2::<true>`, `dot8_avx2`, at both
+    /// x86 levels, so the results are also the same on AVX2 and AVX-512 machines) — and the
+    /// other formats an f32 dot product per token against the dequantized row. Off by
+    /// default: the GEMM routes are faster for long prompts, and on AVX-512 BF16 the bf16 tile
+    /// kernel for a few tokens. (The bf16 tiles would be invariant too, but they are 0.6× the
+    /// integer kernel's speed for one token — a lone request — and 1.1× for 16 at once.)
+    pub batch_invariant: bool,
 }
 
 /// Rows per tile of the prefill kernels.
@@ -422,59 +432,102 @@ mod x86 {
         }
     }
 
-    /// The scales of two blocks at `p0` and `p1` times the activations' `(d_a, d_a·Σq_a)` pairs
-    /// `ds`: `[d_w·d_a, c·d_a·Σq_a]` for each block (`c` as in [`block_scales`]), from one
-    /// F16C conversion of both blocks' f16 headers.
+    /// The factors of two blocks at `p0` and `p1`, `[d0, c0, d1, c1]` (`c` as in
+    /// [`block_scales`]), from one F16C conversion of both blocks' f16 headers.
     #[inline(always)]
-    unsafe fn pair_scales(ty: QuantType, p0: *const u8, p1: *const u8, ds: __m128) -> __m128 {
+    unsafe fn pair_factors(ty: QuantType, p0: *const u8, p1: *const u8) -> __m128 {
         unsafe {
             let h0 = (p0 as *const i32).read_unaligned();
             let h1 = (p1 as *const i32).read_unaligned();
             // [d0, m0, d1, m1] for Q4_1 and Q5_1; for the others the odd lanes are other bytes.
             let f = _mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0));
-            let f = match ty {
+            match ty {
                 QuantType::Q4_1 | QuantType::Q5_1 => f,
                 QuantType::Q4_0 => _mm_mul_ps(_mm_moveldup_ps(f), _mm_set_ps(-8.0, 1.0, -8.0, 1.0)),
                 QuantType::Q5_0 => _mm_mul_ps(_mm_moveldup_ps(f), _mm_set_ps(-16.0, 1.0, -16.0, 1.0)),
                 _ => _mm_and_ps(f, _mm_castsi128_ps(_mm_set_epi32(0, -1, 0, -1))),
-            };
-            _mm_mul_ps(f, ds)
+            }
         }
     }
 
     /// `Σ_k W[row, k]·a[k]` for one activation row (decoding), AVX2: two blocks per step,
-    /// their scales converted and multiplied as one vector, the offset terms `c·d_a·Σq_a`
-    /// summed in the odd lanes of another.
+    /// their scales converted and multiplied as one vector.
+    ///
+    /// `TILE_ORDER = false` (the fastest): even and odd blocks go to two accumulators, so two
+    /// chains of fused multiply-adds overlap; the offset terms `c·d_a·Σq_a` are summed in the
+    /// odd lanes of another vector. `TILE_ORDER = true`: the sums run in exactly the order of
+    /// the tile kernel [`dot8_avx2`] for each of its rows — one accumulator, block after block;
+    /// the offset terms added by a fused multiply-add, block after block — so a token's result
+    /// is bitwise the same alone or in a tile (batch-invariant products).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot1_avx2(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+    pub(super) unsafe fn dot1_avx2<const TILE_ORDER: bool>(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+        // One copy of the loop per format, so that no test of `ty` is left inside it (the
+        // compiler does not always hoist it by itself: 15% slower when it did not).
+        unsafe {
+            match ty {
+                QuantType::Q8_0 => dot1_body::<TILE_ORDER>(QuantType::Q8_0, w, a),
+                QuantType::Q4_0 => dot1_body::<TILE_ORDER>(QuantType::Q4_0, w, a),
+                QuantType::Q4_1 => dot1_body::<TILE_ORDER>(QuantType::Q4_1, w, a),
+                QuantType::Q5_0 => dot1_body::<TILE_ORDER>(QuantType::Q5_0, w, a),
+                QuantType::Q5_1 => dot1_body::<TILE_ORDER>(QuantType::Q5_1, w, a),
+                _ => dot1_body::<TILE_ORDER>(ty, w, a),
+            }
+        }
+    }
+
+    /// The loop of [`dot1_avx2`] (inlined into it, with its target features).
+    #[inline(always)]
+    unsafe fn dot1_body<const TILE_ORDER: bool>(ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
         unsafe {
             let bb = ty.block_bytes();
             let nb = w.len() / bb;
             assert!(a.q.len() >= nb * QK && a.dsd.len() >= 2 * nb, "dot1: activations shorter than the row");
             let (wp, qp, dsp) = (w.as_ptr(), a.q.as_ptr(), a.dsd.as_ptr());
-            let (mut acc0, mut acc1, mut corr) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            // The offset terms: lanes 1 and 3 (even, odd blocks) or, in tile order, lane 0.
+            let mut corr = _mm_setzero_ps();
             let mut b = 0;
             while b + 2 <= nb {
                 let (p0, p1) = (wp.add(b * bb), wp.add((b + 1) * bb));
-                let s = pair_scales(ty, p0, p1, _mm_loadu_ps(dsp.add(2 * b)));
-                corr = _mm_add_ps(corr, s);
-                let i0 = block_isum_avx2(ty, p0, qp.add(b * QK));
-                let i1 = block_isum_avx2(ty, p1, qp.add((b + 1) * QK));
-                acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_broadcastss_ps(s), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_broadcastss_ps(_mm_movehl_ps(s, s)), acc1);
+                let ds = _mm_loadu_ps(dsp.add(2 * b));
+                // f = [d0, c0, d1, c1]; s = f·ds = [d0·d_a0, c0·sd0, d1·d_a1, c1·sd1].
+                let f = pair_factors(ty, p0, p1);
+                let s = _mm_mul_ps(f, ds);
+                let i0 = _mm256_cvtepi32_ps(block_isum_avx2(ty, p0, qp.add(b * QK)));
+                let i1 = _mm256_cvtepi32_ps(block_isum_avx2(ty, p1, qp.add((b + 1) * QK)));
+                let (s0, s1) = (_mm256_broadcastss_ps(s), _mm256_broadcastss_ps(_mm_movehl_ps(s, s)));
+                if TILE_ORDER {
+                    let (c, sd) = (_mm_movehdup_ps(f), _mm_movehdup_ps(ds));
+                    corr = _mm_fmadd_ss(c, sd, corr);
+                    corr = _mm_fmadd_ss(_mm_movehl_ps(c, c), _mm_movehl_ps(sd, sd), corr);
+                    acc0 = _mm256_fmadd_ps(i1, s1, _mm256_fmadd_ps(i0, s0, acc0));
+                } else {
+                    corr = _mm_add_ps(corr, s);
+                    acc0 = _mm256_fmadd_ps(i0, s0, acc0);
+                    acc1 = _mm256_fmadd_ps(i1, s1, acc1);
+                }
                 b += 2;
             }
             if b < nb {
                 // The last block alone: its pair is itself, the second half of `ds` zero.
                 let p0 = wp.add(b * bb);
-                let s = pair_scales(ty, p0, p0, _mm_castpd_ps(_mm_load_sd(dsp.add(2 * b).cast())));
-                corr = _mm_add_ps(corr, s);
+                let ds = _mm_castpd_ps(_mm_load_sd(dsp.add(2 * b).cast()));
+                let f = pair_factors(ty, p0, p0);
+                let s = _mm_mul_ps(f, ds);
+                if TILE_ORDER {
+                    corr = _mm_fmadd_ss(_mm_movehdup_ps(f), _mm_movehdup_ps(ds), corr);
+                } else {
+                    corr = _mm_add_ps(corr, s);
+                }
                 let i0 = block_isum_avx2(ty, p0, qp.add(b * QK));
                 acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_broadcastss_ps(s), acc0);
             }
-            // The odd lanes of `corr` hold the offset terms (its even lanes the scales).
-            let c = _mm_add_ss(_mm_movehdup_ps(corr), _mm_movehl_ps(corr, _mm_movehdup_ps(corr)));
-            hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(c)
+            if TILE_ORDER {
+                _mm_cvtss_f32(corr) + hsum(acc0)
+            } else {
+                let c = _mm_add_ss(_mm_movehdup_ps(corr), _mm_movehl_ps(corr, _mm_movehdup_ps(corr)));
+                hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(c)
+            }
         }
     }
 
@@ -579,7 +632,9 @@ mod x86 {
     }
 
     /// `Σ_k W[row, k]·a_n[k]` for a tile of 8 rows (prefill), AVX2: each block is widened once
-    /// and its 8 rescales `d_w·d_a[n]` are one vector multiply.
+    /// and its 8 rescales `d_w·d_a[n]` are one vector multiply. Each row's sums run in
+    /// the order of [`dot1_avx2`] with `TILE_ORDER`, so a row's result does not depend on the
+    /// tile it is in.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot8_avx2(ty: QuantType, w: &[u8], t: Tile<'_>) -> [f32; 8] {
         unsafe {
@@ -776,9 +831,11 @@ pub fn qkernel_supported(k: QKernel) -> bool {
     }
 }
 
-/// `Σ_k W[row, k] · a[k]` for one row of quantized activations, with kernel `k`.
+/// `Σ_k W[row, k] · a[k]` for one row of quantized activations, with kernel `k`;
+/// `invariant`: summed in the order of the tile kernel [`dot8`] (see [`x86::dot1_avx2`]).
 #[inline]
-fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
+#[allow(unused_variables)] // `invariant` matters on x86 only: the portable kernel sums each row alike
+fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>, invariant: bool) -> f32 {
     match k {
         // One row is bound by reading the weights: the AVX2 kernel (two blocks per step, their
         // scales as one vector) streams them as fast as 512-bit vectors do (measured), so both
@@ -788,16 +845,19 @@ fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>) -> f32 {
         QKernel::Avx512 | QKernel::Avx2 => unsafe {
             match ty {
                 QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => x86::dot1_k_avx2(ty, w, a),
-                _ => x86::dot1_avx2(ty, w, a),
+                _ if invariant => x86::dot1_avx2::<true>(ty, w, a),
+                _ => x86::dot1_avx2::<false>(ty, w, a),
             }
         },
         _ => dot_rows_portable(ty, w, &[a])[0],
     }
 }
 
-/// The same for the tile of rows `8·tile .. 8·tile + 8`.
+/// The same for the tile of rows `8·tile .. 8·tile + 8`. `invariant`: each row's result
+/// bitwise equal to [`dot1`]'s (the AVX2 tile kernel, whose sums run in `dot1`'s order, at
+/// both x86 levels; the AVX-512 one sums 16 lanes where `dot1` sums 8).
 #[inline]
-fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize) -> [f32; TILE] {
+fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize, invariant: bool) -> [f32; TILE] {
     #[cfg(target_arch = "x86_64")]
     {
         let nb = acts.cols / QK;
@@ -809,9 +869,9 @@ fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize) 
         };
         match k {
             // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`.
-            QKernel::Avx512 => return unsafe { x86::dot8_avx512(ty, w, t) },
+            QKernel::Avx512 if !invariant => return unsafe { x86::dot8_avx512(ty, w, t) },
             // SAFETY: as above.
-            QKernel::Avx2 => return unsafe { x86::dot8_avx2(ty, w, t) },
+            QKernel::Avx2 | QKernel::Avx512 => return unsafe { x86::dot8_avx2(ty, w, t) },
             QKernel::Portable => {}
         }
     }
@@ -958,7 +1018,7 @@ pub fn qmatmul_with(
     assert!(qkernel_supported(kernel), "qmatmul: kernel {kernel:?} is not supported on this CPU");
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    let gemm_from = gemm_min_tokens(kernel, ty);
+    let gemm_from = if acts.batch_invariant { usize::MAX } else { gemm_min_tokens(kernel, ty) };
     if t >= gemm_from && uses_bf16_gemm(kernel, ty) {
         // Prefill with bf16 arithmetic: the activations are rounded and packed once; each
         // thread dequantizes its rows of W a panel at a time, rounds them to bf16 pairs, and
@@ -1072,7 +1132,7 @@ pub fn qmatmul_many(
     pool: &SpinPool,
 ) {
     let kernel = best_qkernel();
-    if outs.iter().any(|o| t >= gemm_min_tokens(kernel, o.ty)) {
+    if !acts.batch_invariant && outs.iter().any(|o| t >= gemm_min_tokens(kernel, o.ty)) {
         for o in outs.iter_mut() {
             qmatmul_with(kernel, o.ty, o.w, o.rows, cols, x, t, acts, o.y, pool);
         }
@@ -1109,8 +1169,16 @@ fn qmatmul_small(
     let mut routes = [Route::F32; 4];
     let mut first = [0usize; 5];
     let mut ptrs = [SyncPtr(std::ptr::null_mut()); 4];
+    let invariant = acts.batch_invariant;
     for (k, o) in outs.iter_mut().enumerate() {
-        routes[k] = if uses_bf16_route(kernel, o.ty, t) {
+        routes[k] = if invariant {
+            // By format only (see `QuantizedActs::batch_invariant`).
+            if uses_quantized_acts(o.ty) {
+                Route::Int16
+            } else {
+                Route::F32
+            }
+        } else if uses_bf16_route(kernel, o.ty, t) {
             Route::Bf16
         } else if uses_int16_route(kernel, o.ty, t) {
             Route::Int16
@@ -1191,8 +1259,14 @@ fn qmatmul_small(
             if t == 1 && routes[k] == Route::Int16 {
                 // Decoding one token: the activation row is taken once, not once per weight row.
                 let a = acts.row(0);
-                for r in r0..r1 {
-                    put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a));
+                if invariant {
+                    for r in r0..r1 {
+                        put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a, true));
+                    }
+                } else {
+                    for r in r0..r1 {
+                        put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a, false));
+                    }
                 }
                 continue;
             }
@@ -1207,6 +1281,7 @@ fn qmatmul_small(
                     cols,
                     acts,
                     pairs,
+                    invariant,
                     &mut |tok, v| put(tok, r, v),
                 );
             }
@@ -1238,6 +1313,7 @@ fn row_products(
     cols: usize,
     acts: &QuantizedActs,
     pairs: usize,
+    invariant: bool,
     put: &mut dyn FnMut(usize, f32),
 ) {
     if route == Route::Bf16 {
@@ -1248,18 +1324,19 @@ fn row_products(
             v[..m].iter().enumerate().for_each(|(n, &vn)| put(t0 + n, vn));
         }
     } else if route == Route::Int16 {
-        for tile in 0..t / TILE {
-            let v = dot8(kernel, ty, wr, acts, tile);
+        let tiles = t / TILE;
+        for tile in 0..tiles {
+            let v = dot8(kernel, ty, wr, acts, tile, invariant);
             v.iter().enumerate().for_each(|(n, &vn)| put(tile * TILE + n, vn));
         }
-        for tok in t / TILE * TILE..t {
-            put(tok, dot1(kernel, ty, wr, acts.row(tok)));
+        for tok in tiles * TILE..t {
+            put(tok, dot1(kernel, ty, wr, acts.row(tok), invariant));
         }
     } else if let Some(f) = as_f32(ty, wr) {
         for tok in 0..t {
             put(tok, simd::dot(f, &x[tok * cols..(tok + 1) * cols]));
         }
-    } else if t == 1 {
+    } else if t == 1 && !invariant {
         put(0, dot_row_f32(ty, wr, &x[..cols]));
     } else {
         // Several tokens share each dequantized row.
@@ -1313,12 +1390,72 @@ mod tests {
         w
     }
 
+    /// The kernels this CPU runs.
+    fn supported_kernels() -> Vec<QKernel> {
+        [QKernel::Portable, QKernel::Avx2, QKernel::Avx512].into_iter().filter(|&k| qkernel_supported(k)).collect()
+    }
+
+    /// With `batch_invariant`, every token's outputs are bitwise those it gets alone, whatever
+    /// the token count (tiles of 16, 8, fewer; what would otherwise be the GEMM routes).
+    #[test]
+    fn batch_invariant_rows_equal_the_row_alone() {
+        let pool = SpinPool::new(2);
+        let mut rng = Rng::new(5);
+        let kernels = supported_kernels();
+        let (rows, cols) = (24, 512);
+        let types = [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+            QuantType::Q4K,
+            QuantType::Q6K,
+            QuantType::F16,
+            QuantType::F32,
+        ];
+        for &kernel in &kernels {
+            for ty in types {
+                let w = random_weights(ty, rows, cols, &mut rng);
+                let x: Vec<f32> = (0..40 * cols).map(|_| rng.normal() as f32).collect();
+                let mut acts = QuantizedActs { batch_invariant: true, ..QuantizedActs::default() };
+                let alone: Vec<Vec<f32>> = (0..40)
+                    .map(|tok| {
+                        let mut y = vec![0f32; rows];
+                        qmatmul_with(
+                            kernel,
+                            ty,
+                            &w,
+                            rows,
+                            cols,
+                            &x[tok * cols..(tok + 1) * cols],
+                            1,
+                            &mut acts,
+                            &mut y,
+                            &pool,
+                        );
+                        y
+                    })
+                    .collect();
+                for t in [2, 5, 8, 16, 21, 24, 32, 40] {
+                    let mut y = vec![0f32; t * rows];
+                    qmatmul_with(kernel, ty, &w, rows, cols, &x[..t * cols], t, &mut acts, &mut y, &pool);
+                    for (tok, want) in alone.iter().take(t).enumerate() {
+                        assert!(
+                            y[tok * rows..(tok + 1) * rows] == want[..],
+                            "{kernel:?} {ty}: token {tok} of {t} differs from the token alone"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_kernel_equals_the_dequantized_reference() {
         let pool = SpinPool::new(2);
         let mut rng = Rng::new(11);
-        let kernels: Vec<QKernel> =
-            [QKernel::Portable, QKernel::Avx2, QKernel::Avx512].into_iter().filter(|&k| qkernel_supported(k)).collect();
+        let kernels = supported_kernels();
         // Rows and tokens that are not multiples of the thread share (4) or the token tile (4);
         // columns an odd number of blocks.
         for ty in [
