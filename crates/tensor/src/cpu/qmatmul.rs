@@ -853,11 +853,11 @@ fn dot1(k: QKernel, ty: QuantType, w: &[u8], a: ActRow<'_>, invariant: bool) -> 
     }
 }
 
-/// The same for the tile of rows `8·tile .. 8·tile + 8`. `invariant`: each row's result
+/// The same for the tile of rows `8·tile .. 8·tile + 8`. Batch-invariant acts: each row's result
 /// bitwise equal to [`dot1`]'s (the AVX2 tile kernel, whose sums run in `dot1`'s order, at
 /// both x86 levels; the AVX-512 one sums 16 lanes where `dot1` sums 8).
 #[inline]
-fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize, invariant: bool) -> [f32; TILE] {
+fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize) -> [f32; TILE] {
     #[cfg(target_arch = "x86_64")]
     {
         let nb = acts.cols / QK;
@@ -869,7 +869,7 @@ fn dot8(k: QKernel, ty: QuantType, w: &[u8], acts: &QuantizedActs, tile: usize, 
         };
         match k {
             // SAFETY: `qmatmul_with` checked `qkernel_supported(k)`.
-            QKernel::Avx512 if !invariant => return unsafe { x86::dot8_avx512(ty, w, t) },
+            QKernel::Avx512 if !acts.batch_invariant => return unsafe { x86::dot8_avx512(ty, w, t) },
             // SAFETY: as above.
             QKernel::Avx2 | QKernel::Avx512 => return unsafe { x86::dot8_avx2(ty, w, t) },
             QKernel::Portable => {}
@@ -1018,7 +1018,7 @@ pub fn qmatmul_with(
     assert!(qkernel_supported(kernel), "qmatmul: kernel {kernel:?} is not supported on this CPU");
     let threads = pool.threads();
     let out = SyncPtr(y.as_mut_ptr());
-    let gemm_from = if acts.batch_invariant { usize::MAX } else { gemm_min_tokens(kernel, ty) };
+    let gemm_from = gemm_from(kernel, ty, acts.batch_invariant);
     if t >= gemm_from && uses_bf16_gemm(kernel, ty) {
         // Prefill with bf16 arithmetic: the activations are rounded and packed once; each
         // thread dequantizes its rows of W a panel at a time, rounds them to bf16 pairs, and
@@ -1132,7 +1132,7 @@ pub fn qmatmul_many(
     pool: &SpinPool,
 ) {
     let kernel = best_qkernel();
-    if !acts.batch_invariant && outs.iter().any(|o| t >= gemm_min_tokens(kernel, o.ty)) {
+    if outs.iter().any(|o| t >= gemm_from(kernel, o.ty, acts.batch_invariant)) {
         for o in outs.iter_mut() {
             qmatmul_with(kernel, o.ty, o.w, o.rows, cols, x, t, acts, o.y, pool);
         }
@@ -1171,20 +1171,7 @@ fn qmatmul_small(
     let mut ptrs = [SyncPtr(std::ptr::null_mut()); 4];
     let invariant = acts.batch_invariant;
     for (k, o) in outs.iter_mut().enumerate() {
-        routes[k] = if invariant {
-            // By format only (see `QuantizedActs::batch_invariant`).
-            if uses_quantized_acts(o.ty) {
-                Route::Int16
-            } else {
-                Route::F32
-            }
-        } else if uses_bf16_route(kernel, o.ty, t) {
-            Route::Bf16
-        } else if uses_int16_route(kernel, o.ty, t) {
-            Route::Int16
-        } else {
-            Route::F32
-        };
+        routes[k] = Route::of(kernel, o.ty, t, invariant);
         first[k + 1] = first[k] + o.rows;
         ptrs[k] = SyncPtr(o.y.as_mut_ptr());
     }
@@ -1259,14 +1246,8 @@ fn qmatmul_small(
             if t == 1 && routes[k] == Route::Int16 {
                 // Decoding one token: the activation row is taken once, not once per weight row.
                 let a = acts.row(0);
-                if invariant {
-                    for r in r0..r1 {
-                        put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a, true));
-                    }
-                } else {
-                    for r in r0..r1 {
-                        put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a, false));
-                    }
+                for r in r0..r1 {
+                    put(0, r, dot1(kernel, o.ty, &o.w[r * rb..(r + 1) * rb], a, invariant));
                 }
                 continue;
             }
@@ -1281,7 +1262,6 @@ fn qmatmul_small(
                     cols,
                     acts,
                     pairs,
-                    invariant,
                     &mut |tok, v| put(tok, r, v),
                 );
             }
@@ -1300,6 +1280,36 @@ enum Route {
     F32,
 }
 
+impl Route {
+    /// The route of `t` tokens of `ty` below the GEMM routes. Batch-invariant products
+    /// (`QuantizedActs::batch_invariant`) are routed by the format only.
+    fn of(kernel: QKernel, ty: QuantType, t: usize, invariant: bool) -> Route {
+        if invariant {
+            if uses_quantized_acts(ty) {
+                Route::Int16
+            } else {
+                Route::F32
+            }
+        } else if uses_bf16_route(kernel, ty, t) {
+            Route::Bf16
+        } else if uses_int16_route(kernel, ty, t) {
+            Route::Int16
+        } else {
+            Route::F32
+        }
+    }
+}
+
+/// The token count from which `ty` takes a GEMM route ([`gemm_min_tokens`]); never for a
+/// batch-invariant product.
+fn gemm_from(kernel: QKernel, ty: QuantType, invariant: bool) -> usize {
+    if invariant {
+        usize::MAX
+    } else {
+        gemm_min_tokens(kernel, ty)
+    }
+}
+
 /// `Σ_k W[row, k]·x_t[k]` of one weight row `wr` for every token `t`, handed to `put(t, value)`
 /// (`acts` prepared for `route`).
 #[allow(clippy::too_many_arguments)]
@@ -1313,9 +1323,9 @@ fn row_products(
     cols: usize,
     acts: &QuantizedActs,
     pairs: usize,
-    invariant: bool,
     put: &mut dyn FnMut(usize, f32),
 ) {
+    let invariant = acts.batch_invariant;
     if route == Route::Bf16 {
         for t0 in (0..t).step_by(TILE) {
             let m = TILE.min(t - t0);
@@ -1326,7 +1336,7 @@ fn row_products(
     } else if route == Route::Int16 {
         let tiles = t / TILE;
         for tile in 0..tiles {
-            let v = dot8(kernel, ty, wr, acts, tile, invariant);
+            let v = dot8(kernel, ty, wr, acts, tile);
             v.iter().enumerate().for_each(|(n, &vn)| put(tile * TILE + n, vn));
         }
         for tok in tiles * TILE..t {
@@ -1402,7 +1412,7 @@ mod tests {
         let pool = SpinPool::new(2);
         let mut rng = Rng::new(5);
         let kernels = supported_kernels();
-        let (rows, cols) = (24, 512);
+        let rows = 24;
         let types = [
             QuantType::Q8_0,
             QuantType::Q4_0,
@@ -1416,6 +1426,9 @@ mod tests {
         ];
         for &kernel in &kernels {
             for ty in types {
+                // An odd number of 32-value blocks where the format allows it (the one-token
+                // kernel's last block goes alone).
+                let cols = if uses_quantized_acts(ty) { 544 } else { 512 };
                 let w = random_weights(ty, rows, cols, &mut rng);
                 let x: Vec<f32> = (0..40 * cols).map(|_| rng.normal() as f32).collect();
                 let mut acts = QuantizedActs { batch_invariant: true, ..QuantizedActs::default() };
