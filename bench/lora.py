@@ -12,8 +12,12 @@ median of the rounds' ratios (each round's two runs are back to back, so a drift
 machine's speed between rounds cancels). Also runs yuanli's QLoRA
 step (the base kept in the file's Q4_1 blocks) for its memory.
 
-Usage: bench/.venv/bin/python bench/lora.py [--rounds 3] [--steps 5] [--batch 4] [--seq 256]
+Usage: bench/.venv-hf/bin/python bench/lora.py [--rounds 3] [--steps 5] [--batch 4] [--seq 256]
        [--rank 8] [--level avx2]
+(bench/.venv-hf is the venv .ci/run makes with torch, transformers and PEFT; transformers reads
+the GGUF file through the `gguf` package: pip install -r bench/requirements-gguf.txt into it.
+--level avx2 needs the capped build: cargo build --release -p yuanli --no-default-features
+--target-dir target/avx2.)
 (--level avx2 caps both sides as bench/train.py does.)
 """
 import argparse

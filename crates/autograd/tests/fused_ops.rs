@@ -188,6 +188,28 @@ proptest! {
             RTOL,
         );
     }
+
+    /// Per-token log-probabilities through the fused head: gradient-checked with a frozen `W`
+    /// (the fused path) and a trainable one (the composite it falls back to), and equal to
+    /// linear, log-softmax and gather.
+    #[test]
+    fn linear_token_logps(n in 1usize..6, k in 1usize..5, v in 2usize..7, seed in 0u64..1000) {
+        let (x, w) = (randn(&[n, k], seed), randn(&[v, k], seed + 1));
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 3 + seed as usize) % v) as u32).collect();
+        let targets = Tensor::new(ids, &[n]);
+        let (frozen, frozen32) = (w.to_dtype(DType::F64), w.to_dtype(DType::F32));
+        check("linear_token_logps (frozen W)", |x| x[0].linear_token_logps(&Var::constant(frozen.clone()), &targets), &[x.clone()]);
+        check("linear_token_logps (trainable W)", |x| x[0].linear_token_logps(&x[1], &targets), &[x.clone(), w.clone()]);
+        let idx = targets.reshape(&[n, 1]);
+        fused_matches_composite(
+            "linear_token_logps",
+            |x| x[0].linear_token_logps(&Var::constant(frozen32.clone()), &targets),
+            |x| composite::linear(&x[0], &Var::constant(frozen32.clone()), None).log_softmax().gather(-1, &idx).reshape(&[n]),
+            &[x],
+            ATOL,
+            RTOL,
+        );
+    }
 }
 
 /// Hashed dropout drops about p of the elements, the same ones for the same seed.

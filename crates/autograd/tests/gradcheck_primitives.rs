@@ -31,6 +31,8 @@ proptest! {
         check("sub", |v| v[1].sub(&v[0]), &[a.clone(), b.clone()]);
         check("mul", |v| v[0].mul(&v[1]), &[a.clone(), b.clone()]);
         check("div", |v| v[0].div(&v[1]), &[a.clone(), bp]);
+        check("minimum", |v| v[0].minimum(&v[1]), &[a.clone(), b.clone()]);
+        check("maximum", |v| v[1].maximum(&v[0]), &[a.clone(), b.clone()]);
     }
 
     #[test]
@@ -43,6 +45,9 @@ proptest! {
         check("pow", |v| v[0].powf(2.5), &[p.clone()]);
         check("tanh", |v| v[0].tanh(), &[x.clone()]);
         check("sigmoid", |v| v[0].sigmoid(), &[x.clone()]);
+        check("log_sigmoid", |v| v[0].log_sigmoid(), &[x.clone()]);
+        check("log_sigmoid far out", |v| v[0].scale(12.0).log_sigmoid(), &[x.clone()]);
+        check("clamp", |v| v[0].clamp(-0.5, 0.7), &[x.clone()]);
         check("relu", |v| v[0].relu(), &[x.clone()]);
         check("erf", |v| v[0].erf(), &[x.clone()]);
         check("affine", |v| v[0].affine(-1.5, 0.25), &[x]);

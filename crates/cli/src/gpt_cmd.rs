@@ -110,14 +110,28 @@ pub(crate) fn say(bar: &ProgressBar, line: String) {
     }
 }
 
+/// A flag that Ctrl-C sets: training loops check it between steps and stop with what they
+/// made saved. (A second Ctrl-C while saving would kill the process; the saves are atomic.)
+pub(crate) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+    stop
+}
+
+/// The progress bar of a training run of `steps` steps.
+pub(crate) fn steps_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Runs training with a progress bar; returns the final state's step count.
 pub(crate) fn run_training(cfg: &TrainConfig, resume: Option<&Path>, quiet_header: bool) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while saving would kill the process; the checkpoint is atomic anyway.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
-    }
+    let stop = stop_on_ctrl_c();
     let peak = matmul_peak_gflops();
     let flops_per_token = cfg.model.flops_per_token();
     if !quiet_header {
@@ -131,11 +145,7 @@ pub(crate) fn run_training(cfg: &TrainConfig, resume: Option<&Path>, quiet_heade
             flops_per_token / 1e6
         );
     }
-    let bar = ProgressBar::new(cfg.max_iters as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = steps_bar(cfg.max_iters);
     let (mut train_pts, mut val_pts) = (Vec::new(), Vec::new());
     let plot_path = cfg.out_dir.join("loss.png");
     let mut on_event = |e: &Event| match e {

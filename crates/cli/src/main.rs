@@ -5,6 +5,7 @@ mod bench;
 mod gpt_cmd;
 mod lesson_cmd;
 mod llm_cmd;
+mod pref_cmd;
 mod quantize_cmd;
 mod serve_cmd;
 mod sft_cmd;
@@ -59,6 +60,10 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Fine-tune a model on conversations: LoRA or QLoRA (the adapter in PEFT's format), or every weight with --full; --resume continues a stopped run.
     Sft(sft_cmd::SftArgs),
+    /// Align a model with preference pairs by DPO (sigmoid, hinge, IPO or robust loss) on a LoRA adapter; the reference is the base with the adapter off.
+    Dpo(pref_cmd::DpoArgs),
+    /// Train a reward model (Bradley–Terry) on preference pairs: a LoRA adapter and a scalar head.
+    Rm(pref_cmd::RmArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -89,6 +94,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize(args) => yuanli_tensor::run_in_pool(|| quantize_cmd::run(&args)),
         Command::Serve(args) => serve_cmd::run(&args),
         Command::Sft(args) => yuanli_tensor::run_in_pool(|| sft_cmd::run(&args)),
+        Command::Dpo(args) => yuanli_tensor::run_in_pool(|| pref_cmd::dpo(&args)),
+        Command::Rm(args) => yuanli_tensor::run_in_pool(|| pref_cmd::rm(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),

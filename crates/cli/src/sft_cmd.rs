@@ -1,12 +1,10 @@
 //! `yuanli sft`: LoRA fine-tuning of a pretrained model on conversations.
 
-use crate::gpt_cmd::say;
+use crate::gpt_cmd::{say, steps_bar, stop_on_ctrl_c};
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use yuanli_nn::LoraConfig;
 use yuanli_train::plot::{line_plot, Series};
 use yuanli_train::sft::{finetune, SftEvent, SftOptions};
@@ -82,11 +80,7 @@ pub(crate) struct SftArgs {
 }
 
 pub(crate) fn run(a: &SftArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
-    }
+    let stop = stop_on_ctrl_c();
     let o = SftOptions {
         model: a.model.clone(),
         data: a.data.clone(),
@@ -106,11 +100,7 @@ pub(crate) fn run(a: &SftArgs) -> Result<()> {
         resume: a.resume,
         full: a.full,
     };
-    let bar = ProgressBar::new(a.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = steps_bar(a.steps);
     let (mut train_pts, mut eval_pts) = (Vec::new(), Vec::new());
     let plot = a.out.join("loss.png");
     let mut on_event = |e: &SftEvent| {

@@ -21,7 +21,7 @@ pub use chat::{ChatTemplate, Message};
 pub use engine::{Batch, EngineError, KvShape, KvType, Logits, SeqId, Session, SessionOpts};
 pub use generate::{generate, generate_batch, generate_in, Generation, Request};
 pub use gpt::{Gpt, GptConfig};
-pub use llama::{Llama, LlamaConfig};
+pub use llama::{Llama, LlamaConfig, Pass};
 pub use load::{gpt_from_gguf, gpt_vocab_from_gguf, load_pretrained, GptVocab, LoadError, Pretrained};
 pub use sample::{pick, CausalLm, Sampler, SamplingParams};
 /// The GGUF reader and writer the loaders use (re-exported for `yuanli quantize`).

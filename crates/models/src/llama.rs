@@ -218,15 +218,27 @@ struct Block {
 
 /// Training mode of a forward pass: the random stream LoRA dropout draws from, or `None`
 /// (no dropout).
-struct Train<'a>(Option<&'a std::cell::RefCell<Rng>>);
+struct Train<'a>(Option<&'a std::cell::RefCell<Rng>>, bool);
 
 impl Train<'_> {
     fn linear(&self, l: &Linear, x: &Var) -> Var {
         match self.0 {
+            _ if self.1 => l.forward_base(x),
             Some(rng) => l.forward_train(x, true, &mut rng.borrow_mut()),
             None => l.forward(x),
         }
     }
+}
+
+/// How [`Llama::token_logps`] runs the model.
+pub enum Pass<'a> {
+    /// Adapters on, no dropout.
+    Eval,
+    /// Adapters on, their dropout drawn from the generator (a training step).
+    Train(&'a mut Rng),
+    /// Adapters switched off: the frozen base alone, the reference policy of DPO and GRPO
+    /// when the policy is the base plus a LoRA adapter.
+    Base,
 }
 
 /// The Hugging Face name of linear map `short` (`q_proj`, …) of block `i`.
@@ -399,14 +411,14 @@ impl Llama {
     /// Logits `(B, T, V)` for token ids `(B, T)`, positions from 0, under autograd: the
     /// training path (and the reference the engine is tested against). No dropout.
     pub fn forward(&self, idx: &Tensor) -> Var {
-        self.forward_with(idx, &Train(None))
+        self.forward_with(idx, &Train(None, false))
     }
 
     /// [`Llama::forward`] in training mode: LoRA adapters drop their inputs with their
     /// dropout probability, drawing from `rng`.
     pub fn forward_train(&self, idx: &Tensor, rng: &mut Rng) -> Var {
         let cell = std::cell::RefCell::new(Rng::from_state(rng.state()));
-        let y = self.forward_with(idx, &Train(Some(&cell)));
+        let y = self.forward_with(idx, &Train(Some(&cell), false));
         *rng = cell.into_inner();
         y
     }
@@ -457,13 +469,13 @@ impl Llama {
     /// ([`Var::linear_cross_entropy`]) that never holds the `(B·T, V)` logits. 0 when nothing
     /// counts.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor, ignore: u32) -> Var {
-        self.loss_with(idx, targets, ignore, &Train(None))
+        self.loss_with(idx, targets, ignore, &Train(None, false))
     }
 
     /// [`Llama::loss`] in training mode (LoRA dropout drawn from `rng`).
     pub fn loss_train(&self, idx: &Tensor, targets: &Tensor, ignore: u32, rng: &mut Rng) -> Var {
         let cell = std::cell::RefCell::new(Rng::from_state(rng.state()));
-        let y = self.loss_with(idx, targets, ignore, &Train(Some(&cell)));
+        let y = self.loss_with(idx, targets, ignore, &Train(Some(&cell), false));
         *rng = cell.into_inner();
         y
     }
@@ -483,6 +495,49 @@ impl Llama {
         let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows, &[n])); // (n, C)
         let ys = Tensor::new(ys, &[n]);
         self.head().linear_cross_entropy(&picked, &ys)
+    }
+
+    /// `log p(targets[b, t] | idx[b, ..=t])` at every position whose target is not `ignore`,
+    /// in row-major order `(n,)`, under autograd: the per-token log-probabilities that DPO
+    /// sums over a completion and GRPO and PPO weigh one by one. As in [`Llama::loss`], only
+    /// those positions reach the head ([`Weight::token_logps`], fused).
+    #[track_caller]
+    pub fn token_logps(&self, idx: &Tensor, targets: &Tensor, ignore: u32, pass: Pass<'_>) -> Var {
+        assert_eq!(
+            idx.shape(),
+            targets.shape(),
+            "Llama::token_logps: ids {:?} vs targets {:?}",
+            idx.shape(),
+            targets.shape()
+        );
+        let ys = targets.to_vec::<u32>();
+        let (rows, ys): (Vec<u32>, Vec<u32>) =
+            ys.iter().enumerate().filter(|(_, &y)| y != ignore).map(|(i, &y)| (i as u32, y)).unzip();
+        let n = rows.len();
+        let pick = |h: Var| {
+            let c = self.config.hidden_size;
+            if n == 0 {
+                return Var::constant(Tensor::zeros(&[0], h.value().dtype()));
+            }
+            let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows.clone(), &[n]));
+            self.head().token_logps(&picked, &Tensor::new(ys.clone(), &[n]))
+        };
+        pick(self.hidden(idx, pass))
+    }
+
+    /// The final normalised hidden states `(B, T, C)` under autograd (everything before the
+    /// LM head): what a reward model's scalar head reads.
+    pub fn hidden(&self, idx: &Tensor, pass: Pass<'_>) -> Var {
+        match pass {
+            Pass::Train(rng) => {
+                let cell = std::cell::RefCell::new(Rng::from_state(rng.state()));
+                let y = self.hidden_with(idx, &Train(Some(&cell), false));
+                *rng = cell.into_inner();
+                y
+            }
+            Pass::Eval => self.hidden_with(idx, &Train(None, false)),
+            Pass::Base => self.hidden_with(idx, &Train(None, true)),
+        }
     }
 
     /// Every linear map of the blocks with its Hugging Face module name

@@ -105,6 +105,18 @@ impl Weight {
         }
     }
 
+    /// The fused head's per-row log-probabilities of `targets (N,)` under `x·Wᵀ`
+    /// ([`Var::linear_token_logps`]): what DPO, GRPO and PPO weigh token by token.
+    pub fn token_logps(&self, x: &Var, targets: &Tensor) -> Var {
+        match self {
+            Weight::Param(w) if !w.requires_grad() && w.value().dtype() != x.value().dtype() => {
+                x.linear_token_logps(&Var::constant(w.value().to_dtype(x.value().dtype())), targets)
+            }
+            Weight::Param(w) => x.linear_token_logps(w, targets),
+            Weight::Stored(q) => x.linear_q_token_logps(q, targets),
+        }
+    }
+
     /// Rows `ids` (u32, any shape) → `(…ids, cols)`. A stored table yields constants (it has no
     /// gradient to receive, and token ids have none to pass on).
     pub fn embedding(&self, ids: &Tensor) -> Var {
@@ -204,6 +216,11 @@ impl Linear {
             None
         };
         Ok(Self { weight: Weight::Stored(weight), bias, lora: None })
+    }
+
+    /// The frozen base map alone, `x·Wᵀ + b`, the adapter switched off.
+    pub fn forward_base(&self, x: &Var) -> Var {
+        self.weight.linear(x, self.bias.as_ref())
     }
 
     /// `x·Wᵀ + b`, plus the adapter's update (with its dropout when `train`). Over a frozen

@@ -68,6 +68,8 @@ impl Tensor {
         sqrt => |x| x.sqrt();
         /// σ(x) = 1/(1 + e⁻ˣ)
         sigmoid => |x| cpu::sigmoid(x);
+        /// ln σ(x) = min(x, 0) − ln(1 + e^{−|x|}), finite for every x
+        log_sigmoid => |x| x.min(T::ZERO) - (T::ONE + (-x.abs()).exp()).ln();
         /// max(x, 0)
         relu => |x| if x > T::ZERO { x } else { T::ZERO };
         /// x·σ(x)

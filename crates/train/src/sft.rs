@@ -66,6 +66,16 @@ pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// Reads a JSONL file of conversations (`messages`, or `prompt` + `completion`). Blank lines
 /// are skipped; every conversation needs at least one assistant turn.
 pub fn read_conversations(path: &Path) -> Result<Vec<Vec<Message>>, SftError> {
+    read_jsonl(path, "examples", conversation)
+}
+
+/// Reads a JSONL file, one record per non-blank line, each turned into a `T` by `parse`;
+/// every error names the file and line. `what` names the records for an empty file.
+pub(crate) fn read_jsonl<T>(
+    path: &Path,
+    what: &str,
+    parse: impl Fn(&serde_json::Value) -> Result<T, String>,
+) -> Result<Vec<T>, SftError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| SftError::Io { path: p.clone(), message: e.to_string() })?;
     let mut out = Vec::new();
@@ -75,12 +85,25 @@ pub fn read_conversations(path: &Path) -> Result<Vec<Vec<Message>>, SftError> {
         }
         let err = |message: String| SftError::Line { path: p.clone(), line: i + 1, message };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
-        out.push(conversation(&v).map_err(err)?);
+        out.push(parse(&v).map_err(err)?);
     }
     if out.is_empty() {
-        return Err(SftError::Io { path: p, message: "no examples in the file".into() });
+        return Err(SftError::Io { path: p, message: format!("no {what} in the file") });
     }
     Ok(out)
+}
+
+/// Writes a result directory atomically: `write` fills `dir.tmp`, which then replaces `dir`
+/// (a crash leaves the old one or the new one, never half of either).
+pub(crate) fn replace_dir(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<(), FinetuneError>,
+) -> Result<(), FinetuneError> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    write(&tmp)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| FinetuneError::File { path: dir.to_path_buf(), message: e.to_string() })
 }
 
 /// One example's conversation.
@@ -462,7 +485,7 @@ pub const IGNORE: u32 = u32::MAX;
 /// `(ids (B, T), targets (B, T))` of a batch: examples right-padded (causal attention never
 /// looks right, so padding changes nothing before it); the target of position `i` is the next
 /// token where that token is the assistant's, else [`IGNORE`].
-fn batch(examples: &[&Example]) -> (Tensor, Tensor, usize) {
+pub(crate) fn batch(examples: &[&Example]) -> (Tensor, Tensor, usize) {
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2) - 1;
     let mut ids = Vec::with_capacity(examples.len() * t);
     let mut targets = Vec::with_capacity(examples.len() * t);
@@ -749,16 +772,16 @@ pub fn finetune(
     // The result, written beside and swapped in: the adapter (PEFT's format), or the whole
     // model as a Hugging Face directory after full fine-tuning.
     let dir = o.out_dir.join(if o.full { "model" } else { "adapter" });
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    if o.full {
-        yuanli_models::hf::export_llama(&p, &[], &tmp)?;
-    } else {
-        let adapter = Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
-        save_adapter(&tmp, &p.model, &adapter)?;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| FinetuneError::File { path: dir.clone(), message: e.to_string() })?;
+    replace_dir(&dir, |tmp| {
+        if o.full {
+            yuanli_models::hf::export_llama(&p, &[], tmp)?;
+        } else {
+            let adapter =
+                Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
+            save_adapter(tmp, &p.model, &adapter)?;
+        }
+        Ok(())
+    })?;
     on_event(&SftEvent::Saved { dir });
     Ok((before, last))
 }

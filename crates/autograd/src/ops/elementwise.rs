@@ -201,6 +201,33 @@ impl Var {
         unary(self, "sigmoid", Tensor::sigmoid, |_, y| y.mul(&y.affine(-1.0, 1.0)))
     }
 
+    /// `ln σ(x)` (stable for large |x|): derivative `1 − σ(x) = σ(−x)`.
+    pub fn log_sigmoid(&self) -> Var {
+        unary(self, "log_sigmoid", Tensor::log_sigmoid, |x, _| x.neg().sigmoid())
+    }
+
+    /// `x` clamped to `[lo, hi]`: derivative 1 inside (bounds included, as PyTorch), 0 outside.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Var {
+        let x = self.value();
+        let lo_t = Tensor::full(lo, &[], x.dtype());
+        let hi_t = Tensor::full(hi, &[], x.dtype());
+        let y = Var::where_cond(&x.lt(&lo_t), &Var::constant(lo_t.clone()), self);
+        Var::where_cond(&x.gt(&hi_t), &Var::constant(hi_t), &y)
+    }
+
+    /// `min(x, y)` elementwise (broadcasting); the gradient goes to the smaller input, to `x`
+    /// on a tie (the sum of the two gradients is PyTorch's, which splits ties in halves).
+    #[track_caller]
+    pub fn minimum(&self, y: &Var) -> Var {
+        Var::where_cond(&self.value().gt(y.value()), y, self)
+    }
+
+    /// `max(x, y)` elementwise (broadcasting); on a tie the gradient goes to `x`.
+    #[track_caller]
+    pub fn maximum(&self, y: &Var) -> Var {
+        Var::where_cond(&self.value().lt(y.value()), y, self)
+    }
+
     /// `max(x, 0)`: derivative `1[x > 0]` (0 at 0).
     pub fn relu(&self) -> Var {
         unary(self, "relu", Tensor::relu, |x, _| x.step())

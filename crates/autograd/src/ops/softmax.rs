@@ -130,7 +130,9 @@ impl Var {
     #[track_caller]
     pub fn linear_cross_entropy(&self, w: &Var, targets: &Tensor) -> Var {
         let needs = is_grad_enabled() && (self.requires_grad() || w.requires_grad());
-        let (loss, dx, dw) = linear_ce(self.value(), w.value(), targets, needs, needs && w.requires_grad());
+        let scale = 1.0 / targets.numel().max(1) as f64;
+        let (losses, dx, dw) = linear_ce(self.value(), w.value(), targets, scale, needs, needs && w.requires_grad());
+        let loss = losses.sum_all().mul_scalar(scale);
         match dx {
             Some(dx) => Var::from_op(loss, LinearCrossEntropy { dx, dw }, &[self, w]),
             None => Var::constant(loss),
@@ -143,7 +145,9 @@ impl Var {
     pub fn linear_q_cross_entropy(&self, w: &QMatrix, targets: &Tensor) -> Var {
         let dense = Tensor::new(w.dequantize(), &[w.rows(), w.cols()]).to_dtype(self.value().dtype());
         let needs = is_grad_enabled() && self.requires_grad();
-        let (loss, dx, _) = linear_ce(self.value(), &dense, targets, needs, false);
+        let scale = 1.0 / targets.numel().max(1) as f64;
+        let (losses, dx, _) = linear_ce(self.value(), &dense, targets, scale, needs, false);
+        let loss = losses.sum_all().mul_scalar(scale);
         match dx {
             Some(dx) => Var::from_op(loss, LinearCrossEntropy { dx, dw: None }, &[self]),
             None => Var::constant(loss),
@@ -151,13 +155,73 @@ impl Var {
     }
 }
 
-/// The chunked forward of [`LinearCrossEntropy`]: the mean loss, and for `g = 1` the
+/// The fused head's per-position log-probabilities, `ℓ_n = x_n·w_{y_n} − lse(x_n·Wᵀ)`, for
+/// the losses that weigh each token differently (DPO's sums over a completion, GRPO's and
+/// PPO's per-token ratios). The incoming gradient is a vector `g (N,)` now, so only the part
+/// that does not depend on it is computed in the forward pass:
+///
+/// ```text
+/// ∂ℓ_n/∂x_n = w_{y_n} − softmax(x_n·Wᵀ)·W = −D_n,   D = (softmax − onehot)·W   (N, K),
+/// ∂L/∂x_n   = −g_n · D_n.
+/// ```
+///
+/// `D` is what [`LinearCrossEntropy`] keeps too (for `g = 1/N`). A head that needs a gradient
+/// itself (full fine-tuning) would need `Σ_n g_n (softmax_n − onehot_n)ᵀ x_n`, which depends
+/// on `g`: that case takes the unfused composite instead.
+struct LinearTokenLogps {
+    d: Tensor,
+}
+impl Backward for LinearTokenLogps {
+    fn name(&self) -> &'static str {
+        "linear_token_logps"
+    }
+    fn backward(&self, g: &Tensor, n: &[bool]) -> Vec<Option<Tensor>> {
+        let rows = self.d.dim(0);
+        vec![n[0].then(|| self.d.mul(&g.reshape(&[rows, 1])).neg())]
+    }
+}
+
+impl Var {
+    /// Log-probability of each target under the logits `x·Wᵀ`: `x (N, K)`, `W (V, K)`, u32
+    /// targets `(N,)` → `(N,)`; equal to `x.linear(w, None).log_softmax()` gathered at the
+    /// targets, without holding the `(N, V)` logits when `W` is frozen.
+    #[track_caller]
+    pub fn linear_token_logps(&self, w: &Var, targets: &Tensor) -> Var {
+        if is_grad_enabled() && w.requires_grad() {
+            let n = targets.numel();
+            return self.linear(w, None).log_softmax().gather(-1, &targets.reshape(&[n, 1])).reshape(&[n]);
+        }
+        self.token_logps_frozen(w.value(), targets)
+    }
+
+    /// [`Var::linear_token_logps`] with a frozen head stored in a GGML format, dequantized
+    /// for the call.
+    #[track_caller]
+    pub fn linear_q_token_logps(&self, w: &QMatrix, targets: &Tensor) -> Var {
+        let dense = Tensor::new(w.dequantize(), &[w.rows(), w.cols()]).to_dtype(self.value().dtype());
+        self.token_logps_frozen(&dense, targets)
+    }
+
+    fn token_logps_frozen(&self, w: &Tensor, targets: &Tensor) -> Var {
+        let needs = is_grad_enabled() && self.requires_grad();
+        let (losses, d, _) = linear_ce(self.value(), w, targets, 1.0, needs, false);
+        let logps = losses.neg();
+        match d {
+            Some(d) => Var::from_op(logps, LinearTokenLogps { d }, &[self]),
+            None => Var::constant(logps),
+        }
+    }
+}
+
+/// The chunked forward of [`LinearCrossEntropy`] and [`LinearTokenLogps`]: each row's loss
+/// `lse(x_n·Wᵀ) − x_n·w_{y_n}` `(N,)`, and for a gradient `scale` on every row's loss the
 /// gradients with respect to `x` (when `want_dx`) and `W` (when `want_dw`).
 #[track_caller]
 fn linear_ce(
     x: &Tensor,
     w: &Tensor,
     targets: &Tensor,
+    scale: f64,
     want_dx: bool,
     want_dw: bool,
 ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
@@ -174,17 +238,16 @@ fn linear_ce(
     // As many chunks as the budget needs, of equal size (411 rows: 3 × 137, not 170 + 170 + 71).
     let max_rows = (CE_CHUNK_VALUES / v.max(1)).max(1);
     let chunk = n.div_ceil(n.div_ceil(max_rows).max(1)).max(1);
-    let mut total = Tensor::zeros(&[], x.dtype());
+    let mut losses = Vec::new();
     let mut dxs = Vec::new();
     let mut dw: Option<Tensor> = None;
-    let scale = 1.0 / n.max(1) as f64;
     for r0 in (0..n).step_by(chunk) {
         let rows = chunk.min(n - r0);
         let xc = x.narrow(0, r0, rows);
         let tc = targets.narrow(0, r0, rows).contiguous();
         // The chunk's logits become its gradient `scale·(softmax − onehot)` in place.
         let d = xc.linear(w, None);
-        total = total.add(&d.cross_entropy_grad_(&tc, scale).sum_all());
+        losses.push(d.cross_entropy_grad_(&tc, scale));
         if want_dx {
             dxs.push(d.matmul(w));
         }
@@ -192,8 +255,9 @@ fn linear_ce(
             dw.get_or_insert_with(|| Tensor::zeros(w.shape(), w.dtype())).add_matmul_(&d.t(), &xc, 1.0);
         }
     }
+    let losses = if losses.is_empty() { Tensor::zeros(&[0], x.dtype()) } else { Tensor::concat(&losses, 0) };
     let dx =
         want_dx.then(|| if dxs.is_empty() { Tensor::zeros(x.shape(), x.dtype()) } else { Tensor::concat(&dxs, 0) });
     let dw = if want_dw { Some(dw.unwrap_or_else(|| Tensor::zeros(w.shape(), w.dtype()))) } else { None };
-    (total.mul_scalar(scale), dx, dw)
+    (losses, dx, dw)
 }
