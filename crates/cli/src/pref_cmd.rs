@@ -69,6 +69,10 @@ pub(crate) struct PairArgs {
     /// Seed of the order, the dropout and the adapters' initialisation.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    /// Continue a stopped run from OUT/checkpoint (written at every held-out evaluation and on
+    /// Ctrl-C), with the same options: it ends where the uninterrupted run would have.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// The preference loss.
@@ -143,6 +147,7 @@ fn run(a: &PairArgs, objective: Objective) -> Result<()> {
         eval_interval: a.eval_interval,
         eval_pairs: a.eval_pairs,
         seed: a.seed,
+        resume: a.resume,
     };
     let dpo = matches!(objective, Objective::Dpo { .. });
     let bar = steps_bar(a.steps);
@@ -188,13 +193,34 @@ fn run(a: &PairArgs, objective: Objective) -> Result<()> {
             }
         }
         PairEvent::Saved { dir } => bar.set_message(format!("written to {}", dir.display())),
+        PairEvent::Checkpoint { dir, step } => bar.set_message(format!("checkpoint of step {step} in {}", dir.display())),
+        PairEvent::Resumed { step } => {
+            say(&bar, format!("resuming after step {step} from {}", a.out.join("checkpoint").display()));
+            bar.set_position(*step as u64);
+            // The curves so far, from the metrics the earlier run wrote (appended to from here).
+            let text = std::fs::read_to_string(a.out.join("metrics.jsonl")).unwrap_or_default();
+            for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+                let Some(s) = v["step"].as_u64().filter(|&s| s as usize <= *step) else { continue };
+                if let Some(m) = v["margin"].as_f64() {
+                    margins.push((s as f64, m));
+                }
+                let acc_key = if dpo { "eval_logp_accuracy" } else { "eval_reward_accuracy" };
+                if let (Some(m), Some(acc)) = (v["eval_margin"].as_f64(), v[acc_key].as_f64()) {
+                    eval_margins.push((s as f64, m));
+                    eval_acc.push((s as f64, acc));
+                }
+            }
+        }
     }
     };
     let result = train_pairs(&o, &stop, &mut on_event);
     bar.finish_and_clear();
     let (before, after) = result.with_context(|| format!("training on pairs with {}", a.model.display()))?;
     if stop.load(Ordering::Relaxed) {
-        println!("stopped early; what the steps done made is saved in {}", a.out.display());
+        println!(
+            "stopped early; the checkpoint is in {}: run the same command with --resume to continue",
+            a.out.join("checkpoint").display()
+        );
     }
     if dpo {
         println!(

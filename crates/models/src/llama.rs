@@ -217,7 +217,7 @@ struct Block {
 }
 
 /// Training mode of a forward pass: the random stream LoRA dropout draws from, or `None`
-/// (no dropout).
+/// (no dropout); and whether the adapters are switched off (the base alone).
 struct Train<'a>(Option<&'a std::cell::RefCell<Rng>>, bool);
 
 impl Train<'_> {
@@ -513,16 +513,13 @@ impl Llama {
         let ys = targets.to_vec::<u32>();
         let (rows, ys): (Vec<u32>, Vec<u32>) =
             ys.iter().enumerate().filter(|(_, &y)| y != ignore).map(|(i, &y)| (i as u32, y)).unzip();
-        let n = rows.len();
-        let pick = |h: Var| {
-            let c = self.config.hidden_size;
-            if n == 0 {
-                return Var::constant(Tensor::zeros(&[0], h.value().dtype()));
-            }
-            let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows.clone(), &[n]));
-            self.head().token_logps(&picked, &Tensor::new(ys.clone(), &[n]))
-        };
-        pick(self.hidden(idx, pass))
+        let (n, c) = (rows.len(), self.config.hidden_size);
+        let h = self.hidden(idx, pass);
+        if n == 0 {
+            return Var::constant(Tensor::zeros(&[0], h.value().dtype()));
+        }
+        let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows, &[n])); // (n, C)
+        self.head().token_logps(&picked, &Tensor::new(ys, &[n]))
     }
 
     /// The final normalised hidden states `(B, T, C)` under autograd (everything before the
@@ -875,6 +872,58 @@ mod tests {
             assert!(worst < 1e-5, "tie {tie}: gradients differ by {worst}");
             assert!(gb.iter().any(|&g| g != 0.0));
         }
+    }
+
+    /// Per-token log-probabilities through the fused head equal the full forward's
+    /// log-softmax at the counted positions — value and every adapter gradient —, and
+    /// `Pass::Base` is the model without its adapters.
+    #[test]
+    fn token_logps_equal_the_forwards_log_softmax_and_base_drops_the_adapter() {
+        // The base frozen (so the head takes the fused path), the adapters trainable.
+        let mut store = ParamStore::new();
+        store.set_trainable(|name, _| name.contains(".lora_"));
+        let mut m = Llama::new(tiny(RopeLayout::HalfSplit, false, true), &mut store).unwrap();
+        randomise(&store, 7);
+        let ids: Vec<u32> = (0..14).map(|i| (i * 7 % 17) as u32).collect();
+        let tg: Vec<u32> = (0..14).map(|i| if i % 3 == 0 { u32::MAX } else { (i * 5 % 17) as u32 }).collect();
+        let (x, y) = (Tensor::new(ids, &[2, 7]), Tensor::new(tg.clone(), &[2, 7]));
+        let counted: Vec<(usize, u32)> =
+            tg.iter().enumerate().filter(|(_, &t)| t != u32::MAX).map(|(i, &t)| (i, t)).collect();
+        let base = m.token_logps(&x, &y, u32::MAX, Pass::Eval).value().to_vec::<f32>();
+        let cfg = yuanli_nn::LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, rslora: false };
+        m.attach_lora(&mut store, &cfg, &["all-linear".to_string()], &mut Rng::new(1)).unwrap();
+        for p in store.params().iter().filter(|p| p.name.contains("lora_B")) {
+            let v: Vec<f32> = (0..p.numel()).map(|i| 0.05 * ((i % 7) as f32 - 3.0)).collect();
+            store.set_values(p, &v);
+        }
+        let seed =
+            Tensor::new((0..counted.len()).map(|i| 1.0 + i as f32 * 0.1).collect::<Vec<f32>>(), &[counted.len()]);
+        let run = |fused: bool| {
+            store.zero_grad();
+            let l = if fused {
+                m.token_logps(&x, &y, u32::MAX, Pass::Eval)
+            } else {
+                let lp = m.forward(&x).log_softmax().reshape(&[14, 17]);
+                let rows = Tensor::new(counted.iter().map(|&(i, _)| i as u32).collect::<Vec<u32>>(), &[counted.len()]);
+                let tgt = Tensor::new(counted.iter().map(|&(_, t)| t).collect::<Vec<u32>>(), &[counted.len(), 1]);
+                lp.embedding(&rows).gather(-1, &tgt).reshape(&[counted.len()])
+            };
+            l.backward_with(seed.clone());
+            (l.value().to_vec::<f32>(), store.grad_arena().to_vec::<f32>())
+        };
+        let ((a, ga), (b, gb)) = (run(true), run(false));
+        let worst = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
+        assert!(
+            worst(&a, &b) < 1e-5 && worst(&ga, &gb) < 1e-5,
+            "values differ by {}, gradients by {}",
+            worst(&a, &b),
+            worst(&ga, &gb)
+        );
+        assert!(gb.iter().any(|&g| g != 0.0));
+        let with_adapter = m.token_logps(&x, &y, u32::MAX, Pass::Eval).value().to_vec::<f32>();
+        let without = m.token_logps(&x, &y, u32::MAX, Pass::Base).value().to_vec::<f32>();
+        assert!(worst(&without, &base) < 1e-6, "Pass::Base is not the model without adapters");
+        assert!(worst(&with_adapter, &base) > 1e-4, "the adapter changes nothing");
     }
 
     /// The engine (paged KV cache, blocks of 4, a prefill of 5 with every row's logits, then

@@ -30,7 +30,8 @@ use crate::align::{dpo_loss, reward_loss, DpoKind, PairLogps};
 use crate::optim::Adam;
 use crate::schedule::LrSchedule;
 use crate::sft::{
-    batch, formatter, load_for_lora, read_jsonl, replace_dir, Example, FinetuneError, SftError, IGNORE, ROLES,
+    batch, formatter, load_adapter_checkpoint, load_for_lora, read_jsonl, replace_dir, save_adapter_checkpoint,
+    trim_metrics, Example, FinetuneError, SftError, SftState, IGNORE, ROLES,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,6 +151,39 @@ pub struct PairOptions {
     pub eval_pairs: usize,
     /// Seed of the order, the dropout and the adapters' initialisation.
     pub seed: u64,
+    /// Continue from `out_dir/checkpoint` (written at every held-out evaluation and when the
+    /// run is stopped) instead of starting over: the same losses as an uninterrupted run.
+    pub resume: bool,
+}
+
+/// The options a checkpoint is only valid for (everything but the output and `resume`).
+fn fingerprint(o: &PairOptions) -> String {
+    format!(
+        "pairs model={} data={} eval_data={} lora={:?} targets={:?} quantized_base={} objective={:?} lr={} steps={} batch_pairs={} max_len={} eval_pairs={} seed={}",
+        o.model.display(),
+        o.data.display(),
+        o.eval_data.display(),
+        o.lora,
+        o.targets,
+        o.quantized_base,
+        o.objective,
+        o.lr,
+        o.steps,
+        o.batch_pairs,
+        o.max_len,
+        o.eval_pairs,
+        o.seed
+    )
+}
+
+/// The held-out statistics a metrics line holds (`eval_*` fields), if it is an evaluation.
+fn eval_of(v: &serde_json::Value) -> Option<PrefEval> {
+    Some(PrefEval {
+        loss: v["eval_loss"].as_f64()?,
+        logp_accuracy: v["eval_logp_accuracy"].as_f64().unwrap_or(f64::NAN),
+        reward_accuracy: v["eval_reward_accuracy"].as_f64()?,
+        margin: v["eval_margin"].as_f64()?,
+    })
 }
 
 /// Held-out preference statistics.
@@ -202,10 +236,22 @@ pub enum PairEvent {
         /// The statistics.
         eval: PrefEval,
     },
-    /// The adapter was written (atomically).
+    /// The result was written (atomically).
     Saved {
         /// Its directory.
         dir: PathBuf,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Its directory.
+        dir: PathBuf,
+        /// The step it holds.
+        step: usize,
+    },
+    /// The run continues from a checkpoint.
+    Resumed {
+        /// The last step the checkpoint holds.
+        step: usize,
     },
 }
 
@@ -225,9 +271,9 @@ fn sequence_logps(model: &Llama, pairs: &[&Rendered], pass: Pass<'_>) -> (Var, T
     let (x, y, _) = batch(&rows);
     let (b, t) = (y.dim(0), y.dim(1));
     let ys = y.to_vec::<u32>();
-    let tok = model.token_logps(&x, &y, IGNORE, pass); // (n,) in row-major order
-                                                       // Per-row sums as one product with a constant 0/1 matrix S (2P, n): S[r, i] = 1 when the
-                                                       // i-th counted position lies in row r.
+    // (n,) in row-major order; the per-row sums are one product with a constant 0/1 matrix
+    // S (2P, n), S[r, i] = 1 when the i-th counted position lies in row r.
+    let tok = model.token_logps(&x, &y, IGNORE, pass);
     let n = tok.shape()[0];
     let mut s = vec![0f32; b * n];
     let mut lens = vec![0f32; b];
@@ -398,8 +444,9 @@ fn save(o: &PairOptions, p: &Pretrained, score: Option<&Var>) -> Result<PathBuf,
 /// loss of the two rewards, or DPO's on the summed answer log-probabilities with the adapter
 /// on (policy) and off (reference) —, its gradient, clip at 1 and AdamW. Held-out statistics
 /// at step 0, every `eval_interval` steps and at the end, each followed by the result written
-/// (so a crash loses at most an interval). `stop` (Ctrl-C) ends the run early with the result
-/// saved. Returns the first and last held-out statistics.
+/// with a checkpoint (so a crash loses at most an interval; `resume` continues from it with
+/// the losses of an uninterrupted run). `stop` (Ctrl-C) ends the run early with the result and
+/// a checkpoint saved. Returns the first and last held-out statistics.
 pub fn train_pairs(
     o: &PairOptions,
     stop: &AtomicBool,
@@ -472,7 +519,16 @@ pub fn train_pairs(
     std::fs::create_dir_all(&o.out_dir)
         .map_err(|e| FinetuneError::File { path: o.out_dir.clone(), message: e.to_string() })?;
     let metrics_path = o.out_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
+    let checkpoint = o.out_dir.join("checkpoint");
+    if o.resume {
+        trim_metrics(&metrics_path, &checkpoint.join("state.json"));
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(o.resume)
+        .truncate(!o.resume)
+        .open(&metrics_path)
         .map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })?;
     let mut log = |v: serde_json::Value| -> Result<(), FinetuneError> {
         use std::io::Write;
@@ -486,17 +542,55 @@ pub fn train_pairs(
         }
         v
     };
-    let first = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective);
-    on_event(&PairEvent::Eval { step: 0, eval: first });
-    log(eval_json(0, &first))?;
-    let mut last = first;
     let mut opt = Adam::adamw(0.9, 0.999, 1e-8, 0.0);
     let schedule =
         LrSchedule::WarmupCosine { max_lr: o.lr, min_lr: o.lr * 0.1, warmup: (o.steps / 10).max(1), total: o.steps };
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut at = order.len();
-    for step in 1..=o.steps {
+    let (first, mut order, mut at, first_step) = if o.resume {
+        let st = load_adapter_checkpoint(&checkpoint, &fingerprint(o), &p, &mut opt)?;
+        if st.order.len() != train.len() || st.at > st.order.len() || st.step >= o.steps {
+            return Err(FinetuneError::Options(format!(
+                "{}: the checkpoint (step {} of {}, {} training pairs) cannot continue this run ({} pairs)",
+                checkpoint.display(),
+                st.step,
+                o.steps,
+                st.order.len(),
+                train.len()
+            )));
+        }
+        rng = Rng::from_state(st.rng_state);
+        on_event(&PairEvent::Resumed { step: st.step });
+        // The step-0 statistics, from the metrics the earlier run wrote.
+        let text = std::fs::read_to_string(o.out_dir.join("metrics.jsonl")).unwrap_or_default();
+        let first = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["step"].as_u64() == Some(0))
+            .and_then(|v| eval_of(&v))
+            .unwrap_or(PrefEval { loss: st.first_eval, logp_accuracy: f64::NAN, ..PrefEval::default() });
+        (first, st.order, st.at, st.step + 1)
+    } else {
+        let first = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective);
+        on_event(&PairEvent::Eval { step: 0, eval: first });
+        log(eval_json(0, &first))?;
+        let order: Vec<usize> = (0..train.len()).collect();
+        let at = order.len();
+        (first, order, at, 1)
+    };
+    let state = |step: usize, order: &[usize], at: usize, opt: &Adam, rng: &Rng| SftState {
+        step,
+        order: order.to_vec(),
+        at,
+        adam_t: opt.t,
+        rng_state: rng.state(),
+        first_eval: first.loss,
+        fingerprint: fingerprint(o),
+    };
+    let mut last = first;
+    for step in first_step..=o.steps {
         if stop.load(Ordering::Relaxed) {
+            // Stopped (Ctrl-C): a checkpoint of the steps done, so that --resume continues.
+            save_adapter_checkpoint(&checkpoint, &p, &opt, &state(step - 1, &order, at, &opt, &rng))?;
+            on_event(&PairEvent::Checkpoint { dir: checkpoint.clone(), step: step - 1 });
             break;
         }
         let started = std::time::Instant::now();
@@ -531,6 +625,8 @@ pub fn train_pairs(
             log(eval_json(step, &last))?;
             let dir = save(o, &p, score.as_ref())?;
             on_event(&PairEvent::Saved { dir });
+            save_adapter_checkpoint(&checkpoint, &p, &opt, &state(step, &order, at, &opt, &rng))?;
+            on_event(&PairEvent::Checkpoint { dir: checkpoint.clone(), step });
         }
     }
     if stop.load(Ordering::Relaxed) {
@@ -546,6 +642,81 @@ mod tests {
 
     fn parse(line: &str) -> Result<Pair, String> {
         pair(&serde_json::from_str(line).unwrap())
+    }
+
+    fn tiny_run(out: &Path, objective: Objective) -> PairOptions {
+        let data = out.with_extension("jsonl");
+        let lines: Vec<String> = (0..6)
+            .map(|i| {
+                serde_json::json!({"prompt": format!("What is {i} plus {i}?"), "chosen": format!("#### {}", i + i),
+                    "rejected": format!("#### {}", i + i + 1)})
+                .to_string()
+            })
+            .collect();
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        PairOptions {
+            model: Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/testdata/tiny_hf/llama"),
+            data: data.clone(),
+            eval_data: data,
+            out_dir: out.to_path_buf(),
+            lora: LoraConfig { r: 2, alpha: 4.0, dropout: 0.1, rslora: false },
+            targets: vec!["all-linear".into()],
+            quantized_base: false,
+            objective,
+            lr: 1e-2,
+            steps: 6,
+            batch_pairs: 2,
+            max_len: 64,
+            eval_interval: 2,
+            eval_pairs: 0,
+            seed: 7,
+            resume: false,
+        }
+    }
+
+    /// Stopped after step 3 (as Ctrl-C would) and resumed, a reward-model run and a DPO run
+    /// repeat the uninterrupted run's losses bit for bit; other options are refused.
+    #[test]
+    fn a_stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
+        let root = std::env::temp_dir().join(format!("yuanli-pairs-resume-{}", std::process::id()));
+        let losses = |events: &[PairEvent]| -> Vec<u64> {
+            events.iter().filter_map(|e| if let PairEvent::Step { loss, .. } = e { Some(loss.to_bits()) } else { None }).collect()
+        };
+        for (name, objective) in [
+            ("rm", Objective::Reward { center: Some(0.01) }),
+            ("dpo", Objective::Dpo { kind: DpoKind::Sigmoid, beta: 0.5 }),
+        ] {
+            let mut ev = Vec::new();
+            let whole = tiny_run(&root.join(name).join("whole"), objective);
+            let (_, end) = train_pairs(&whole, &AtomicBool::new(false), &mut |e| ev.push(e.clone())).unwrap();
+            let want = losses(&ev);
+            assert_eq!(want.len(), 6, "{name}");
+            let part = tiny_run(&root.join(name).join("part"), objective);
+            let stop = AtomicBool::new(false);
+            let mut first = Vec::new();
+            train_pairs(&part, &stop, &mut |e| {
+                if matches!(e, PairEvent::Step { step: 3, .. }) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                first.push(e.clone())
+            })
+            .unwrap();
+            assert!(first.iter().any(|e| matches!(e, PairEvent::Checkpoint { step: 3, .. })), "{name}");
+            let mut second = Vec::new();
+            let (_, end1) = train_pairs(&PairOptions { resume: true, ..part.clone() }, &AtomicBool::new(false), &mut |e| {
+                second.push(e.clone())
+            })
+            .unwrap();
+            let mut got = losses(&first);
+            got.extend(losses(&second));
+            assert_eq!(got, want, "{name}: resumed vs uninterrupted losses");
+            assert_eq!(format!("{end1:?}"), format!("{end:?}"), "{name}: the final held-out statistics");
+            let other = PairOptions { lr: 5e-3, resume: true, ..part };
+            let err = train_pairs(&other, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
+            assert!(err.contains("other options") && err.contains("lr=0.005"), "{name}: {err}");
+        }
+        std::fs::remove_dir_all(&root).ok();
     }
 
     #[test]

@@ -319,8 +319,14 @@ fn read_f32s(path: &Path, n: usize) -> Result<Vec<f32>, FinetuneError> {
 }
 
 /// Writes `dir` atomically (`dir.tmp`, then renamed over the old one): a crash mid-write
-/// leaves the previous checkpoint whole.
-fn save_sft_checkpoint(dir: &Path, p: &Pretrained, opt: &Adam, state: &SftState) -> Result<(), FinetuneError> {
+/// leaves the previous checkpoint whole. The trainable arena (adapters, and a reward model's
+/// head), AdamW's moments and `state` — for `yuanli sft`, `rm` and `dpo` alike.
+pub(crate) fn save_adapter_checkpoint(
+    dir: &Path,
+    p: &Pretrained,
+    opt: &Adam,
+    state: &SftState,
+) -> Result<(), FinetuneError> {
     let err =
         |path: &Path, e: &dyn std::fmt::Display| FinetuneError::File { path: path.into(), message: e.to_string() };
     let tmp = dir.with_extension("tmp");
@@ -351,7 +357,7 @@ fn save_sft_checkpoint(dir: &Path, p: &Pretrained, opt: &Adam, state: &SftState)
 /// Drops the lines of `metrics.jsonl` past the checkpoint's step (a run that died after its
 /// last checkpoint logged steps the resumed run will log again). Best effort: a missing state
 /// is reported by the resume itself.
-fn trim_metrics(metrics: &Path, state: &Path) {
+pub(crate) fn trim_metrics(metrics: &Path, state: &Path) {
     let Some(step) = std::fs::read_to_string(state)
         .ok()
         .and_then(|t| serde_json::from_str::<SftState>(&t).ok())
@@ -370,8 +376,14 @@ fn trim_metrics(metrics: &Path, state: &Path) {
     let _ = std::fs::write(metrics, kept);
 }
 
-/// Reads a checkpoint into the attached adapters and the optimizer; returns its state.
-fn load_sft_checkpoint(dir: &Path, o: &SftOptions, p: &Pretrained, opt: &mut Adam) -> Result<SftState, FinetuneError> {
+/// Reads a checkpoint into the trainable parameters and the optimizer after checking it was
+/// made with the options of `fingerprint`; returns its state.
+pub(crate) fn load_adapter_checkpoint(
+    dir: &Path,
+    now: &str,
+    p: &Pretrained,
+    opt: &mut Adam,
+) -> Result<SftState, FinetuneError> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| FinetuneError::File {
         path: path.clone(),
@@ -379,7 +391,6 @@ fn load_sft_checkpoint(dir: &Path, o: &SftOptions, p: &Pretrained, opt: &mut Ada
     })?;
     let state: SftState = serde_json::from_str(&text)
         .map_err(|e| FinetuneError::File { path: path.clone(), message: format!("not a checkpoint state: {e}") })?;
-    let now = fingerprint(o);
     if state.fingerprint != now {
         return Err(FinetuneError::Options(format!(
             "{}: the checkpoint was made with other options:\n  checkpoint: {}\n  now:        {now}",
@@ -699,7 +710,7 @@ pub fn finetune(
         LrSchedule::WarmupCosine { max_lr: o.lr, min_lr: o.lr * 0.1, warmup: (o.steps / 10).max(1), total: o.steps };
     let checkpoint = o.out_dir.join("checkpoint");
     let (before, mut order, mut at, first) = if o.resume {
-        let st = load_sft_checkpoint(&checkpoint, o, &p, &mut opt)?;
+        let st = load_adapter_checkpoint(&checkpoint, &fingerprint(o), &p, &mut opt)?;
         if st.order.len() != train_ex.len() || st.at > st.order.len() {
             return Err(FinetuneError::Options(format!(
                 "{}: the checkpoint's data order does not fit {} training examples",
@@ -738,7 +749,7 @@ pub fn finetune(
     for step in first..=o.steps {
         if stop.load(Ordering::Relaxed) {
             // Stopped (Ctrl-C): a checkpoint of the steps done, so that --resume continues.
-            save_sft_checkpoint(&checkpoint, &p, &opt, &state(step - 1, &order, at, &opt, &rng))?;
+            save_adapter_checkpoint(&checkpoint, &p, &opt, &state(step - 1, &order, at, &opt, &rng))?;
             on_event(&SftEvent::Checkpoint { dir: checkpoint.clone(), step: step - 1 });
             break;
         }
@@ -765,7 +776,7 @@ pub fn finetune(
             last = eval_loss(&p.model, &eval_ex, o.batch_size);
             on_event(&SftEvent::Eval { step, loss: last });
             log(serde_json::json!({"step": step, "eval_loss": last}))?;
-            save_sft_checkpoint(&checkpoint, &p, &opt, &state(step, &order, at, &opt, &rng))?;
+            save_adapter_checkpoint(&checkpoint, &p, &opt, &state(step, &order, at, &opt, &rng))?;
             on_event(&SftEvent::Checkpoint { dir: checkpoint.clone(), step });
         }
     }
