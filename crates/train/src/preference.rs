@@ -681,7 +681,10 @@ mod tests {
     fn a_stopped_and_resumed_run_repeats_the_uninterrupted_losses() {
         let root = std::env::temp_dir().join(format!("yuanli-pairs-resume-{}", std::process::id()));
         let losses = |events: &[PairEvent]| -> Vec<u64> {
-            events.iter().filter_map(|e| if let PairEvent::Step { loss, .. } = e { Some(loss.to_bits()) } else { None }).collect()
+            events
+                .iter()
+                .filter_map(|e| if let PairEvent::Step { loss, .. } = e { Some(loss.to_bits()) } else { None })
+                .collect()
         };
         for (name, objective) in [
             ("rm", Objective::Reward { center: Some(0.01) }),
@@ -704,10 +707,11 @@ mod tests {
             .unwrap();
             assert!(first.iter().any(|e| matches!(e, PairEvent::Checkpoint { step: 3, .. })), "{name}");
             let mut second = Vec::new();
-            let (_, end1) = train_pairs(&PairOptions { resume: true, ..part.clone() }, &AtomicBool::new(false), &mut |e| {
-                second.push(e.clone())
-            })
-            .unwrap();
+            let (_, end1) =
+                train_pairs(&PairOptions { resume: true, ..part.clone() }, &AtomicBool::new(false), &mut |e| {
+                    second.push(e.clone())
+                })
+                .unwrap();
             let mut got = losses(&first);
             got.extend(losses(&second));
             assert_eq!(got, want, "{name}: resumed vs uninterrupted losses");
