@@ -14,20 +14,6 @@
 use yuanli_autograd::Var;
 use yuanli_tensor::Tensor;
 
-/// `log p(target)` at every position: `logits (…, V)`, `targets (…)` as u32 ids → `(…)`.
-/// `log_softmax` then a gather; its gradient `(onehot − softmax) · g` comes from the two ops.
-pub fn token_logps(logits: &Var, targets: &Tensor) -> Var {
-    let lead = logits.shape()[..logits.shape().len() - 1].to_vec();
-    let idx = targets.reshape(&[lead.iter().product::<usize>(), 1]);
-    let v = logits.shape()[logits.shape().len() - 1];
-    logits.reshape(&[idx.dim(0), v]).log_softmax().gather(-1, &idx).reshape(&lead)
-}
-
-/// `Σ_t x[b, t] · mask[b, t]` per row: `(B, T) → (B,)`.
-pub fn masked_sum(x: &Var, mask: &Tensor) -> Var {
-    x.mul(&Var::constant(mask.to_dtype(x.value().dtype()))).sum(&[1], false)
-}
-
 fn mean_of(t: &Tensor) -> f64 {
     let v = t.to_vec_f64();
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -223,15 +209,13 @@ pub enum GrpoAggregation {
     },
 }
 
-/// GRPO's settings (TRL's defaults: `ε = 0.2` both sides, `β = 0`, DAPO aggregation).
+/// GRPO's settings (TRL's defaults: `ε = 0.2` both sides, DAPO aggregation).
 #[derive(Clone, Copy, Debug)]
 pub struct GrpoConfig {
     /// Lower clip: the ratio is kept above `1 − eps_low` where the advantage is negative.
     pub eps_low: f64,
     /// Upper clip: the ratio is kept below `1 + eps_high` where the advantage is positive.
     pub eps_high: f64,
-    /// Weight of the k3 KL estimate to the reference (0: no reference needed).
-    pub beta: f64,
     /// How per-token losses become one.
     pub aggregation: GrpoAggregation,
 }
@@ -240,7 +224,7 @@ pub struct GrpoConfig {
 pub struct GrpoLoss {
     /// The aggregated loss.
     pub loss: Var,
-    /// Masked mean of the k3 KL estimate (0 with `β = 0`).
+    /// Masked mean of the k3 KL estimate (0 without a reference).
     pub kl: f64,
     /// Fraction of tokens clipped at `1 − ε_low` with a negative advantage.
     pub clip_low: f64,
@@ -253,11 +237,12 @@ pub struct GrpoLoss {
 /// `k3_t = e^{ref_t − logp_t} − (ref_t − logp_t) − 1 ≥ 0` is an unbiased, always positive
 /// estimate of `KL(π‖π_ref)` from the sampled token alone. `old = None` means the samples
 /// came from the current policy (one optimisation step per generation): `ρ = 1` in value
-/// but its gradient is `∇ log π`, the policy gradient.
+/// but its gradient is `∇ log π`, the policy gradient. `kl`: `β` and the reference's
+/// log-probabilities `(B, T)`; `None` is TRL's default `β = 0` (no reference needed).
 pub fn grpo_loss(
     logps: &Var,
     old: Option<&Tensor>,
-    reference: Option<&Tensor>,
+    kl: Option<(f64, &Tensor)>,
     advantages: &[f64],
     mask: &Tensor,
     cfg: GrpoConfig,
@@ -273,13 +258,12 @@ pub fn grpo_loss(
     let mut per_token = unclipped.minimum(&clipped).neg();
     let m = mask.to_dtype(dt);
     let count = m.to_vec_f64().iter().sum::<f64>();
-    let mut kl = 0.0;
-    if cfg.beta != 0.0 {
-        let r = reference.expect("grpo_loss: beta ≠ 0 needs the reference log-probabilities");
-        let d = Var::constant(r.to_dtype(dt)).sub(logps); // ref − logp
+    let mut mean_kl = 0.0;
+    if let Some((beta, reference)) = kl {
+        let d = Var::constant(reference.to_dtype(dt)).sub(logps); // ref − logp
         let k3 = d.exp().sub(&d).add_scalar(-1.0);
-        kl = k3.value().mul(&m).to_vec_f64().iter().sum::<f64>() / count.max(1.0);
-        per_token = per_token.add(&k3.scale(cfg.beta));
+        mean_kl = k3.value().mul(&m).to_vec_f64().iter().sum::<f64>() / count.max(1.0);
+        per_token = per_token.add(&k3.scale(beta));
     }
     let masked = per_token.mul(&Var::constant(m.clone()));
     let loss = match cfg.aggregation {
@@ -297,7 +281,7 @@ pub fn grpo_loss(
     let pos = adv.gt(&Tensor::zeros(&[], dt)).broadcast_as(&[b, t]);
     let clip_low = frac(r.lt(&Tensor::full(1.0 - cfg.eps_low, &[], dt)).mul(&neg));
     let clip_high = frac(r.gt(&Tensor::full(1.0 + cfg.eps_high, &[], dt)).mul(&pos));
-    GrpoLoss { loss, kl, clip_low, clip_high }
+    GrpoLoss { loss, kl: mean_kl, clip_low, clip_high }
 }
 
 // ------------------------------------------------------------------ distillation

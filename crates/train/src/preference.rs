@@ -30,8 +30,8 @@ use crate::align::{dpo_loss, reward_loss, DpoKind, PairLogps};
 use crate::optim::Adam;
 use crate::schedule::LrSchedule;
 use crate::sft::{
-    batch, formatter, load_adapter_checkpoint, load_for_lora, read_jsonl, replace_dir, save_adapter_checkpoint,
-    trim_metrics, Example, FinetuneError, SftError, SftState, IGNORE, ROLES,
+    batch, formatter, load_adapter_checkpoint, load_for_lora, next_batch, read_jsonl, replace_dir,
+    save_adapter_checkpoint, Example, FinetuneError, MetricsLog, SftError, SftState, IGNORE, ROLES,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,15 +296,24 @@ fn pair_loss(
     beta: f64,
 ) -> (crate::align::DpoLoss, Tensor) {
     let p = pairs.len();
-    if pairs.iter().any(|r| r.reference.get().is_none()) {
-        let _g = no_grad();
-        let v = sequence_logps(model, pairs, Pass::Base).0.value().to_vec_f64();
+    // The policy in `Pass::Base` is the reference itself (evaluating the starting model): one
+    // pass serves as both.
+    let base = matches!(pass, Pass::Base);
+    let mut policy = None;
+    if pairs.iter().any(|r| r.reference.get().is_none()) || base {
+        let _g = (!base).then(no_grad);
+        let (logps, lens) = sequence_logps(model, pairs, Pass::Base);
+        let v = logps.value().to_vec_f64();
         for (i, r) in pairs.iter().enumerate() {
             r.reference.set(Some((v[i], v[p + i])));
         }
+        policy = base.then_some((logps, lens));
     }
     let refs: Vec<(f64, f64)> = pairs.iter().filter_map(|r| r.reference.get()).collect();
-    let (logps, lens) = sequence_logps(model, pairs, pass);
+    let (logps, lens) = match policy {
+        Some(l) => l,
+        None => sequence_logps(model, pairs, pass),
+    };
     let dt = logps.value().dtype();
     let reference =
         Tensor::new(refs.iter().map(|r| r.0).chain(refs.iter().map(|r| r.1)).collect::<Vec<f64>>(), &[2 * p])
@@ -390,13 +399,23 @@ fn batch_loss(
 }
 
 /// Held-out statistics over `pairs`, `batch` pairs at a time, without gradients.
-fn evaluate(model: &Llama, score: Option<&Var>, pairs: &[Rendered], batch: usize, objective: Objective) -> PrefEval {
+/// `start`: the adapter has not been trained yet (its `B` is zero), so the policy is the base
+/// and DPO's two passes are one.
+fn evaluate(
+    model: &Llama,
+    score: Option<&Var>,
+    pairs: &[Rendered],
+    batch: usize,
+    objective: Objective,
+    start: bool,
+) -> PrefEval {
     let _g = no_grad();
     let mut sum = PrefEval::default();
     for chunk in pairs.chunks(batch.max(1)) {
         let refs: Vec<&Rendered> = chunk.iter().collect();
         let k = refs.len() as f64;
-        let out = batch_loss(model, score, &refs, Pass::Eval, objective);
+        let pass = if start { Pass::Base } else { Pass::Eval };
+        let out = batch_loss(model, score, &refs, pass, objective);
         sum.loss += out.loss.value().item() * k;
         sum.logp_accuracy += match &out.logps {
             Some(l) => {
@@ -516,24 +535,9 @@ pub fn train_pairs(
         )));
     }
     on_event(&PairEvent::Data { train: train.len(), eval: eval.len(), skipped, trainable: p.store.num_trainable() });
-    std::fs::create_dir_all(&o.out_dir)
-        .map_err(|e| FinetuneError::File { path: o.out_dir.clone(), message: e.to_string() })?;
-    let metrics_path = o.out_dir.join("metrics.jsonl");
     let checkpoint = o.out_dir.join("checkpoint");
-    if o.resume {
-        trim_metrics(&metrics_path, &checkpoint.join("state.json"));
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(o.resume)
-        .truncate(!o.resume)
-        .open(&metrics_path)
-        .map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })?;
-    let mut log = |v: serde_json::Value| -> Result<(), FinetuneError> {
-        use std::io::Write;
-        writeln!(metrics, "{v}").map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })
-    };
+    let mut metrics = MetricsLog::open(&o.out_dir, o.resume)?;
+    let mut log = |v: serde_json::Value| metrics.log(&v);
     let eval_json = |step: usize, e: &PrefEval| {
         let mut v = serde_json::json!({"step": step, "eval_loss": e.loss, "eval_reward_accuracy": e.reward_accuracy,
             "eval_margin": e.margin});
@@ -569,7 +573,7 @@ pub fn train_pairs(
             .unwrap_or(PrefEval { loss: st.first_eval, logp_accuracy: f64::NAN, ..PrefEval::default() });
         (first, st.order, st.at, st.step + 1)
     } else {
-        let first = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective);
+        let first = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective, true);
         on_event(&PairEvent::Eval { step: 0, eval: first });
         log(eval_json(0, &first))?;
         let order: Vec<usize> = (0..train.len()).collect();
@@ -594,15 +598,8 @@ pub fn train_pairs(
             break;
         }
         let started = std::time::Instant::now();
-        let mut picked = Vec::with_capacity(o.batch_pairs);
-        while picked.len() < o.batch_pairs {
-            if at == order.len() {
-                rng.shuffle(&mut order);
-                at = 0;
-            }
-            picked.push(&train[order[at]]);
-            at += 1;
-        }
+        let picked: Vec<&Rendered> =
+            next_batch(&mut order, &mut at, o.batch_pairs, &mut rng).into_iter().map(|i| &train[i]).collect();
         let tokens: usize = picked.iter().map(|r| r.chosen.ids.len() + r.rejected.ids.len()).sum();
         let lr = schedule.lr(step - 1);
         p.store.zero_grad();
@@ -620,7 +617,7 @@ pub fn train_pairs(
             "reward_chosen": out.reward_chosen, "reward_rejected": out.reward_rejected, "lr": lr,
             "tokens_per_sec": tokens_per_sec}))?;
         if step % o.eval_interval.max(1) == 0 || step == o.steps {
-            last = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective);
+            last = evaluate(&p.model, score.as_ref(), &eval, o.batch_pairs, o.objective, false);
             on_event(&PairEvent::Eval { step, eval: last });
             log(eval_json(step, &last))?;
             let dir = save(o, &p, score.as_ref())?;

@@ -354,10 +354,58 @@ pub(crate) fn save_adapter_checkpoint(
     Ok(())
 }
 
+/// `out_dir/metrics.jsonl`, one JSON object per line: created afresh, or — resuming — cut back
+/// to the checkpoint's step and appended to.
+pub(crate) struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Creates `out_dir` if needed and opens its `metrics.jsonl`.
+    pub(crate) fn open(out_dir: &Path, resume: bool) -> Result<MetricsLog, FinetuneError> {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| FinetuneError::File { path: out_dir.to_path_buf(), message: e.to_string() })?;
+        let path = out_dir.join("metrics.jsonl");
+        if resume {
+            trim_metrics(&path, &out_dir.join("checkpoint").join("state.json"));
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resume)
+            .truncate(!resume)
+            .open(&path)
+            .map_err(|e| FinetuneError::File { path: path.clone(), message: e.to_string() })?;
+        Ok(MetricsLog { file, path })
+    }
+
+    /// Appends one line.
+    pub(crate) fn log(&mut self, v: &serde_json::Value) -> Result<(), FinetuneError> {
+        use std::io::Write;
+        writeln!(self.file, "{v}").map_err(|e| FinetuneError::File { path: self.path.clone(), message: e.to_string() })
+    }
+}
+
+/// The next `n` example indices from a shuffled `order` at position `at`, reshuffled (from
+/// `rng`) each time it is used up: epochs in a fresh random order, the state a checkpoint keeps.
+pub(crate) fn next_batch(order: &mut [usize], at: &mut usize, n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut picked = Vec::with_capacity(n);
+    while picked.len() < n && !order.is_empty() {
+        if *at == order.len() {
+            rng.shuffle(order);
+            *at = 0;
+        }
+        picked.push(order[*at]);
+        *at += 1;
+    }
+    picked
+}
+
 /// Drops the lines of `metrics.jsonl` past the checkpoint's step (a run that died after its
 /// last checkpoint logged steps the resumed run will log again). Best effort: a missing state
 /// is reported by the resume itself.
-pub(crate) fn trim_metrics(metrics: &Path, state: &Path) {
+fn trim_metrics(metrics: &Path, state: &Path) {
     let Some(step) = std::fs::read_to_string(state)
         .ok()
         .and_then(|t| serde_json::from_str::<SftState>(&t).ok())
@@ -688,23 +736,8 @@ pub fn finetune(
         truncated,
         trainable: p.store.num_trainable(),
     });
-    std::fs::create_dir_all(&o.out_dir)
-        .map_err(|e| FinetuneError::File { path: o.out_dir.clone(), message: e.to_string() })?;
-    let metrics_path = o.out_dir.join("metrics.jsonl");
-    if o.resume {
-        trim_metrics(&metrics_path, &o.out_dir.join("checkpoint").join("state.json"));
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(o.resume)
-        .truncate(!o.resume)
-        .open(&metrics_path)
-        .map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })?;
-    let mut log = |v: serde_json::Value| -> Result<(), FinetuneError> {
-        use std::io::Write;
-        writeln!(metrics, "{v}").map_err(|e| FinetuneError::File { path: metrics_path.clone(), message: e.to_string() })
-    };
+    let mut metrics = MetricsLog::open(&o.out_dir, o.resume)?;
+    let mut log = |v: serde_json::Value| metrics.log(&v);
     let mut opt = Adam::adamw(0.9, 0.999, 1e-8, 0.0);
     let schedule =
         LrSchedule::WarmupCosine { max_lr: o.lr, min_lr: o.lr * 0.1, warmup: (o.steps / 10).max(1), total: o.steps };
@@ -754,15 +787,8 @@ pub fn finetune(
             break;
         }
         let started = std::time::Instant::now();
-        let mut picked = Vec::with_capacity(o.batch_size);
-        while picked.len() < o.batch_size {
-            if at == order.len() {
-                rng.shuffle(&mut order);
-                at = 0;
-            }
-            picked.push(&train_ex[order[at]]);
-            at += 1;
-        }
+        let picked: Vec<&Example> =
+            next_batch(&mut order, &mut at, o.batch_size, &mut rng).into_iter().map(|i| &train_ex[i]).collect();
         let (x, y, tokens) = batch(&picked);
         let lr = schedule.lr(step - 1);
         let value = train_step(&p, &mut opt, &x, &y, lr, &mut rng);
