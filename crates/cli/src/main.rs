@@ -2,7 +2,9 @@
 //! calls into the library crates; nothing else in the workspace knows about clap or anyhow.
 
 mod bench;
+mod config_args;
 mod gpt_cmd;
+mod grpo_cmd;
 mod lesson_cmd;
 mod llm_cmd;
 mod pref_cmd;
@@ -26,6 +28,7 @@ use std::process::ExitCode;
     version,
     about,
     long_about = None,
+    args_override_self = true,
     after_help = "Start here:\n  yuanli quickstart            train a small GPT on Shakespeare in ~5 minutes, then sample\n  yuanli chat --model M.gguf   talk to a real model (tools/fetch_models.sh gets SmolLM2-135M)\n  yuanli lesson list           the runnable lessons of the book (docs/book, English and 中文)\n  yuanli bench matmul          this machine's matmul speed (bench/run_engine.sh compares numpy)\n\nEvery subcommand has its own --help, e.g. `yuanli train --help`."
 )]
 struct Cli {
@@ -64,6 +67,8 @@ enum Command {
     Dpo(pref_cmd::DpoArgs),
     /// Train a reward model (Bradley–Terry) on preference pairs: a LoRA adapter and a scalar head.
     Rm(pref_cmd::RmArgs),
+    /// Reinforce answers a checker can verify by GRPO: G completions per problem, each scored against its group, on a LoRA adapter.
+    Grpo(grpo_cmd::GrpoArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -96,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(args) => yuanli_tensor::run_in_pool(|| sft_cmd::run(&args)),
         Command::Dpo(args) => yuanli_tensor::run_in_pool(|| pref_cmd::dpo(&args)),
         Command::Rm(args) => yuanli_tensor::run_in_pool(|| pref_cmd::rm(&args)),
+        Command::Grpo(args) => yuanli_tensor::run_in_pool(|| grpo_cmd::run(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),
@@ -105,7 +111,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match config_args::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -14,6 +14,11 @@ use yuanli_train::preference::{train_pairs, Objective, PairEvent, PairOptions};
 /// What both commands read and write.
 #[derive(Args, Debug)]
 pub(crate) struct PairArgs {
+    /// Read flags from a TOML file whose keys are this command's long flags (`lr = 1e-4`,
+    /// `targets = ["q_proj", "v_proj"]`, `rslora = true`); flags given here override it. See
+    /// configs/ for the recipes of the book.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
     /// The base model: a .gguf file or a Hugging Face directory (it needs a chat template).
     #[arg(long)]
     model: PathBuf,

@@ -140,6 +140,10 @@ pub struct Request<'a> {
 /// stop that request. Each request's result equals what [`generate`] gives it alone (up to
 /// the float rounding of a batched matrix product; greedy tokens agree).
 ///
+/// Requests with the same prompt (several samples of one question, as GRPO draws them) share
+/// it: the prompt is prefilled once and its sequence forked, the copies sharing its cached
+/// keys and values until each writes its own tokens.
+///
 /// A sequence that reaches the model's context stops there (no sliding window here).
 pub fn generate_batch(
     model: &dyn CausalLm,
@@ -175,20 +179,38 @@ pub fn generate_batch(
     let mut batch = Batch::new();
     let mut logits = Vec::new();
     let mut order: Vec<usize> = Vec::with_capacity(requests.len());
-    for (l, r) in live.iter().zip(requests) {
+    // `leader[i]`: the first live request with request i's prompt, which prefills it.
+    let mut leader: Vec<usize> = (0..requests.len()).collect();
+    let mut first_with: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    for (i, (l, r)) in live.iter().zip(requests).enumerate() {
         if !l.done {
-            batch.add_seq(l.seq, 0, r.prompt, Logits::Last);
+            leader[i] = *first_with.entry(r.prompt).or_insert(i);
+            if leader[i] == i {
+                batch.add_seq(l.seq, 0, r.prompt, Logits::Last);
+            }
         }
     }
     order.extend((0..requests.len()).filter(|&i| !live[i].done));
+    // The logits row of each request in `order` after the prefill: its leader's.
+    let mut row_of = vec![0; requests.len()];
+    for (row, &i) in order.iter().filter(|&&i| leader[i] == i).enumerate() {
+        row_of[i] = row;
+    }
+    let mut rows: Vec<usize> = order.iter().map(|&i| row_of[leader[i]]).collect();
     let start = Instant::now();
     let mut first = true;
     while !order.is_empty() {
         model.forward_batch(&mut session, &batch, &mut logits)?;
+        if first {
+            for &i in order.iter().filter(|&&i| leader[i] != i) {
+                session.remove(live[i].seq)?;
+                live[i].seq = session.fork(live[leader[i]].seq)?;
+            }
+        }
         let now = start.elapsed().as_secs_f64();
         batch.clear();
         let mut next_order = Vec::with_capacity(order.len());
-        for (row, &i) in order.iter().enumerate() {
+        for (&row, &i) in rows.iter().zip(order.iter()) {
             let l = &mut live[i];
             let r = &requests[i];
             let tok = l.sampler.pick(&logits[row * vocab..(row + 1) * vocab], vocab, r.params, &l.ids, &mut l.rng);
@@ -209,6 +231,7 @@ pub fn generate_batch(
         }
         first = false;
         order = next_order;
+        rows = (0..order.len()).collect();
     }
     Ok(out)
 }
@@ -275,12 +298,14 @@ mod tests {
     #[test]
     fn a_batch_of_requests_equals_each_request_alone() {
         let m = tiny();
-        let prompts: [&[u32]; 3] = [&[1, 2, 3], &[7], &[4, 4, 9, 11, 2]];
+        // The first prompt three times (three samples of one question, sharing its prefill:
+        // one of them stops after its first token, right after the fork).
+        let prompts: [&[u32]; 5] = [&[1, 2, 3], &[7], &[4, 4, 9, 11, 2], &[1, 2, 3], &[1, 2, 3]];
         let params = SamplingParams { temperature: 0.8, top_k: 8, ..Default::default() };
         let reqs: Vec<Request<'_>> = prompts
             .iter()
             .enumerate()
-            .map(|(i, p)| Request { prompt: p, max_tokens: 2 + i, params, seed: 10 + i as u64 })
+            .map(|(i, p)| Request { prompt: p, max_tokens: [2, 3, 4, 1, 5][i], params, seed: 10 + i as u64 })
             .collect();
         let batched = generate_batch(&m, &reqs, &mut |_, _| ControlFlow::Continue(())).unwrap();
         for (r, g) in reqs.iter().zip(&batched) {

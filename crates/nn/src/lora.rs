@@ -117,27 +117,22 @@ impl Lora {
         x.linear(&self.a, None).linear(&self.b, None).scale(opts.scale)
     }
 
-    /// Inference: `out += s · x·Aᵀ·Bᵀ` for `t` rows of `x (t, in)` into `out (t, out)`, in f32,
-    /// without allocating (the rank is taken 64 at a time).
+    /// Inference: `out += s · x·Aᵀ·Bᵀ` for `t` rows of `x (t, in)` into `out (t, out)`, in f32:
+    /// two small matrix products, `u (t, r) = x·Aᵀ` and then `out += s·u·Bᵀ` (single-threaded:
+    /// the rank is small and the engine calls this between its parallel products).
     pub fn add_to(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        use yuanli_tensor::cpu::{gemm_into, MatRef};
         let (av, bv) = (self.a.value().contiguous(), self.b.value().contiguous());
         let (r, d_in, d_out) = (av.dim(0), av.dim(1), bv.dim(0));
-        let s = self.scale as f32;
+        let mut u = vec![0f32; t * r];
         av.with_slice(|a: &[f32]| {
-            bv.with_slice(|b: &[f32]| {
-                let mut u = [0f32; 64];
-                for (xr, yr) in x[..t * d_in].chunks_exact(d_in).zip(out[..t * d_out].chunks_exact_mut(d_out)) {
-                    for k0 in (0..r).step_by(64) {
-                        let k1 = (k0 + 64).min(r);
-                        for (uk, ak) in u.iter_mut().zip(a[k0 * d_in..k1 * d_in].chunks_exact(d_in)) {
-                            *uk = s * xr.iter().zip(ak).map(|(p, q)| p * q).sum::<f32>();
-                        }
-                        for (y, bo) in yr.iter_mut().zip(b.chunks_exact(r)) {
-                            *y += u[..k1 - k0].iter().zip(&bo[k0..k1]).map(|(p, q)| p * q).sum::<f32>();
-                        }
-                    }
-                }
-            })
+            let xm = MatRef { off: 0, rs: d_in, cs: 1 };
+            gemm_into(t, d_in, r, &mut u, r, false, &x[..t * d_in], xm, a, MatRef { off: 0, rs: 1, cs: d_in }, 1.0, 1);
+        });
+        bv.with_slice(|b: &[f32]| {
+            let um = MatRef { off: 0, rs: r, cs: 1 };
+            let bm = MatRef { off: 0, rs: 1, cs: r };
+            gemm_into(t, r, d_out, &mut out[..t * d_out], d_out, true, &u, um, b, bm, self.scale as f32, 1);
         });
     }
 }

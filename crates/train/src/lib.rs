@@ -8,6 +8,7 @@
 //! the alignment losses (reward model, DPO, GRPO, PPO, distillation) as TRL computes them.
 
 pub mod align;
+pub mod grpo;
 pub mod optim;
 pub mod plot;
 pub mod preference;

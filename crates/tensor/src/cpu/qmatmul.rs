@@ -1065,8 +1065,15 @@ pub fn qmatmul_with(
                 while p0 < r1 {
                     let p1 = (p0 + PANEL_ROWS).min(r1);
                     let n = p1 - p0;
-                    buf.resize(n * cols, 0.0);
-                    dequantize_row(ty, &w[p0 * rb..p1 * rb], &mut buf[..n * cols]);
+                    // f32 weights (a parameter arena, an F32 tensor) are read in place.
+                    let panel = match as_f32(ty, &w[p0 * rb..p1 * rb]) {
+                        Some(f) => f,
+                        None => {
+                            buf.resize(n * cols, 0.0);
+                            dequantize_row(ty, &w[p0 * rb..p1 * rb], &mut buf[..n * cols]);
+                            &buf[..n * cols]
+                        }
+                    };
                     // SAFETY: thread i writes only columns [r0, r1) of y (rows·t values, row
                     // stride `rows`), a region no other thread touches.
                     let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(p0), (t - 1) * rows + n) };
@@ -1079,7 +1086,7 @@ pub fn qmatmul_with(
                         false,
                         x,
                         super::MatRef { off: 0, rs: cols, cs: 1 },
-                        &buf[..n * cols],
+                        panel,
                         super::MatRef { off: 0, rs: 1, cs: cols },
                         1.0f32,
                         1,
