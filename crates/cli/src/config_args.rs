@@ -11,6 +11,14 @@ use std::path::Path;
 /// The commands whose flags a config file may hold (`train` has its own config format).
 const COMMANDS: [&str; 4] = ["sft", "rm", "dpo", "grpo"];
 
+/// The command a recipe in `configs/` is for, from its name (`grpo-arith.toml` → `grpo`);
+/// `None` for the pretraining configs (`baby.toml`, read by `yuanli train --config`).
+#[cfg(test)]
+pub(crate) fn recipe_command(path: &Path) -> Option<&'static str> {
+    let stem = path.file_stem()?.to_str()?;
+    COMMANDS.iter().copied().find(|c| stem.strip_prefix(c).is_some_and(|rest| rest.starts_with('-')))
+}
+
 /// `args` with the flags of a `--config FILE` inserted right after the subcommand (the
 /// `--config` itself stays, for clap to accept and ignore).
 pub(crate) fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
@@ -108,5 +116,25 @@ mod tests {
         let err = expand(os(&["yuanli", "sft", "--config", cfg])).unwrap_err().to_string();
         assert!(err.contains("`lr` must be"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Every recipe in configs/ is accepted by its command's parser, as `yuanli CMD --config
+    /// FILE` would read it.
+    #[test]
+    fn every_recipe_in_configs_parses() {
+        use clap::Parser;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(cmd) = recipe_command(&path) else { continue };
+            let args = expand(os(&["yuanli", cmd, "--config", path.to_str().unwrap()])).unwrap();
+            if let Err(e) = crate::Cli::try_parse_from(args) {
+                panic!("{}: {e}", path.display());
+            }
+            seen.push(cmd);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, ["dpo", "grpo", "rm", "sft"], "a recipe for each command in {}", dir.display());
     }
 }
