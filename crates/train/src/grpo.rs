@@ -31,10 +31,11 @@
 
 use crate::align::{group_advantages, grpo_loss, GrpoAggregation, GrpoConfig, RewardScale};
 use crate::optim::Adam;
+use crate::preference::prompt_of;
 use crate::schedule::LrSchedule;
 use crate::sft::{
     batch, formatter, load_adapter_checkpoint, load_for_lora, next_batch, read_jsonl, replace_dir,
-    save_adapter_checkpoint, Example, FinetuneError, Formatter, MetricsLog, SftError, SftState, IGNORE, ROLES,
+    save_adapter_checkpoint, Example, FinetuneError, Formatter, MetricsLog, SftError, SftState, IGNORE,
 };
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -62,30 +63,7 @@ pub fn read_problems(path: &Path) -> Result<Vec<Problem>, SftError> {
 }
 
 fn problem(v: &serde_json::Value) -> Result<Problem, String> {
-    let prompt = match v.get("prompt") {
-        Some(serde_json::Value::String(s)) => vec![Message::new("user", s)],
-        Some(serde_json::Value::Array(arr)) => {
-            let mut msgs = Vec::with_capacity(arr.len());
-            for (j, m) in arr.iter().enumerate() {
-                let field = |k: &str| {
-                    m.get(k)
-                        .and_then(|x| x.as_str())
-                        .ok_or(format!("prompt message {j}: \"{k}\" is missing or not a string"))
-                };
-                let role = field("role")?;
-                if !ROLES.contains(&role) {
-                    return Err(format!("prompt message {j}: unknown role {role:?} (roles are {})", ROLES.join(", ")));
-                }
-                msgs.push(Message::new(role, field("content")?));
-            }
-            if msgs.is_empty() {
-                return Err("\"prompt\" is an empty conversation".into());
-            }
-            msgs
-        }
-        Some(_) => return Err("\"prompt\" is neither a string nor a list of messages".into()),
-        None => return Err("a problem needs \"prompt\" and \"answer\"".into()),
-    };
+    let prompt = prompt_of(v, "\"prompt\" and \"answer\"")?;
     let answer = match v.get("answer") {
         Some(serde_json::Value::String(s)) => s.trim().to_string(),
         Some(serde_json::Value::Number(n)) => n.to_string(),

@@ -59,8 +59,11 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>, SftError> {
     read_jsonl(path, "preference pairs", pair)
 }
 
-fn pair(v: &serde_json::Value) -> Result<Pair, String> {
-    let prompt = match v.get("prompt") {
+/// The `prompt` of a JSONL record: a string (one user turn) or a list of messages; `needs`
+/// names the record's fields for the error when it is missing. Shared by preference pairs
+/// and GRPO's problems.
+pub(crate) fn prompt_of(v: &serde_json::Value, needs: &str) -> Result<Vec<Message>, String> {
+    Ok(match v.get("prompt") {
         Some(serde_json::Value::String(s)) => vec![Message::new("user", s)],
         Some(serde_json::Value::Array(arr)) => {
             let mut msgs = Vec::with_capacity(arr.len());
@@ -82,8 +85,12 @@ fn pair(v: &serde_json::Value) -> Result<Pair, String> {
             msgs
         }
         Some(_) => return Err("\"prompt\" is neither a string nor a list of messages".into()),
-        None => return Err("a preference pair needs \"prompt\", \"chosen\" and \"rejected\"".into()),
-    };
+        None => return Err(format!("\"prompt\" is missing (a record needs {needs})")),
+    })
+}
+
+fn pair(v: &serde_json::Value) -> Result<Pair, String> {
+    let prompt = prompt_of(v, "\"prompt\", \"chosen\" and \"rejected\"")?;
     let answer = |k: &str| -> Result<String, String> {
         match v.get(k) {
             Some(serde_json::Value::String(s)) => Ok(s.clone()),
