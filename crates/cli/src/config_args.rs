@@ -1,5 +1,5 @@
 //! `--config FILE.toml` for the fine-tuning and alignment commands (`sft`, `rm`, `dpo`,
-//! `grpo`): the file's keys are the command's long flags (`lr = 1e-4`, `targets = ["q_proj",
+//! `grpo`, `ppo`, `distill`): the file's keys are the command's long flags (`lr = 1e-4`, `targets = ["q_proj",
 //! "v_proj"]`, `rslora = true`), turned into flags placed before the command line's own, which
 //! therefore override them. One place for a run's recipe (`configs/*.toml`), no second schema
 //! to keep in step with the flags: clap checks every key as it checks a flag.
@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// The commands whose flags a config file may hold (`train` has its own config format).
-const COMMANDS: [&str; 4] = ["sft", "rm", "dpo", "grpo"];
+const COMMANDS: [&str; 6] = ["sft", "rm", "dpo", "grpo", "ppo", "distill"];
 
 /// The command a recipe in `configs/` is for, from its name (`grpo-arith.toml` → `grpo`);
 /// `None` for the pretraining configs (`baby.toml`, read by `yuanli train --config`).
@@ -135,6 +135,11 @@ mod tests {
             seen.push(cmd);
         }
         seen.sort_unstable();
-        assert_eq!(seen, ["dpo", "grpo", "rm", "sft"], "a recipe for each command in {}", dir.display());
+        assert_eq!(
+            seen,
+            ["distill", "dpo", "grpo", "ppo", "rm", "sft"],
+            "a recipe for each command in {}",
+            dir.display()
+        );
     }
 }

@@ -3,10 +3,12 @@
 
 mod bench;
 mod config_args;
+mod distill_cmd;
 mod gpt_cmd;
 mod grpo_cmd;
 mod lesson_cmd;
 mod llm_cmd;
+mod ppo_cmd;
 mod pref_cmd;
 mod quantize_cmd;
 mod serve_cmd;
@@ -69,6 +71,10 @@ enum Command {
     Rm(pref_cmd::RmArgs),
     /// Reinforce answers a checker can verify by GRPO: G completions per problem, each scored against its group, on a LoRA adapter.
     Grpo(grpo_cmd::GrpoArgs),
+    /// Train a small random LLaMA on a teacher's next-token distributions (forward KL or GKD's JSD), or on the data alone for comparison.
+    Distill(distill_cmd::DistillArgs),
+    /// RLHF by PPO: a LoRA policy with a value head, scored by a `yuanli rm` reward model, with a per-token KL penalty to the base.
+    Ppo(ppo_cmd::PpoArgs),
     /// Write a checkpoint in another layout (`--format hf`: Hugging Face GPT-2).
     Export(gpt_cmd::ExportArgs),
     /// Read a model in another layout into a yuanli checkpoint (`--format hf`).
@@ -102,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Dpo(args) => yuanli_tensor::run_in_pool(|| pref_cmd::dpo(&args)),
         Command::Rm(args) => yuanli_tensor::run_in_pool(|| pref_cmd::rm(&args)),
         Command::Grpo(args) => yuanli_tensor::run_in_pool(|| grpo_cmd::run(&args)),
+        Command::Distill(args) => yuanli_tensor::run_in_pool(|| distill_cmd::run(&args)),
+        Command::Ppo(args) => yuanli_tensor::run_in_pool(|| ppo_cmd::run(&args)),
         Command::Export(args) => gpt_cmd::export(&args),
         Command::Import(args) => gpt_cmd::import(&args),
         Command::Quickstart(args) => yuanli_tensor::run_in_pool(|| gpt_cmd::quickstart(&args)),

@@ -519,7 +519,14 @@ impl Llama {
             return Var::constant(Tensor::zeros(&[0], h.value().dtype()));
         }
         let picked = h.reshape(&[idx.numel(), c]).embedding(&Tensor::new(rows, &[n])); // (n, C)
-        self.head().token_logps(&picked, &Tensor::new(ys, &[n]))
+        self.head_logps(&picked, &Tensor::new(ys, &[n]))
+    }
+
+    /// `log softmax(h W_headᵀ)[target]` for hidden states `h (n, C)` picked from
+    /// [`Llama::hidden`] and `targets (n,)`, fused ([`Weight::token_logps`]): for a caller
+    /// that reads other things off the same hidden states (PPO's value head).
+    pub fn head_logps(&self, h: &Var, targets: &Tensor) -> Var {
+        self.head().token_logps(h, targets)
     }
 
     /// The final normalised hidden states `(B, T, C)` under autograd (everything before the

@@ -366,7 +366,7 @@ pub struct StepStats {
 }
 
 /// The prompt's token ids with the generation prompt (the assistant's turn opened).
-fn prompt_ids(f: &Formatter<'_>, msgs: &[Message]) -> Result<Vec<u32>, SftError> {
+pub(crate) fn prompt_ids(f: &Formatter<'_>, msgs: &[Message]) -> Result<Vec<u32>, SftError> {
     let text = f.template.render(msgs, true).map_err(SftError::Template)?;
     let ids = f
         .tokenizer
@@ -388,7 +388,7 @@ struct Ready {
 
 /// Samples (or, at temperature 0, decodes greedily) one completion per request; each stops at
 /// an end-of-generation token (kept as its last token) or after `max_new` tokens.
-fn complete(
+pub(crate) fn complete(
     p: &Pretrained,
     prompts: &[&[u32]],
     params: SamplingParams,
@@ -413,7 +413,7 @@ fn complete(
 }
 
 /// The text of a completion (its end-of-generation token dropped).
-fn text_of(p: &Pretrained, tokens: &[u32]) -> String {
+pub(crate) fn text_of(p: &Pretrained, tokens: &[u32]) -> String {
     let body = match tokens.last() {
         Some(t) if p.eos.contains(t) => &tokens[..tokens.len() - 1],
         _ => tokens,
@@ -491,15 +491,26 @@ fn spread(tok: &Var, targets: &Tensor) -> Var {
     s.matmul(&tok.reshape(&[n, 1])).reshape(&[b, t])
 }
 
-/// Writes the adapter atomically to `out_dir/adapter` (PEFT's format).
-fn save(o: &GrpoOptions, p: &Pretrained) -> Result<PathBuf, FinetuneError> {
-    let dir = o.out_dir.join("adapter");
+/// Writes the adapter of `p` atomically to `out_dir/adapter` (PEFT's format), its config naming
+/// `base`: the result of GRPO and PPO (whose value head stays in the checkpoint).
+pub(crate) fn save_lora(
+    out_dir: &Path,
+    p: &Pretrained,
+    lora: &LoraConfig,
+    targets: &[String],
+    base: &Path,
+) -> Result<PathBuf, FinetuneError> {
+    let dir = out_dir.join("adapter");
     replace_dir(&dir, |tmp| {
-        let adapter = Adapter { lora: o.lora.clone(), targets: o.targets.clone(), base: o.model.display().to_string() };
+        let adapter = Adapter { lora: lora.clone(), targets: targets.to_vec(), base: base.display().to_string() };
         save_adapter(tmp, &p.model, &adapter)?;
         Ok(())
     })?;
     Ok(dir)
+}
+
+fn save(o: &GrpoOptions, p: &Pretrained) -> Result<PathBuf, FinetuneError> {
+    save_lora(&o.out_dir, p, &o.lora, &o.targets, &o.model)
 }
 
 /// GRPO: load the base frozen with an adapter; evaluate the held-out problems; then for
@@ -607,6 +618,7 @@ pub fn train_grpo(
         rng_state: rng.state(),
         first_eval: first.rate(),
         fingerprint: fingerprint(o),
+        kl_coef: None,
     };
     let params = SamplingParams { temperature: o.temperature, ..SamplingParams::default() };
     let cfg = GrpoConfig { eps_low: o.eps_low, eps_high: o.eps_high, aggregation: o.aggregation };

@@ -8,9 +8,11 @@
 //! the alignment losses (reward model, DPO, GRPO, PPO, distillation) as TRL computes them.
 
 pub mod align;
+pub mod distill;
 pub mod grpo;
 pub mod optim;
 pub mod plot;
+pub mod ppo;
 pub mod preference;
 pub mod pretrain;
 pub mod schedule;

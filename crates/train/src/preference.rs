@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use yuanli_autograd::{no_grad, Var};
 use yuanli_models::llama::{Llama, Pass};
-use yuanli_models::load::Pretrained;
+use yuanli_models::load::{load_pretrained_with, LoadOptions, Pretrained};
 use yuanli_models::peft::{save_adapter, Adapter};
 use yuanli_models::Message;
 use yuanli_nn::{LoraConfig, ParamKind};
@@ -346,14 +346,68 @@ fn pair_loss(
 /// Rewards `r = score · h_last` of a batch of pairs, chosen rows first: `(2P,)`; `h_last` the
 /// final hidden state at each rendered answer's last token.
 fn rewards(model: &Llama, score: &Var, pairs: &[&Rendered], pass: Pass<'_>) -> Var {
-    let rows: Vec<&Example> = pairs.iter().map(|r| &r.chosen).chain(pairs.iter().map(|r| &r.rejected)).collect();
-    let len = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let ids: Vec<u32> = rows.iter().flat_map(|e| (0..len).map(|i| e.ids.get(i).copied().unwrap_or(0))).collect();
-    let last: Vec<u32> = rows.iter().enumerate().map(|(b, e)| (b * len + e.ids.len() - 1) as u32).collect();
+    let rows: Vec<&[u32]> =
+        pairs.iter().map(|r| r.chosen.ids.as_slice()).chain(pairs.iter().map(|r| r.rejected.ids.as_slice())).collect();
+    reward_of(model, score, &rows, pass)
+}
+
+/// A reward model's scores `score · h_last` of token sequences `(n,)` under autograd: each
+/// row right-padded, `h_last` the final hidden state at its last token.
+pub(crate) fn reward_of(model: &Llama, score: &Var, rows: &[&[u32]], pass: Pass<'_>) -> Var {
+    let len = rows.iter().map(|e| e.len()).max().unwrap_or(1).max(1);
+    let ids: Vec<u32> = rows.iter().flat_map(|e| (0..len).map(|i| e.get(i).copied().unwrap_or(0))).collect();
+    let last: Vec<u32> = rows.iter().enumerate().map(|(b, e)| (b * len + e.len().max(1) - 1) as u32).collect();
     let h = model.hidden(&Tensor::new(ids, &[rows.len(), len]), pass);
     let c = h.shape()[2];
-    let picked = h.reshape(&[rows.len() * len, c]).embedding(&Tensor::new(last, &[rows.len()])); // (2P, C)
+    let picked = h.reshape(&[rows.len() * len, c]).embedding(&Tensor::new(last, &[rows.len()])); // (n, C)
     picked.matmul(&score.t()).reshape(&[rows.len()])
+}
+
+/// A reward model as `yuanli rm` writes it (`out/reward_model`: a LoRA adapter in PEFT's
+/// format and the head `score.safetensors`), loaded frozen on its base model.
+pub struct RewardModel {
+    /// The base with the adapter attached.
+    pub p: Pretrained,
+    /// The head `(1, C)`.
+    pub score: Var,
+}
+
+impl RewardModel {
+    /// Loads `dir`; the base is the one its `adapter_config.json` names (block-quantized in
+    /// place with `quantized_base`, else f32).
+    pub fn load(dir: &Path, quantized_base: bool) -> Result<RewardModel, FinetuneError> {
+        let config = yuanli_models::peft::read_adapter_config(dir)?;
+        let base = PathBuf::from(&config.base);
+        if !base.exists() {
+            return Err(FinetuneError::File {
+                path: dir.join("adapter_config.json"),
+                message: format!("the reward model's base model {} does not exist here", base.display()),
+            });
+        }
+        let load = if quantized_base { LoadOptions::fast() } else { LoadOptions::exact() };
+        let mut p = load_pretrained_with(&base, load)?;
+        yuanli_models::peft::load_adapter(dir, &mut p.model, &mut p.store)?;
+        let file = dir.join("score.safetensors");
+        let bad = |m: String| FinetuneError::File { path: file.clone(), message: m };
+        let tensors = yuanli_nn::checkpoint::read_tensors(&file).map_err(|e| bad(e.to_string()))?;
+        let (shape, values) = tensors.get("score.weight").ok_or_else(|| bad("no tensor score.weight".into()))?;
+        let c = p.model.config.hidden_size;
+        if *shape != [1, c] {
+            return Err(bad(format!("score.weight has shape {shape:?}; the base model needs [1, {c}]")));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(bad("score.weight holds a value that is not finite".into()));
+        }
+        Ok(RewardModel { p, score: Var::constant(Tensor::new(values.clone(), &[1, c])) })
+    }
+
+    /// The scores of token sequences (each a rendered prompt and answer), `batch` at a time.
+    pub fn scores(&self, rows: &[&[u32]], batch: usize) -> Vec<f64> {
+        let _g = no_grad();
+        rows.chunks(batch.max(1))
+            .flat_map(|c| reward_of(&self.p.model, &self.score, c, Pass::Eval).value().to_vec_f64())
+            .collect()
+    }
 }
 
 /// The loss of a batch under `objective`, with its accuracy and margin (and DPO's policy
@@ -595,6 +649,7 @@ pub fn train_pairs(
         rng_state: rng.state(),
         first_eval: first.loss,
         fingerprint: fingerprint(o),
+        kl_coef: None,
     };
     let mut last = first;
     for step in first_step..=o.steps {

@@ -280,6 +280,9 @@ pub struct SftState {
     /// The options that shape the run (model, data, adapter, schedule); a resumed run must
     /// match them.
     pub fingerprint: String,
+    /// PPO's KL coefficient, which its adaptive controller changes as the run goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_coef: Option<f64>,
 }
 
 /// The options a checkpoint is only valid for (everything but the output and `resume`).
@@ -777,6 +780,7 @@ pub fn finetune(
         rng_state: rng.state(),
         first_eval: before,
         fingerprint: fingerprint(o),
+        kl_coef: None,
     };
     let mut last = before;
     for step in first..=o.steps {
