@@ -203,7 +203,12 @@ fn tokens_of(files: &[PathBuf], teacher: &Pretrained) -> Result<Vec<u32>, Finetu
     for f in files {
         let err = |m: String| FinetuneError::File { path: f.clone(), message: m };
         let text = std::fs::read_to_string(f).map_err(|e| err(e.to_string()))?;
-        ids.extend(teacher.tokenizer.encode_ordinary_parallel(&text).map_err(|e| err(e.to_string()))?);
+        let file_ids = teacher.tokenizer.encode_ordinary_parallel(&text).map_err(|e| err(e.to_string()))?;
+        let v = teacher.model.config.vocab_size;
+        if let Some(bad) = file_ids.iter().find(|&&t| t as usize >= v) {
+            return Err(err(format!("the tokenizer gives id {bad}, outside the model's vocabulary of {v}")));
+        }
+        ids.extend(file_ids);
     }
     Ok(ids)
 }

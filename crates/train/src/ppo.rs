@@ -466,6 +466,13 @@ pub fn train_ppo(
         let mut out = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.into_iter().enumerate() {
             let ids = prompt_ids(&f, &m)?;
+            if ids.is_empty() {
+                return Err(FinetuneError::Data(SftError::Line {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    message: "the chat template renders this prompt as no tokens at all".into(),
+                }));
+            }
             let limit = p.model.config.max_seq_len.min(rm.p.model.config.max_seq_len);
             if ids.len() + o.max_new_tokens > limit {
                 return Err(FinetuneError::Data(SftError::Line {
