@@ -135,6 +135,7 @@ mod tests {
             seen.push(cmd);
         }
         seen.sort_unstable();
+        seen.dedup();
         assert_eq!(
             seen,
             ["distill", "dpo", "grpo", "ppo", "rm", "sft"],

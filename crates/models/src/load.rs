@@ -151,6 +151,7 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     let rope_theta =
         if f.get(&key("rope.freq_base")).is_some() { f.get_f64(&key("rope.freq_base"))? } else { 10_000.0 };
+    refuse_unsupported_gguf_rope(f, arch, head_dim)?;
     let n_layer = f.get_usize(&key("block_count"))?;
     let extras = if arch == "gemma3" { gemma3_extras(f, n_layer, hidden_size, n_head)? } else { Extras::default() };
     let cfg = LlamaConfig {
@@ -174,6 +175,34 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     cfg.validate().map_err(|e| LoadError::Config(format!("{}: {e}", f.origin())))?;
     Ok(cfg)
+}
+
+/// RoPE variants a GGUF file can ask for that we do not implement — a scaling type
+/// (`{arch}.rope.scaling.type`: linear, yarn, …), LLaMA 3's frequency factors (the
+/// `rope_freqs.weight` tensor) and RoPE on part of each head (`{arch}.rope.dimension_count`
+/// below the head size) — are refused by name instead of run with plain RoPE.
+fn refuse_unsupported_gguf_rope(f: &GgufFile, arch: &str, head_dim: usize) -> Result<(), LoadError> {
+    let refuse = |m: String| Err(LoadError::Config(format!("{}: {m}", f.origin())));
+    let scaling = format!("{arch}.rope.scaling.type");
+    if f.get(&scaling).is_some() {
+        let kind = f.get_str(&scaling)?;
+        if kind != "none" {
+            return refuse(format!("{scaling} = {kind:?}: RoPE scaling is not implemented; refusing rather than running with unscaled positions"));
+        }
+    }
+    if f.tensor_info("rope_freqs.weight").is_ok() {
+        return refuse(
+            "tensor rope_freqs.weight: RoPE frequency factors (LLaMA 3.1's scaling) are not implemented".into(),
+        );
+    }
+    let dims = format!("{arch}.rope.dimension_count");
+    if f.get(&dims).is_some() && f.get_usize(&dims)? != head_dim {
+        return refuse(format!(
+            "{dims} = {}: RoPE on part of each head (of {head_dim}) is not implemented",
+            f.get_usize(&dims)?
+        ));
+    }
+    Ok(())
 }
 
 /// The head count of a query or key projection tensor or module of `c` (its name contains
@@ -510,8 +539,16 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
     let get = |k: &str| {
         v.get(k).and_then(Json::as_u64).map(|x| x as usize).ok_or_else(|| bad(format!("missing or non-integer {k:?}")))
     };
+    refuse_unsupported_hf_fields(v, model_type).map_err(bad)?;
     let n_head = get("num_attention_heads")?;
     let hidden_size = get("hidden_size")?;
+    let max_seq_len = get("max_position_embeddings")?;
+    // Mistral's sliding window (every layer local); Qwen2's is off unless use_sliding_window,
+    // which is refused above. A window at least as long as the context changes nothing.
+    let window = match v.get("sliding_window").and_then(Json::as_u64) {
+        Some(w) if model_type == "mistral" && (w as usize) < max_seq_len => Some(w as usize),
+        _ => None,
+    };
     let cfg = LlamaConfig {
         vocab_size: get("vocab_size")?,
         hidden_size,
@@ -520,19 +557,61 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
         n_head,
         n_kv_head: get("num_key_value_heads").unwrap_or(n_head),
         head_dim: get("head_dim").unwrap_or(hidden_size / n_head.max(1)),
-        rope_theta: v.get("rope_theta").and_then(Json::as_f64).unwrap_or(10_000.0),
+        rope_theta: hf_rope_theta(v).map_err(bad)?,
         rope_layout: RopeLayout::HalfSplit,
+        // transformers' own defaults where a field is absent
         rms_norm_eps: v.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
-        max_seq_len: get("max_position_embeddings")?,
+        max_seq_len,
         tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
         attention_bias: model_type == "qwen2" || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
-        extras: Extras::default(),
+        extras: Extras { sliding_window: window, ..Extras::default() },
     };
-    if v.get("rope_scaling").is_some_and(|s| !s.is_null()) {
-        return Err(bad("rope_scaling is not supported yet".into()));
-    }
     cfg.validate().map_err(bad)?;
     Ok(cfg)
+}
+
+/// RoPE's base θ from a `config.json`: transformers 4 writes it at the top level
+/// (`rope_theta`), transformers 5 inside `rope_parameters`; absent from both, transformers'
+/// default 10 000. A RoPE scaling (`rope_scaling` or `rope_parameters` with a `rope_type`
+/// other than `default`) is refused by name: we do not implement it yet, and running the
+/// model with unscaled positions would give wrong text without a word.
+fn hf_rope_theta(v: &Json) -> Result<f64, String> {
+    let present = |k: &str| v.get(k).filter(|x| !x.is_null());
+    for field in ["rope_scaling", "rope_parameters"] {
+        if let Some(o) = present(field) {
+            let kind = o.get("rope_type").or_else(|| o.get("type")).and_then(Json::as_str).unwrap_or("default");
+            if kind != "default" {
+                return Err(format!(
+                    "{field}: rope_type {kind:?} (RoPE scaling) is not implemented; refusing rather than running with unscaled positions"
+                ));
+            }
+        }
+    }
+    let top = v.get("rope_theta").and_then(Json::as_f64);
+    let nested = present("rope_parameters").and_then(|o| o.get("rope_theta")).and_then(Json::as_f64);
+    match (top, nested) {
+        (Some(a), Some(b)) if a != b => Err(format!("rope_theta = {a} and rope_parameters.rope_theta = {b} disagree")),
+        (a, b) => Ok(a.or(b).unwrap_or(10_000.0)),
+    }
+}
+
+/// The `config.json` fields that would change the arithmetic of a LLaMA-family model and that
+/// [`LlamaConfig`] has no form for: each is refused by name rather than ignored.
+fn refuse_unsupported_hf_fields(v: &Json, model_type: &str) -> Result<(), String> {
+    let act = v.get("hidden_act").or_else(|| v.get("hidden_activation")).and_then(Json::as_str).unwrap_or("silu");
+    if act != "silu" {
+        return Err(format!("hidden_act {act:?}: only SiLU (SwiGLU) is implemented for {model_type}"));
+    }
+    if v.get("mlp_bias").and_then(Json::as_bool) == Some(true) {
+        return Err("mlp_bias = true: biases on the MLP's projections are not implemented".into());
+    }
+    if let Some(f) = v.get("partial_rotary_factor").and_then(Json::as_f64).filter(|&f| f != 1.0) {
+        return Err(format!("partial_rotary_factor = {f}: RoPE on part of each head is not implemented"));
+    }
+    if v.get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
+        return Err("use_sliding_window = true: Qwen2's per-layer sliding window is not implemented".into());
+    }
+    Ok(())
 }
 
 /// Loads a Hugging Face model directory (f32 weights, whatever `opts.weights` says).
@@ -745,5 +824,110 @@ pub fn gpt_vocab_from_gguf(f: &GgufFile) -> Result<GptVocab, LoadError> {
                 .map(GptVocab::Chars)
         }
         _ => Ok(GptVocab::Bpe(Box::new(tokenizer_from_gguf(f)?))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny LLaMA's config.json with `edit` applied.
+    fn config(edit: impl FnOnce(&mut serde_json::Map<String, Json>)) -> Result<LlamaConfig, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny_hf/llama/config.json");
+        let mut v: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(v.as_object_mut().unwrap());
+        llama_config_from_hf(&v, &path).map_err(|e| e.to_string())
+    }
+
+    /// RoPE's base is read in both of transformers' forms: at the top level (4.x) and inside
+    /// `rope_parameters` (5.x); never replaced by the default in silence.
+    #[test]
+    fn the_rope_base_is_read_in_both_config_forms() {
+        assert_eq!(config(|_| {}).unwrap().rope_theta, 10_000.0);
+        let v5 = config(|o| {
+            o.remove("rope_theta");
+            o.remove("rope_scaling");
+            o.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"}));
+        });
+        assert_eq!(v5.unwrap().rope_theta, 500_000.0);
+        let both = config(|o| {
+            o.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"}));
+        });
+        assert!(both.unwrap_err().contains("disagree"));
+    }
+
+    /// Every field that changes the arithmetic and that we do not implement is refused by
+    /// name; Mistral's sliding window is read.
+    #[test]
+    fn fields_that_change_the_arithmetic_are_read_or_refused_by_name() {
+        let cases: [(&str, Json, &str); 7] = [
+            (
+                "rope_scaling",
+                serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+                "rope_scaling: rope_type \"llama3\"",
+            ),
+            ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}), "rope_type \"linear\""),
+            (
+                "rope_parameters",
+                serde_json::json!({"rope_type": "yarn", "rope_theta": 1e4}),
+                "rope_parameters: rope_type \"yarn\"",
+            ),
+            ("hidden_act", serde_json::json!("gelu"), "hidden_act \"gelu\""),
+            ("mlp_bias", serde_json::json!(true), "mlp_bias"),
+            ("partial_rotary_factor", serde_json::json!(0.5), "partial_rotary_factor"),
+            ("use_sliding_window", serde_json::json!(true), "use_sliding_window"),
+        ];
+        for (field, value, says) in cases {
+            let e = config(|o| {
+                o.insert(field.into(), value.clone());
+            })
+            .unwrap_err();
+            assert!(e.contains(says) && e.contains("config.json"), "{field} = {value}: {e}");
+        }
+        let mistral = config(|o| {
+            o.insert("model_type".into(), "mistral".into());
+            o.insert("sliding_window".into(), 16.into());
+        });
+        assert_eq!(mistral.unwrap().extras.sliding_window, Some(16));
+        // a window as long as the context changes nothing
+        let long = config(|o| {
+            o.insert("model_type".into(), "mistral".into());
+            o.insert("sliding_window".into(), 64.into());
+        });
+        assert_eq!(long.unwrap().extras.sliding_window, None);
+    }
+
+    /// A GGUF file's RoPE scaling, frequency factors or partial rotary dimension are refused
+    /// by name; the plain file reads.
+    #[test]
+    fn gguf_rope_variants_we_do_not_implement_are_refused_by_name() {
+        use yuanli_gguf::{GgufWriter, Value};
+        use yuanli_tensor::quant::QuantType;
+        let file = |edit: &dyn Fn(&mut GgufWriter)| {
+            let mut w = GgufWriter::new();
+            w.set("general.architecture", Value::String("llama".into()));
+            for (k, v) in [
+                ("attention.head_count", 4u32),
+                ("embedding_length", 32),
+                ("block_count", 1),
+                ("feed_forward_length", 48),
+                ("context_length", 64),
+                ("vocab_size", 300),
+            ] {
+                w.set(&format!("llama.{k}"), Value::U32(v));
+            }
+            w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+            edit(&mut w);
+            let f = GgufFile::from_bytes(w.to_bytes(), "test.gguf").unwrap();
+            llama_config_from_gguf(&f).map_err(|e| e.to_string())
+        };
+        assert_eq!(file(&|_| {}).unwrap().head_dim, 8);
+        let e = file(&|w| w.set("llama.rope.scaling.type", Value::String("yarn".into()))).unwrap_err();
+        assert!(e.contains("test.gguf") && e.contains("llama.rope.scaling.type = \"yarn\""), "{e}");
+        assert!(file(&|w| w.set("llama.rope.scaling.type", Value::String("none".into()))).is_ok());
+        let e = file(&|w| w.add_tensor("rope_freqs.weight", &[4], QuantType::F32, vec![0; 16])).unwrap_err();
+        assert!(e.contains("rope_freqs.weight"), "{e}");
+        let e = file(&|w| w.set("llama.rope.dimension_count", Value::U32(4))).unwrap_err();
+        assert!(e.contains("llama.rope.dimension_count = 4"), "{e}");
     }
 }
