@@ -444,8 +444,9 @@ fn evaluate(
             acc.correct.push(v.correct);
             acc.formatted.push(v.formatted);
             lines.push_str(
-                &serde_json::json!({"prompt": r.prompt, "answer": r.answer, "completion": text, "correct": v.correct})
-                    .to_string(),
+                &serde_json::json!({"prompt": r.prompt, "answer": r.answer, "completion": text, "correct": v.correct,
+                    "formatted": v.formatted, "tokens": out.len()})
+                .to_string(),
             );
             lines.push('\n');
         }
@@ -468,11 +469,14 @@ fn read_answers(path: &Path, n: usize) -> Result<Accuracy, FinetuneError> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let correct = v["correct"].as_bool().ok_or_else(|| bad("an answer without \"correct\"".into()))?;
         acc.correct.push(correct);
-        acc.formatted.push(true);
+        // (files written before these fields existed: in form, length unknown)
+        acc.formatted.push(v["formatted"].as_bool().unwrap_or(true));
+        acc.mean_len += v["tokens"].as_u64().unwrap_or(0) as f64;
     }
     if acc.correct.len() != n {
         return Err(bad(format!("holds {} answers, this run evaluates {n}", acc.correct.len())));
     }
+    acc.mean_len /= n.max(1) as f64;
     Ok(acc)
 }
 
@@ -824,7 +828,9 @@ mod tests {
         let mut got = losses(&first_half);
         got.extend(losses(&second));
         assert_eq!(got, want, "resumed vs uninterrupted losses");
-        assert_eq!((first1.correct, end1.correct), (first.correct, end.correct));
+        assert_eq!((&first1.correct, &end1.correct), (&first.correct, &end.correct));
+        // the step-0 results read back from answers_step0.jsonl, form and length included
+        assert_eq!((first1.formatted, first1.mean_len), (first.formatted, first.mean_len));
         let other = GrpoOptions { beta: 0.2, resume: true, ..part };
         let err = train_grpo(&other, &AtomicBool::new(false), &mut |_| {}).unwrap_err().to_string();
         assert!(err.contains("other options") && err.contains("beta=0.2"), "{err}");
