@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use yuanli_nn::LoraConfig;
 use yuanli_train::align::{GrpoAggregation, RewardScale};
 use yuanli_train::grpo::{paired_change, train_grpo, Checker, GrpoEvent, GrpoOptions};
 use yuanli_train::plot::{line_plot, Series};
@@ -71,24 +70,8 @@ pub(crate) struct GrpoArgs {
     /// Reward added for an answer in the checker's form, right or wrong.
     #[arg(long, default_value_t = 0.0)]
     format_reward: f64,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    /// LoRA α: the update is scaled by α/r (α/√r with --rslora).
-    #[arg(long, default_value_t = 32.0)]
-    alpha: f64,
-    /// Dropout on the adapters' input while training.
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f64,
-    /// Scale the update by α/√r (rank-stabilised LoRA).
-    #[arg(long)]
-    rslora: bool,
-    /// Modules to adapt, comma-separated (q_proj, …, down_proj, or all-linear).
-    #[arg(long, default_value = "all-linear", value_delimiter = ',')]
-    targets: Vec<String>,
-    /// QLoRA: keep a GGUF base block-quantized instead of dequantizing to f32.
-    #[arg(long)]
-    quantized_base: bool,
+    #[command(flatten)]
+    adapter: crate::rl_adapter_args::PolicyAdapterArgs,
     /// Peak learning rate (AdamW; 10% warm-up, cosine to a tenth).
     #[arg(long, default_value_t = 2e-5)]
     lr: f64,
@@ -153,9 +136,9 @@ pub(crate) fn run(a: &GrpoArgs) -> Result<()> {
         data: a.data.clone(),
         eval_data: a.eval_data.clone(),
         out_dir: a.out.clone(),
-        lora: LoraConfig { r: a.rank, alpha: a.alpha, dropout: a.dropout, rslora: a.rslora },
-        targets: a.targets.clone(),
-        quantized_base: a.quantized_base,
+        lora: a.adapter.lora(),
+        targets: a.adapter.targets.clone(),
+        quantized_base: a.adapter.quantized_base,
         checker: match a.checker {
             CheckerArg::Number => Checker::LastNumber,
             CheckerArg::Gsm8k => Checker::Gsm8k,

@@ -11,6 +11,7 @@ mod llm_cmd;
 mod ppo_cmd;
 mod pref_cmd;
 mod quantize_cmd;
+mod rl_adapter_args;
 mod serve_cmd;
 mod sft_cmd;
 mod tokenizer_cmd;

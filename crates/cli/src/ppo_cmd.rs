@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use yuanli_nn::LoraConfig;
 use yuanli_train::align::{KlEstimator, PpoConfig};
 use yuanli_train::plot::{line_plot, Series};
 use yuanli_train::ppo::{train_ppo, PpoEval, PpoEvent, PpoOptions};
@@ -47,24 +46,8 @@ pub(crate) struct PpoArgs {
     /// adapter/ (PEFT's format).
     #[arg(long)]
     out: PathBuf,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
-    /// LoRA α: the update is scaled by α/r (α/√r with --rslora).
-    #[arg(long, default_value_t = 32.0)]
-    alpha: f64,
-    /// Dropout on the adapters' input while training.
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f64,
-    /// Scale the update by α/√r (rank-stabilised LoRA).
-    #[arg(long)]
-    rslora: bool,
-    /// Modules to adapt, comma-separated (q_proj, …, down_proj, or all-linear).
-    #[arg(long, default_value = "all-linear", value_delimiter = ',')]
-    targets: Vec<String>,
-    /// QLoRA: keep GGUF bases (policy and reward model) block-quantized.
-    #[arg(long)]
-    quantized_base: bool,
+    #[command(flatten)]
+    adapter: crate::rl_adapter_args::PolicyAdapterArgs,
     /// Peak learning rate (AdamW; 10% warm-up, cosine to a tenth).
     #[arg(long, default_value_t = 3e-5)]
     lr: f64,
@@ -151,9 +134,9 @@ pub(crate) fn run(a: &PpoArgs) -> Result<()> {
         data: a.data.clone(),
         eval_data: a.eval_data.clone(),
         out_dir: a.out.clone(),
-        lora: LoraConfig { r: a.rank, alpha: a.alpha, dropout: a.dropout, rslora: a.rslora },
-        targets: a.targets.clone(),
-        quantized_base: a.quantized_base,
+        lora: a.adapter.lora(),
+        targets: a.adapter.targets.clone(),
+        quantized_base: a.adapter.quantized_base,
         lr: a.lr,
         steps: a.steps,
         prompts_per_step: a.prompts,

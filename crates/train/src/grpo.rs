@@ -452,32 +452,52 @@ fn evaluate(
         }
     }
     acc.mean_len = tokens as f64 / problems.len().max(1) as f64;
-    let path = o.out_dir.join(format!("answers_step{step}.jsonl"));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| FinetuneError::File { path: path.clone(), message: e.to_string() })?;
+    write_answers(&o.out_dir, step, &lines)?;
     Ok(acc)
 }
 
-/// Reads back the verdicts an earlier evaluation wrote (to resume with the step-0 results).
-fn read_answers(path: &Path, n: usize) -> Result<Accuracy, FinetuneError> {
+/// Writes a held-out evaluation's answers (`lines`, JSONL) atomically to
+/// `out_dir/answers_step{step}.jsonl`: GRPO's and PPO's.
+pub(crate) fn write_answers(out_dir: &Path, step: usize, lines: &str) -> Result<(), FinetuneError> {
+    let path = out_dir.join(format!("answers_step{step}.jsonl"));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| FinetuneError::File { path: path.clone(), message: e.to_string() })
+}
+
+/// Reads back the `n` answers an earlier evaluation wrote (to resume with the step-0
+/// results), each turned into a `T` by `parse`; errors name the file.
+pub(crate) fn read_answers<T>(
+    path: &Path,
+    n: usize,
+    parse: impl Fn(&serde_json::Value) -> Result<T, String>,
+) -> Result<Vec<T>, FinetuneError> {
     let bad = |m: String| FinetuneError::File { path: path.to_path_buf(), message: m };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let mut acc = Accuracy::default();
+    let mut out = Vec::with_capacity(n);
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let correct = v["correct"].as_bool().ok_or_else(|| bad("an answer without \"correct\"".into()))?;
-        acc.correct.push(correct);
+        out.push(parse(&v).map_err(bad)?);
+    }
+    if out.len() != n {
+        return Err(bad(format!("holds {} answers, this run evaluates {n}", out.len())));
+    }
+    Ok(out)
+}
+
+/// GRPO's step-0 accuracy read back from its answers file.
+fn read_accuracy(path: &Path, n: usize) -> Result<Accuracy, FinetuneError> {
+    let rows = read_answers(path, n, |v| {
+        let correct = v["correct"].as_bool().ok_or("an answer without \"correct\"")?;
         // (files written before these fields existed: in form, length unknown)
-        acc.formatted.push(v["formatted"].as_bool().unwrap_or(true));
-        acc.mean_len += v["tokens"].as_u64().unwrap_or(0) as f64;
-    }
-    if acc.correct.len() != n {
-        return Err(bad(format!("holds {} answers, this run evaluates {n}", acc.correct.len())));
-    }
-    acc.mean_len /= n.max(1) as f64;
-    Ok(acc)
+        Ok((correct, v["formatted"].as_bool().unwrap_or(true), v["tokens"].as_u64().unwrap_or(0)))
+    })?;
+    Ok(Accuracy {
+        correct: rows.iter().map(|r| r.0).collect(),
+        formatted: rows.iter().map(|r| r.1).collect(),
+        mean_len: rows.iter().map(|r| r.2 as f64).sum::<f64>() / n.max(1) as f64,
+    })
 }
 
 /// `(B, T)` per-token log-probabilities from the `(n,)` values at the counted positions of
@@ -604,7 +624,7 @@ pub fn train_grpo(
         }
         rng = Rng::from_state(st.rng_state);
         on_event(&GrpoEvent::Resumed { step: st.step });
-        let first = read_answers(&o.out_dir.join("answers_step0.jsonl"), eval.len())?;
+        let first = read_accuracy(&o.out_dir.join("answers_step0.jsonl"), eval.len())?;
         (first, st.order, st.at, st.step + 1)
     } else {
         let first = evaluate(o, &p, &eval, 0, on_event)?;

@@ -24,7 +24,7 @@
 //! slot `n`, after the last token, is where the score arrives.
 
 use crate::align::{gae, masked_whiten, ppo_loss, ppo_rewards, KlEstimator, PpoConfig};
-use crate::grpo::{complete, prompt_ids, save_lora, text_of};
+use crate::grpo::{complete, prompt_ids, read_answers, save_lora, text_of, write_answers};
 use crate::optim::Adam;
 use crate::preference::{prompt_of, RewardModel};
 use crate::schedule::LrSchedule;
@@ -337,33 +337,21 @@ fn evaluate(
         ev.kl.extend(kl);
     }
     ev.mean_len = tokens as f64 / prompts.len().max(1) as f64;
-    let path = o.out_dir.join(format!("answers_step{step}.jsonl"));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines)
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| FinetuneError::File { path: path.clone(), message: e.to_string() })?;
+    write_answers(&o.out_dir, step, &lines)?;
     Ok(ev)
 }
 
-/// Reads back an earlier evaluation's scores and KLs (to resume with the step-0 results).
+/// PPO's step-0 results read back from its answers file.
 fn read_eval(path: &Path, n: usize) -> Result<PpoEval, FinetuneError> {
-    let bad = |m: String| FinetuneError::File { path: path.to_path_buf(), message: m };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let mut ev = PpoEval::default();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let (Some(s), Some(k), Some(t)) = (v["score"].as_f64(), v["kl"].as_f64(), v["tokens"].as_u64()) else {
-            return Err(bad("an answer without \"score\", \"kl\" and \"tokens\"".into()));
-        };
-        ev.scores.push(s);
-        ev.kl.push(k);
-        ev.mean_len += t as f64;
-    }
-    ev.mean_len /= n.max(1) as f64;
-    if ev.scores.len() != n {
-        return Err(bad(format!("holds {} answers, this run evaluates {n}", ev.scores.len())));
-    }
-    Ok(ev)
+    let rows = read_answers(path, n, |v| match (v["score"].as_f64(), v["kl"].as_f64(), v["tokens"].as_u64()) {
+        (Some(s), Some(k), Some(t)) => Ok((s, k, t)),
+        _ => Err("an answer without \"score\", \"kl\" and \"tokens\"".to_string()),
+    })?;
+    Ok(PpoEval {
+        scores: rows.iter().map(|r| r.0).collect(),
+        kl: rows.iter().map(|r| r.1).collect(),
+        mean_len: rows.iter().map(|r| r.2 as f64).sum::<f64>() / n.max(1) as f64,
+    })
 }
 
 /// The options a checkpoint is only valid for.
@@ -586,7 +574,9 @@ pub fn train_ppo(
             opt.step(&p.store, lr);
             out = Some(l);
         }
-        let l = out.expect("epochs ≥ 1");
+        let Some(l) = out else {
+            return Err(FinetuneError::Options("--epochs must be at least 1".into()));
+        };
         let mean_kl = mean(&kl);
         let stats = PpoStats {
             step,
