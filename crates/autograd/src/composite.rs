@@ -133,7 +133,7 @@ pub fn rope(x: &Var, o: RopeOpts) -> Var {
     assert!(d.is_multiple_of(2), "composite rope: even head size needed, got {d}");
     let sa = if o.seq_axis < 0 { (o.seq_axis + r as isize) as usize } else { o.seq_axis as usize };
     let t = shape[sa];
-    let (cos, sin) = yuanli_tensor::cpu::rope_tables::<f64>(o.pos0, t, d, o.base);
+    let (cos, sin) = yuanli_tensor::cpu::rope_tables::<f64>(o.pos0, t, o.freqs);
     let mut tshape = vec![1; r];
     tshape[sa] = t;
     tshape[r - 1] = d / 2;

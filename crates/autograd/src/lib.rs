@@ -24,4 +24,4 @@ mod var;
 
 pub use ops::{AttentionOpts, Frozen, LoraOpts, RopeOpts};
 pub use var::{is_grad_enabled, no_grad, Backward, NoGradGuard, Var};
-pub use yuanli_tensor::{DType, GeluKind, Rng, RopeLayout, Tensor};
+pub use yuanli_tensor::{DType, GeluKind, Rng, RopeFreqs, RopeLayout, Tensor};

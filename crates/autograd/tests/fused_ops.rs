@@ -5,7 +5,7 @@ mod common;
 use common::{check, fused_matches_composite, randn};
 use proptest::prelude::*;
 use yuanli_autograd::{composite, AttentionOpts, GeluKind, RopeLayout, RopeOpts, Var};
-use yuanli_tensor::{DType, Rng, Tensor};
+use yuanli_tensor::{DType, Rng, RopeFreqs, Tensor};
 
 // f32 tolerances for fused-vs-composite: both sides round differently; 1e-5 absolute plus
 // 1e-4 relative is ~1000 ulps, far below any formula error (which shows up at 1e-2).
@@ -84,8 +84,11 @@ proptest! {
     fn rope_both_layouts(b in 1usize..3, h in 1usize..3, t in 1usize..5, half in 1usize..4, pos0 in 0usize..5, seed in 0u64..1000) {
         let d = 2 * half;
         let x = randn(&[b, h, t, d], seed);
-        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
-            let o = RopeOpts { seq_axis: 2, pos0, base: 10000.0, layout };
+        // plain RoPE, and frequencies a scaling made (each θ_i divided, cos and sin × 1.2)
+        let plain = RopeFreqs::new(d, 10000.0);
+        let scaled = RopeFreqs { inv_freq: plain.inv_freq.iter().enumerate().map(|(i, f)| f / (1.0 + i as f64)).collect(), mscale: 1.2 };
+        for (layout, freqs) in [(RopeLayout::HalfSplit, &plain), (RopeLayout::Interleaved, &plain), (RopeLayout::HalfSplit, &scaled)] {
+            let o = RopeOpts { seq_axis: 2, pos0, freqs, layout };
             check("rope", |v| v[0].rope(o), &[x.clone()]);
             fused_matches_composite("rope", |v| v[0].rope(o), |v| composite::rope(&v[0], o), &[x.clone()], ATOL, RTOL);
             // (B, T, H, D) layout: the sequence axis is 1.

@@ -391,6 +391,13 @@ pub(crate) fn export(args: &ExportArgs) -> Result<()> {
     }
     let Some(checkpoint) = &args.checkpoint else { bail!("give --checkpoint or --model") };
     let (t, cfg) = Trainee::load(checkpoint)?;
+    if cfg.model.positions != yuanli_models::Positions::Learned {
+        bail!(
+            "{}: positions = {:?}; Hugging Face's GPT2LMHeadModel has learned positions only",
+            checkpoint.display(),
+            cfg.model.positions.name()
+        );
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     yuanli_nn::checkpoint::write_tensors(
         &args.out.join("model.safetensors"),

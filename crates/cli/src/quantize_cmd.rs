@@ -373,6 +373,12 @@ fn from_checkpoint(dir: &Path, target: Preset, pure: bool) -> Result<(Metadata, 
     if target.base.block_len() > 1 {
         meta.push(("general.quantization_version".into(), Value::U32(2)));
     }
+    if m.positions != yuanli_models::Positions::Learned {
+        bail!(
+            "{origin}: positions = {:?}; llama.cpp's gpt2 architecture has learned positions only",
+            m.positions.name()
+        );
+    }
     let names = gpt_gguf_name_map(m);
     let out = write_f32_tensors(&names, target, pure, &mut |ours| {
         let p = t.store.get(ours).with_context(|| format!("{origin}: no parameter {ours}"))?;
@@ -459,6 +465,9 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> R
     ] {
         meta.push((format!("{arch}.{k}"), v));
     }
+    let (rope_meta, rope_freqs) =
+        yuanli_models::load::gguf_rope_form(c, arch).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    meta.extend(rope_meta);
     if p.tokenizer.vocab_size() != c.vocab_size {
         bail!(
             "{origin}: tokenizer.json has {} tokens, config.json says vocab_size {}",
@@ -479,8 +488,16 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> R
         }
         None => HashMap::new(),
     };
-    let names = gguf_name_map(c);
+    let mut names = gguf_name_map(c);
+    // LLaMA 3's scaling travels as a tensor, first as in llama.cpp's converter.
+    const FREQS: &str = "rope_freqs.weight";
+    if rope_freqs.is_some() {
+        names.insert(0, (FREQS.to_string(), FREQS.to_string()));
+    }
     let out = write_f32_tensors(&names, target, pure, &mut |ours| {
+        if let (FREQS, Some(f)) = (ours, &rope_freqs) {
+            return Ok((vec![f.len()], f.clone()));
+        }
         let param = p.store.get(ours).with_context(|| format!("{origin}: no parameter {ours}"))?;
         let shape = param.shape.clone();
         let mut values: Vec<f32> = p.store.value_of(param).contiguous().to_vec::<f32>();

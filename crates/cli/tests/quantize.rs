@@ -36,7 +36,7 @@ fn yuanli(args: &[&str]) -> String {
 
 /// Prepares Tempest with `tokenizer` and trains a 2-layer, 64-wide GPT for a few steps;
 /// returns the checkpoint directory.
-fn tiny_checkpoint(dir: &Path, tokenizer: &str) -> PathBuf {
+fn tiny_checkpoint(dir: &Path, tokenizer: &str, positions: &str) -> PathBuf {
     let text = repo().join("data/shakespeare/tempest_gut.txt");
     let data = dir.join("data");
     let s = |p: &Path| p.display().to_string();
@@ -44,7 +44,7 @@ fn tiny_checkpoint(dir: &Path, tokenizer: &str) -> PathBuf {
     let config = format!(
         "data_dir = {:?}\nout_dir = {:?}\nbatch_size = 4\nmax_iters = 8\nlearning_rate = 3e-3\nmin_lr = 3e-4\n\
          warmup_iters = 2\neval_interval = 100\neval_iters = 1\nseed = 7\n\n\
-         [model]\nvocab_size = 0\nblock_size = 32\nn_layer = 2\nn_head = 2\nn_embd = 64\n",
+         [model]\nvocab_size = 0\nblock_size = 32\nn_layer = 2\nn_head = 2\nn_embd = 64\npositions = {positions:?}\n",
         s(&data),
         s(&dir.join("run"))
     );
@@ -72,11 +72,29 @@ fn greedy(model: &Path, prompt: &str) -> Vec<u64> {
     v["token_ids"].as_array().expect("token_ids").iter().map(|x| x.as_u64().expect("an id")).collect()
 }
 
+/// A GPT trained with ALiBi (or any scheme but learned positions) generates, and is refused by
+/// the exports whose formats have learned positions only, with the reason named.
+#[test]
+fn a_gpt_with_alibi_generates_and_is_not_exported_as_gpt2() {
+    let dir = scratch("alibi");
+    let ckpt = tiny_checkpoint(&dir, "char", "alibi");
+    assert_eq!(greedy(&ckpt, "ROMEO: ").len(), 5);
+    let gguf = dir.join("alibi.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_yuanli"))
+        .args(["quantize", "--in", &ckpt.display().to_string(), "--type", "f32", "--out", &gguf.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("positions = \"alibi\""), "{err}");
+    assert!(!gguf.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Quantizes a checkpoint and checks greedy generation from the GGUF against the checkpoint;
 /// returns how many of the 5 tokens agree.
 fn roundtrip(tokenizer: &str, ty: &str, name: &str) -> usize {
     let dir = scratch(name);
-    let ckpt = tiny_checkpoint(&dir, tokenizer);
+    let ckpt = tiny_checkpoint(&dir, tokenizer, "learned");
     let gguf = dir.join(format!("tiny.{ty}.gguf"));
     let report =
         yuanli(&["quantize", "--in", &ckpt.display().to_string(), "--type", ty, "--out", &gguf.display().to_string()]);
@@ -313,6 +331,106 @@ fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
         let q = dir.join(format!("{name}.q8_0.gguf"));
         yuanli(&["quantize", "--in", &src.display().to_string(), "--type", "q8_0", "--out", &q.display().to_string()]);
         assert_eq!(GgufFile::open(&q).unwrap().get("general.file_type"), Some(&Value::U32(7)));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The RoPE-scaled tiny models of `crates/models/testdata/rope_scaling` as GGUF files: `yuanli
+/// quantize` writes each scaling as llama.cpp's own converter does (the `llama.rope.*` keys and
+/// the `rope_freqs.weight` tensor recorded in llama_cpp_gguf.json by
+/// tools/reference/rope_scaling_reference.py), and the file gives transformers' float64 logits
+/// at every position — 64 of the 96 past the original context — on the exact path and in the
+/// engine. Dynamic NTK has no GGUF form (llama.cpp's converter drops it in silence): refused.
+#[test]
+fn rope_scalings_travel_to_gguf_as_llama_cpp_writes_them() {
+    use yuanli_models::load::{load_pretrained_with, LoadOptions};
+    use yuanli_models::{Batch, CausalLm, KvType, Logits, SessionOpts};
+    let data = repo().join("crates/models/testdata");
+    let root = data.join("rope_scaling");
+    let llama_cpp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("llama_cpp_gguf.json")).unwrap()).unwrap();
+    let dir = scratch("rope");
+    for variant in ["default", "linear", "dynamic", "yarn", "llama3"] {
+        let src = dir.join(variant);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::copy(root.join(format!("{variant}_v4/config.json")), src.join("config.json")).unwrap();
+        std::fs::copy(root.join("weights.safetensors"), src.join("model.safetensors")).unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(data.join("tiny_hf/llama").join(f), src.join(f)).unwrap();
+        }
+        let out = dir.join(format!("{variant}.gguf"));
+        let args =
+            ["quantize", "--in", &src.display().to_string(), "--type", "f32", "--out", &out.display().to_string()];
+        if variant == "dynamic" {
+            let o = Command::new(env!("CARGO_BIN_EXE_yuanli")).args(args).output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains("dynamic NTK") && err.contains("no GGUF form"), "{err}");
+            continue;
+        }
+        yuanli(&args);
+        // the RoPE metadata and tensor, as llama.cpp's converter writes them
+        let f = GgufFile::open(&out).unwrap();
+        let want = &llama_cpp["variants"][variant];
+        let ours: Vec<&str> = f.metadata().iter().map(|(k, _)| k.as_str()).filter(|k| k.contains(".rope.")).collect();
+        let theirs: Vec<&str> =
+            want["metadata"].as_object().unwrap().keys().map(|k| k.as_str()).filter(|k| k.contains(".rope.")).collect();
+        let (mut a, mut b) = (ours.clone(), theirs.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{variant}: RoPE keys");
+        for (k, v) in want["metadata"].as_object().unwrap() {
+            let got = f.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+            if let Some(x) = v.as_f64() {
+                assert_eq!(got, x, "{variant}: {k}");
+            } else {
+                assert_eq!(f.get_str(k).unwrap(), v.as_str().unwrap(), "{variant}: {k}");
+            }
+        }
+        match want["rope_freqs"].as_array() {
+            Some(theirs) => {
+                let (_, ours) = f.tensor_f32("rope_freqs.weight").unwrap();
+                assert_eq!(ours.len(), theirs.len(), "{variant}: rope_freqs");
+                for (a, b) in ours.iter().zip(theirs) {
+                    let b = b.as_f64().unwrap();
+                    assert!((*a as f64 - b).abs() <= 1e-6 * b, "{variant}: rope_freqs {ours:?} vs {theirs:?}");
+                }
+            }
+            None => assert!(f.tensor_info("rope_freqs.weight").is_err(), "{variant}: no rope_freqs tensor"),
+        }
+        // transformers' logits, from the file
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join(format!("{variant}_v4/reference.json"))).unwrap())
+                .unwrap();
+        let ids: Vec<u32> = r["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let rows: Vec<Vec<f64>> = r["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+            .collect();
+        let worst = |ours: &[f32], v: usize| {
+            let mut w = 0f64;
+            for (t, row) in rows.iter().enumerate() {
+                for (j, x) in row.iter().enumerate() {
+                    w = w.max((ours[t * v + j] as f64 - x).abs());
+                }
+            }
+            w
+        };
+        let exact = load_pretrained_with(&out, LoadOptions::exact()).unwrap();
+        let v = exact.model.config.vocab_size;
+        let w = worst(&logits(&exact, &ids), v);
+        assert!(w < 1e-4, "{variant}: GGUF, exact path: largest |ours − float64 transformers| = {w}");
+        // the engine on the weights read in place (f32 here), with f32 keys and values (the
+        // fast path's default f16 cache alone moves logits by ~1e-3)
+        let fast = load_pretrained_with(&out, LoadOptions::fast()).unwrap();
+        let mut s = fast.model.new_session(SessionOpts { kv_type: KvType::F32, ..SessionOpts::tokens(256) });
+        let seq = s.add_sequence();
+        let (mut batch, mut got) = (Batch::new(), Vec::new());
+        batch.add_seq(seq, 0, &ids, Logits::All);
+        fast.model.forward_batch(&mut s, &batch, &mut got).unwrap();
+        let w = worst(&got, v);
+        assert!(w < 1e-4, "{variant}: GGUF, engine: largest |ours − float64 transformers| = {w}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

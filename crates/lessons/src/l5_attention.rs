@@ -18,7 +18,16 @@ pub fn run(opts: &LessonOpts) -> anyhow::Result<serde_json::Value> {
     say("Lesson 5 — attention: train a small Transformer, then look inside one of its heads\n".into());
 
     // ANCHOR: train
-    let cfg = GptConfig { vocab_size: v, block_size: 64, n_layer: 2, n_head: 4, n_embd: 64, dropout: 0.0, bias: true };
+    let cfg = GptConfig {
+        vocab_size: v,
+        block_size: 64,
+        n_layer: 2,
+        n_head: 4,
+        n_embd: 64,
+        dropout: 0.0,
+        bias: true,
+        positions: Default::default(),
+    };
     let mut rng = Rng::new(opts.seed);
     let mut store = ParamStore::new();
     let model = Gpt::new(cfg.clone(), &mut store, &mut rng)?;

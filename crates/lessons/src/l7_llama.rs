@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use yuanli_autograd::{AttentionOpts, RopeOpts, Var};
 use yuanli_models::{generate, load_pretrained, LlamaConfig, Message, SamplingParams};
-use yuanli_tensor::{DType, Rng, RopeLayout, Tensor};
+use yuanli_tensor::{DType, Rng, RopeFreqs, RopeLayout, Tensor};
 use yuanli_tokenizer::SpecialMode;
 
 /// SmolLM2-135M's hyper-parameters, as its GGUF file states them (part 5 prints the file's own).
@@ -28,6 +28,7 @@ pub fn smollm2_135m() -> LlamaConfig {
         n_kv_head: 3,
         head_dim: 64,
         rope_theta: 100_000.0,
+        rope_scaling: Default::default(),
         rope_layout: RopeLayout::Interleaved,
         rms_norm_eps: 1e-5,
         max_seq_len: 8192,
@@ -69,7 +70,8 @@ fn randn(shape: &[usize], rng: &mut Rng) -> Var {
 /// channel pair `i` is rotated by the angle `p·θ_i`, `θ_i = base^(−2i/D)`.
 fn rotate(x: &Var, p: usize, base: f64, layout: RopeLayout) -> Vec<f32> {
     // x is (B=1, T=1, H=1, D); its single position is `p`.
-    x.rope(RopeOpts { seq_axis: 1, pos0: p, base, layout }).value().to_vec::<f32>()
+    let freqs = RopeFreqs::new(x.shape()[3], base);
+    x.rope(RopeOpts { seq_axis: 1, pos0: p, freqs: &freqs, layout }).value().to_vec::<f32>()
 }
 
 /// `q·k` accumulated in f64.

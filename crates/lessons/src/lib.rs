@@ -5,6 +5,7 @@
 //! prints as one JSON object on the last line. The book chapters include the lesson code from
 //! these files, so what a reader sees is what runs.
 
+pub mod l12_positions;
 pub mod l1_micrograd;
 pub mod l2_digits;
 pub mod l3_char_lm;
@@ -81,6 +82,11 @@ pub fn all() -> Vec<Lesson> {
             number: 8,
             title: "quantization and the KV cache: block formats, memory-bound decoding",
             run: l8_quantization::run,
+        },
+        Lesson {
+            number: 12,
+            title: "positions and length: learned, sinusoidal, RoPE, ALiBi, none — and RoPE scaling",
+            run: l12_positions::run,
         },
     ]
 }

@@ -81,3 +81,27 @@ fn lesson8_block_formats_err_as_uniform_rounding_predicts_and_the_kernel_adds_al
     assert_eq!(out["kv_bytes_per_token_f32"], 46_080);
     assert_eq!(out["kv_bytes_per_token_f16"], 23_040);
 }
+
+#[test]
+fn lesson12_alibi_holds_its_loss_at_4x_the_training_length_where_learned_positions_do_not() {
+    let o = opts();
+    std::fs::create_dir_all(&o.out_dir).unwrap();
+    let out = yuanli_lessons::l12_positions::run(&o).unwrap();
+    assert!(out["permutation_gap_no_positions"].as_f64().unwrap() < 1e-12, "{out}");
+    assert!(out["permutation_gap_sinusoidal"].as_f64().unwrap() > 1e-2, "{out}");
+    let row = |name: &str| {
+        let r = out["table"].as_array().unwrap().iter().find(|r| r["positions"] == name).unwrap().clone();
+        (r["loss_1x"].as_f64().unwrap(), r["loss_4x"].as_f64().unwrap())
+    };
+    let (alibi1, alibi4) = row("alibi");
+    assert!(alibi4 - alibi1 < 0.1, "ALiBi extrapolates: {alibi1} → {alibi4}");
+    for name in ["learned", "sinusoidal"] {
+        let (a, b) = row(name);
+        assert!(b - a > 0.2, "{name} does not extrapolate: {a} → {b}");
+    }
+    let (rope1, _) = row("rope");
+    assert!(rope1 < row("none").0, "RoPE beats no positions within the training length");
+    for key in ["plot", "scaling_plot"] {
+        assert!(std::path::Path::new(out[key].as_str().unwrap()).exists(), "{key}");
+    }
+}

@@ -42,7 +42,7 @@ use yuanli_nn::Weight;
 use yuanli_tensor::cpu::pool::{share, DisjointSlice};
 use yuanli_tensor::cpu::qmatmul::{qmatmul_many, QOut};
 use yuanli_tensor::cpu::{alloc_filled, gemm_into, qmatmul, simd, with_team, MatRef, QuantizedActs, SpinPool};
-use yuanli_tensor::QuantType;
+use yuanli_tensor::{QuantType, RopeFreqs};
 
 /// Positions per KV block unless a session asks otherwise (vLLM's default).
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
@@ -359,6 +359,8 @@ pub(crate) struct StepPlan {
     pub(crate) tables: Vec<u32>,
     /// Tokens whose logits are wanted, in batch order.
     pub(crate) logit_rows: Vec<usize>,
+    /// The length of each token's sequence after the step (the `n` of dynamic RoPE scaling).
+    pub(crate) end: Vec<usize>,
     /// Longest sequence after the step.
     pub(crate) max_len: usize,
     seqs: HashMap<u32, SeqStep>,
@@ -393,6 +395,9 @@ pub(crate) struct Scratch {
     /// The angles of the local (sliding-window) layers when their RoPE base differs (Gemma 3).
     pub(crate) cos_local: Vec<f32>,
     pub(crate) sin_local: Vec<f32>,
+    /// The RoPE frequencies the angles are made from (global and local layers).
+    pub(crate) rope: RopeFreqs,
+    pub(crate) rope_local: RopeFreqs,
     /// Quantized activations of the matrix products.
     pub(crate) acts: QuantizedActs,
 }
@@ -672,6 +677,7 @@ impl Session {
         plan.tables.clear();
         plan.slot.clear();
         plan.pos.clear();
+        plan.end.clear();
         plan.table.clear();
         plan.logit_rows.clear();
         plan.max_len = 0;
@@ -707,6 +713,7 @@ impl Session {
             let block = plan.tables[s.table_start + pos / bs] as usize;
             plan.slot.push(block * bs + pos % bs);
             plan.pos.push(pos);
+            plan.end.push(s.len + s.n);
             plan.table.push((s.table_start, s.table_len));
             if batch.logits[i] {
                 plan.logit_rows.push(i);
@@ -756,7 +763,7 @@ impl Session {
         (t0, t1): (usize, usize),
         q: &[f32],
         out: &mut [f32],
-        spec: AttnSpec,
+        spec: AttnSpec<'_>,
         pool: &SpinPool,
     ) {
         let (hk, d, bs) = (self.shape.kv_heads, self.shape.head_dim, self.block_size);
@@ -800,7 +807,15 @@ impl Session {
         let stride = att_tls.len() / threads;
         let tls = DisjointSlice::new(att_tls);
         let dst = DisjointSlice::new(&mut out[..t * qd]);
-        let AttnSpec { scale, window } = spec;
+        let AttnSpec { scale, window, alibi } = spec;
+        // ALiBi: row `scores[lo..=i]` of a query at position `i`, head `qh`, += −m·(i − j).
+        let add_alibi = move |row: &mut [f32], lo: usize, i: usize, qh: usize| {
+            if let Some(m) = alibi {
+                for (j, x) in (lo..=i).zip(row.iter_mut()) {
+                    *x -= m[qh] * (i - j) as f32;
+                }
+            }
+        };
         let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
         // The first key a query at position `p` sees: all of them, or the last `window`.
         let first_key = move |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
@@ -856,7 +871,7 @@ impl Session {
                     let nr = blocks * bs; // scores for whole blocks; the tail is ignored
                     gather_k(table, h, blocks, kg);
                     let s = &mut scores[..group * nr];
-                    for (qv, sg) in qg.chunks_exact(d).zip(s.chunks_exact_mut(nr)) {
+                    for (gi, (qv, sg)) in qg.chunks_exact(d).zip(s.chunks_exact_mut(nr)).enumerate() {
                         sg.fill(0.0);
                         for (sb, kb) in sg.chunks_exact_mut(bs).zip(kg.chunks_exact(bs * d)) {
                             simd::axpy_rows(sb, qv, kb); // sb[slot] = Σ_d q[d]·K[d][slot]
@@ -865,6 +880,7 @@ impl Session {
                         sg[..lo].fill(0.0);
                         let sg = &mut sg[lo..n];
                         simd::scale(sg, scale);
+                        add_alibi(sg, lo, n - 1, h * group + gi);
                         let mx = simd::max(sg);
                         let z = simd::exp_sub_sum(sg, mx);
                         simd::scale(sg, 1.0 / z);
@@ -902,6 +918,7 @@ impl Session {
                         let seen = p0 + r + 1;
                         let lo = first_key(seen - 1);
                         row[..lo].fill(0.0);
+                        add_alibi(&mut row[lo..seen], lo, seen - 1, h);
                         let mx = simd::max(&row[lo..seen]);
                         let z = simd::exp_sub_sum(&mut row[lo..seen], mx);
                         simd::scale(&mut row[lo..seen], 1.0 / z);
@@ -921,12 +938,15 @@ impl Session {
     }
 }
 
-/// How a layer's queries see the keys: the score scale (`None`: `1/√D`) and, for a
-/// sliding-window layer, how many positions back (the query's own included) it looks.
+/// How a layer's queries see the keys: the score scale (`None`: `1/√D`), for a
+/// sliding-window layer how many positions back (the query's own included) it looks, and for
+/// ALiBi each query head's slope `m_h` (the score of key `j` for the query at `i` gets
+/// `−m_h·(i − j)` after scaling).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct AttnSpec {
+pub(crate) struct AttnSpec<'a> {
     pub(crate) scale: Option<f32>,
     pub(crate) window: Option<usize>,
+    pub(crate) alibi: Option<&'a [f32]>,
 }
 
 /// The network's part of a step: tokens `t0..t1` of the planned batch through every layer,

@@ -261,8 +261,16 @@ mod tests {
     use yuanli_nn::ParamStore;
 
     fn tiny() -> Gpt {
-        let cfg =
-            GptConfig { vocab_size: 20, block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+        let cfg = GptConfig {
+            vocab_size: 20,
+            block_size: 8,
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 16,
+            dropout: 0.0,
+            bias: true,
+            positions: Default::default(),
+        };
         Gpt::new(cfg, &mut ParamStore::new(), &mut Rng::new(1)).unwrap()
     }
 

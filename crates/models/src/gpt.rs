@@ -2,7 +2,8 @@
 //!
 //! References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT `model.py` for the layout and
 //! parameter names. Notable features:
-//! - learned absolute position embeddings, pre-LayerNorm blocks, GELU (tanh) MLP of width 4C;
+//! - learned absolute position embeddings (or another scheme of [`Positions`]: sinusoidal,
+//!   RoPE, ALiBi, none), pre-LayerNorm blocks, GELU (tanh) MLP of width 4C;
 //! - causal self-attention on the fused FlashAttention-style op (no (T, T) matrix is kept);
 //! - the LM head is tied to the token embedding (`logits = x · wteᵀ`);
 //! - the vocabulary is padded to a multiple of 64 inside the model (`Vp`); targets stay `< V`;
@@ -11,12 +12,13 @@
 //! Shapes: `B` batch, `T` time, `C = n_embd`, `H = n_head`, `hs = C/H`, `Vp` padded vocab.
 
 use crate::engine::{self, fit, next_model_id, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
+use crate::positions::{alibi_bias, alibi_slopes, sinusoidal_row, sinusoidal_table, Positions};
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
-use yuanli_autograd::{AttentionOpts, GeluKind, Var};
+use yuanli_autograd::{AttentionOpts, GeluKind, RopeOpts, Var};
 use yuanli_nn::{join, Embedding, Init, LayerNorm, Linear, Module, ParamStore};
-use yuanli_tensor::cpu::{layernorm_row, simd, SpinPool};
-use yuanli_tensor::{DType, Rng, Tensor};
+use yuanli_tensor::cpu::{layernorm_row, rope_angles, rope_row_inplace, simd, SpinPool};
+use yuanli_tensor::{DType, Rng, RopeFreqs, RopeLayout, Tensor};
 
 /// Why a configuration cannot describe a model.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,9 @@ pub struct GptConfig {
     /// Biases in Linear and LayerNorm layers (GPT-2 has them).
     #[serde(default = "default_true")]
     pub bias: bool,
+    /// How positions enter the model (GPT-2: learned).
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 fn default_true() -> bool {
@@ -65,7 +70,16 @@ impl GptConfig {
             "gpt2-124m" => (12, 12, 768, 1024),
             _ => return None,
         };
-        Some(GptConfig { vocab_size, block_size, n_layer, n_head, n_embd, dropout: 0.0, bias: true })
+        Some(GptConfig {
+            vocab_size,
+            block_size,
+            n_layer,
+            n_head,
+            n_embd,
+            dropout: 0.0,
+            bias: true,
+            positions: Positions::Learned,
+        })
     }
 
     /// Checks the fields, naming the first problem.
@@ -79,6 +93,12 @@ impl GptConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        if self.positions == Positions::Rope && !(self.n_embd / self.n_head).is_multiple_of(2) {
+            return bad(format!(
+                "positions = \"rope\" needs an even head size, n_embd / n_head = {}",
+                self.n_embd / self.n_head
+            ));
         }
         Ok(())
     }
@@ -94,13 +114,15 @@ impl GptConfig {
         let per_block = 2 * (c + b * c) // two LayerNorms
             + (3 * c * c + b * 3 * c) + (c * c + b * c) // attention
             + (4 * c * c + b * 4 * c) + (4 * c * c + b * c); // MLP
-        self.padded_vocab() * c + self.block_size * c + l * per_block + (c + b * c)
+        let wpe = if self.positions == Positions::Learned { self.block_size * c } else { 0 };
+        self.padded_vocab() * c + wpe + l * per_block + (c + b * c)
     }
 
     /// Training FLOPs per token (PaLM appendix B): `6N + 12·L·C·T`, with N the non-embedding
     /// parameters plus the LM head, and the attention term for a full context `T`.
     pub fn flops_per_token(&self) -> f64 {
-        let n = (self.num_params() - self.block_size * self.n_embd) as f64;
+        let wpe = if self.positions == Positions::Learned { self.block_size * self.n_embd } else { 0 };
+        let n = (self.num_params() - wpe) as f64;
         6.0 * n + 12.0 * (self.n_layer * self.n_embd * self.block_size) as f64
     }
 }
@@ -112,28 +134,46 @@ struct CausalSelfAttention {
     n_head: usize,
 }
 
+/// What attention needs to know about positions in one forward pass: RoPE's frequencies
+/// (`positions = "rope"`), ALiBi's `(H, T, T)` scores (`"alibi"`).
+#[derive(Default)]
+struct PosOpts {
+    rope: Option<RopeFreqs>,
+    alibi: Option<Tensor>,
+}
+
 impl CausalSelfAttention {
     /// Queries, keys and values `(B, H, T, hs)` of `x (B, T, C)`: views only — slice the last
-    /// axis of the fused projection, split it into heads, move heads before time.
-    fn qkv(&self, x: &Var) -> (Var, Var, Var) {
+    /// axis of the fused projection, split it into heads, move heads before time; queries and
+    /// keys rotated first under RoPE.
+    fn qkv(&self, x: &Var, pos: &PosOpts) -> (Var, Var, Var) {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, hs) = (self.n_head, c / self.n_head);
         let qkv = self.c_attn.forward(x); // (B, T, 3C)
-        let heads = |i: usize| qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]).permute(&[0, 2, 1, 3]); // (B, H, T, hs)
+        let heads = |i: usize| {
+            let y = qkv.narrow(-1, i * c, c).reshape(&[b, t, h, hs]); // (B, T, H, hs)
+            let y = match (&pos.rope, i) {
+                (Some(freqs), 0 | 1) => y.rope(RopeOpts { seq_axis: 1, pos0: 0, freqs, layout: RopeLayout::HalfSplit }),
+                _ => y,
+            };
+            y.permute(&[0, 2, 1, 3]) // (B, H, T, hs)
+        };
         (heads(0), heads(1), heads(2))
     }
 
-    /// Causal attention of the queries over `k`, `v`, heads merged back and projected.
-    fn attend(&self, q: &Var, k: &Var, v: &Var) -> Var {
+    /// Causal attention of the queries over `k`, `v` (plus ALiBi's scores), heads merged back
+    /// and projected.
+    fn attend(&self, q: &Var, k: &Var, v: &Var, pos: &PosOpts) -> Var {
         let (b, h, t, hs) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         // With fewer queries than keys (decoding), the queries are the last positions.
-        let y = Var::attention(q, k, v, &AttentionOpts { causal: true, ..Default::default() }); // (B, H, T, hs)
+        let opts = AttentionOpts { causal: true, mask: pos.alibi.clone(), ..Default::default() };
+        let y = Var::attention(q, k, v, &opts); // (B, H, T, hs)
         self.c_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape(&[b, t, h * hs])) // (B, T, C)
     }
 
-    fn forward(&self, x: &Var) -> Var {
-        let (q, k, v) = self.qkv(x);
-        self.attend(&q, &k, &v)
+    fn forward(&self, x: &Var, pos: &PosOpts) -> Var {
+        let (q, k, v) = self.qkv(x, pos);
+        self.attend(&q, &k, &v, pos)
     }
 }
 
@@ -160,7 +200,10 @@ pub struct Gpt {
     /// Which inference sessions belong to this model.
     id: u64,
     wte: Embedding,
-    wpe: Embedding,
+    /// Learned positions (`positions = "learned"` only).
+    wpe: Option<Embedding>,
+    /// ALiBi's slope per head (`"alibi"` only), for the engine.
+    alibi: Vec<f32>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
 }
@@ -174,7 +217,14 @@ impl Gpt {
         let proj_std = Init::Normal { std: 0.02 / (2.0 * config.n_layer as f64).sqrt() };
         let eps = 1e-5;
         let wte = Embedding::new(store, "wte", config.padded_vocab(), c, std, rng)?;
-        let wpe = Embedding::new(store, "wpe", config.block_size, c, std, rng)?;
+        let wpe = match config.positions {
+            Positions::Learned => Some(Embedding::new(store, "wpe", config.block_size, c, std, rng)?),
+            _ => None,
+        };
+        let alibi = match config.positions {
+            Positions::Alibi => alibi_slopes(config.n_head).into_iter().map(|m| m as f32).collect(),
+            _ => vec![],
+        };
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = format!("h.{i}");
@@ -191,24 +241,51 @@ impl Gpt {
             });
         }
         let ln_f = LayerNorm::new(store, "ln_f", c, config.bias, eps)?;
-        Ok(Gpt { config, id: next_model_id(), wte, wpe, blocks, ln_f })
+        Ok(Gpt { config, id: next_model_id(), wte, wpe, alibi, blocks, ln_f })
     }
 
-    /// Logits `(B, T, Vp)` for token ids `(B, T)` (u32, `T ≤ block_size`). Dropout is active
-    /// only when `train`.
+    /// The token embeddings of `idx (B, T)` with the positions added (learned or sinusoidal),
+    /// and what attention needs for RoPE or ALiBi.
+    fn embed(&self, idx: &Tensor) -> (Var, PosOpts) {
+        let (t, c) = (idx.dim(1), self.config.n_embd);
+        let x = self.wte.forward(idx); // (B, T, C)
+        let dt = x.value().dtype();
+        let mut pos = PosOpts::default();
+        let x = match (self.config.positions, &self.wpe) {
+            (Positions::Learned, Some(wpe)) => x.add(&wpe.forward(&Tensor::arange(t, DType::U32))),
+            // As Vaswani et al. (§3.4): the embedding × √C, so that tokens are not drowned by a
+            // position vector of norm √(C/2) while the embeddings are small.
+            (Positions::Sinusoidal, _) => {
+                x.scale((c as f64).sqrt()).add(&Var::constant(sinusoidal_table(t, c).to_dtype(dt)))
+            }
+            (Positions::Rope, _) => {
+                pos.rope = Some(RopeFreqs::new(c / self.config.n_head, 10_000.0));
+                x
+            }
+            (Positions::Alibi, _) => {
+                pos.alibi = Some(alibi_bias(self.config.n_head, t, t, dt));
+                x
+            }
+            _ => x,
+        };
+        (x, pos)
+    }
+
+    /// Logits `(B, T, Vp)` for token ids `(B, T)` (u32; `T ≤ block_size` with learned
+    /// positions, any `T` with the others). Dropout is active only when `train`.
     #[track_caller]
     pub fn forward(&self, idx: &Tensor, train: bool, rng: &mut Rng) -> Var {
         let t = idx.dim(1);
         assert!(
-            t <= self.config.block_size,
-            "gpt: sequence of {t} tokens exceeds block_size {}",
+            t <= self.config.block_size || self.config.positions != Positions::Learned,
+            "gpt: sequence of {t} tokens exceeds block_size {} (learned positions)",
             self.config.block_size
         );
         let p = self.config.dropout;
-        let pos = Tensor::arange(t, DType::U32);
-        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos)).dropout(p, train, rng); // (B, T, C)
+        let (x, pos) = self.embed(idx);
+        let mut x = x.dropout(p, train, rng); // (B, T, C)
         for blk in &self.blocks {
-            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)).dropout(p, train, rng));
+            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x), &pos).dropout(p, train, rng));
             x = x.add(&blk.mlp(&x).dropout(p, train, rng));
         }
         self.wte.weight.linear(&self.ln_f.forward(&x), None) // (B, T, Vp) = x·wteᵀ: the head is tied to wte
@@ -222,13 +299,15 @@ impl Gpt {
         assert!(layer < self.blocks.len(), "attention_probs: layer {layer} of {}", self.blocks.len());
         let _g = yuanli_autograd::no_grad();
         let t = idx.dim(1);
-        let pos = Tensor::arange(t, DType::U32);
-        let mut x = self.wte.forward(idx).add(&self.wpe.forward(&pos));
+        let (mut x, pos) = self.embed(idx);
         for (i, blk) in self.blocks.iter().enumerate() {
             if i == layer {
-                let (q, k, _) = blk.attn.qkv(&blk.ln_1.forward(&x)); // (B, H, T, hs)
+                let (q, k, _) = blk.attn.qkv(&blk.ln_1.forward(&x), &pos); // (B, H, T, hs)
                 let hs = q.shape()[3];
-                let s = q.matmul(&k.t()).scale(1.0 / (hs as f64).sqrt()); // (B, H, T, T)
+                let mut s = q.matmul(&k.t()).scale(1.0 / (hs as f64).sqrt()); // (B, H, T, T)
+                if let Some(b) = &pos.alibi {
+                    s = s.add(&Var::constant(b.clone()));
+                }
                 let allowed: Vec<f64> = (0..t * t).map(|ij| if ij % t <= ij / t { 1.0 } else { 0.0 }).collect();
                 let masked = Tensor::where_cond(
                     &Tensor::new(allowed, &[t, t]),
@@ -237,7 +316,7 @@ impl Gpt {
                 );
                 return masked.softmax();
             }
-            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x)));
+            x = x.add(&blk.attn.forward(&blk.ln_1.forward(&x), &pos));
             x = x.add(&blk.mlp(&x));
         }
         unreachable!("layer index checked above")
@@ -275,12 +354,36 @@ impl Gpt {
         for (buf, w) in [(&mut sc.att, c), (&mut sc.g, 4 * c), (&mut sc.u, 4 * c)] {
             fit(buf, t * w);
         }
+        let (h, hs) = (self.config.n_head, c / self.config.n_head);
+        let rope = self.config.positions == Positions::Rope;
+        if rope {
+            fit(&mut sc.cos, t * hs / 2);
+            fit(&mut sc.sin, t * hs / 2);
+            crate::RopeScaling::None.freqs_into(hs, 10_000.0, 0, &mut sc.rope);
+        }
         for (i, &tok) in batch.tokens()[t0..t1].iter().enumerate() {
             let (x, p) = (&mut sc.x[i * c..(i + 1) * c], &mut sc.h[i * c..(i + 1) * c]);
             self.wte.weight.row_into(tok as usize, x);
-            self.wpe.weight.row_into(s.plan.pos[t0 + i], p);
-            engine::add(x, p);
+            let at = s.plan.pos[t0 + i];
+            match (self.config.positions, &self.wpe) {
+                (Positions::Learned, Some(wpe)) => {
+                    wpe.weight.row_into(at, p);
+                    engine::add(x, p);
+                }
+                (Positions::Sinusoidal, _) => {
+                    simd::scale(x, (c as f32).sqrt());
+                    sinusoidal_row(at, p);
+                    engine::add(x, p);
+                }
+                (Positions::Rope, _) => {
+                    let r = i * hs / 2..(i + 1) * hs / 2;
+                    rope_angles(at, &sc.rope, &mut sc.cos[r.clone()], &mut sc.sin[r]);
+                }
+                _ => {}
+            }
         }
+        let spec =
+            engine::AttnSpec { alibi: (!self.alibi.is_empty()).then_some(&self.alibi[..]), ..Default::default() };
         let norm_rows = |ln: &LayerNorm, x: &[f32], y: &mut [f32]| {
             x[..t * c].chunks_exact(c).zip(y.chunks_exact_mut(c)).for_each(|(xr, yr)| norm_row(ln, xr, yr))
         };
@@ -297,9 +400,18 @@ impl Gpt {
                 sc.q[i * c..(i + 1) * c].copy_from_slice(&qkv[..c]);
                 sc.k[i * c..(i + 1) * c].copy_from_slice(&qkv[c..2 * c]);
                 sc.v[i * c..(i + 1) * c].copy_from_slice(&qkv[2 * c..]);
+                if rope {
+                    let (cr, sr) = (&sc.cos[i * hs / 2..(i + 1) * hs / 2], &sc.sin[i * hs / 2..(i + 1) * hs / 2]);
+                    for head in sc.q[i * c..(i + 1) * c]
+                        .chunks_exact_mut(hs)
+                        .chain(sc.k[i * c..(i + 1) * c].chunks_exact_mut(hs))
+                    {
+                        rope_row_inplace(head, cr, sr, RopeLayout::HalfSplit);
+                    }
+                }
             }
             s.write_kv(l, t0, &sc.k[..t * c], &sc.v[..t * c]);
-            s.attention(l, self.config.n_head, (t0, t1), &sc.q, &mut sc.att, engine::AttnSpec::default(), pool);
+            s.attention(l, h, (t0, t1), &sc.q, &mut sc.att, spec, pool);
             linear(&blk.attn.c_proj, &sc.att, &mut sc.acts, &mut sc.h);
             engine::add(&mut sc.x[..t * c], &sc.h[..t * c]);
             norm_rows(&blk.ln_2, &sc.x, &mut sc.h);
@@ -370,22 +482,39 @@ mod tests {
 
     #[test]
     fn engine_decoding_matches_the_full_forward_at_every_step() {
+        // every position scheme: the engine's own sinusoid, rotation and ALiBi scores against
+        // the training path's
+        for positions in Positions::ALL {
+            engine_matches_forward(positions);
+        }
+    }
+
+    fn engine_matches_forward(positions: Positions) {
         use crate::engine::{Batch, Logits, SessionOpts};
-        let cfg =
-            GptConfig { vocab_size: 13, block_size: 16, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+        let cfg = GptConfig {
+            vocab_size: 13,
+            block_size: 16,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            dropout: 0.0,
+            bias: true,
+            positions,
+        };
         let mut store = ParamStore::new();
         let mut rng = Rng::new(3);
         let m = Gpt::new(cfg, &mut store, &mut rng).unwrap();
-        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7];
         let mut s = m.new_session(SessionOpts { block_size: 4, ..SessionOpts::tokens(16) });
         let seq = s.add_sequence();
         let (mut batch, mut logits) = (Batch::new(), Vec::new());
-        // A 4-token prefill (every row's logits), then one token at a time.
-        batch.add_seq(seq, 0, &ids[..4], Logits::All);
+        // A 10-token prefill (every row's logits; the blocked attention route), then one token
+        // at a time (the per-token route).
+        batch.add_seq(seq, 0, &ids[..10], Logits::All);
         m.forward_batch(&mut s, &batch, &mut logits).unwrap();
-        let full = m.forward(&Tensor::new(ids[..4].to_vec(), &[1, 4]), false, &mut rng).value().clone();
+        let full = m.forward(&Tensor::new(ids[..10].to_vec(), &[1, 10]), false, &mut rng).value().clone();
         assert_close(&logits, &full.narrow(2, 0, 13).contiguous().to_vec::<f32>());
-        for n in 5..=ids.len() {
+        for n in 11..=ids.len() {
             batch.clear();
             batch.add_seq(seq, n - 1, &ids[n - 1..n], Logits::Last);
             m.forward_batch(&mut s, &batch, &mut logits).unwrap();
@@ -403,8 +532,16 @@ mod tests {
 
     #[test]
     fn a_tiny_gpt_overfits_one_batch() {
-        let cfg =
-            GptConfig { vocab_size: 11, block_size: 8, n_layer: 2, n_head: 2, n_embd: 16, dropout: 0.0, bias: true };
+        let cfg = GptConfig {
+            vocab_size: 11,
+            block_size: 8,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            dropout: 0.0,
+            bias: true,
+            positions: Default::default(),
+        };
         let mut store = ParamStore::new();
         let mut rng = Rng::new(1);
         let m = Gpt::new(cfg, &mut store, &mut rng).unwrap();

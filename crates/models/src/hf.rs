@@ -119,6 +119,7 @@ pub fn config_from_hf(v: &Value, origin: &str) -> Result<GptConfig, HfError> {
         n_embd: get("n_embd")?,
         dropout: 0.0,
         bias: true,
+        positions: Default::default(),
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
     Ok(cfg)
@@ -216,6 +217,7 @@ pub fn export_llama(
         }
     }
     let qwen2 = c.attention_bias;
+    let rope_scaling = c.rope_scaling.to_hf().map_err(|e| LoadError::Config(format!("{}: {e}", p.description)))?;
     let config = json!({
         "architectures": [if qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "model_type": if qwen2 { "qwen2" } else { "llama" },
@@ -228,6 +230,7 @@ pub fn export_llama(
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "rope_theta": c.rope_theta,
+        "rope_scaling": rope_scaling,
         "rms_norm_eps": c.rms_norm_eps,
         "max_position_embeddings": c.max_seq_len,
         "tie_word_embeddings": c.tie_word_embeddings,

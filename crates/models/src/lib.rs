@@ -15,6 +15,8 @@ pub mod hf;
 pub mod llama;
 pub mod load;
 pub mod peft;
+pub mod positions;
+pub mod rope_scaling;
 pub mod sample;
 
 pub use chat::{ChatTemplate, Message};
@@ -23,6 +25,8 @@ pub use generate::{generate, generate_batch, generate_in, Generation, Request};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{Llama, LlamaConfig, Pass};
 pub use load::{gpt_from_gguf, gpt_vocab_from_gguf, load_pretrained, GptVocab, LoadError, Pretrained};
+pub use positions::Positions;
+pub use rope_scaling::RopeScaling;
 pub use sample::{pick, CausalLm, Sampler, SamplingParams};
 /// The GGUF reader and writer the loaders use (re-exported for `yuanli quantize`).
 pub use yuanli_gguf as gguf;

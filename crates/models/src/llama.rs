@@ -34,12 +34,13 @@
 
 use crate::engine::{self, fit, next_model_id, AttnSpec, Batch, EngineError, KvShape, KvType, Session, SessionOpts};
 use crate::load::LoadError;
+use crate::rope_scaling::RopeScaling;
 use crate::sample::CausalLm;
 use serde::{Deserialize, Serialize};
 use yuanli_autograd::{AttentionOpts, RopeOpts, Var};
 use yuanli_nn::{join, Init, Linear, Lora, LoraConfig, Module, ParamKind, ParamStore, RmsNorm, Weight};
 use yuanli_tensor::cpu::{rmsnorm_row, rope_angles, rope_row_inplace, simd, SpinPool};
-use yuanli_tensor::{GeluKind, QMatrix, Rng, RopeLayout, Tensor};
+use yuanli_tensor::{GeluKind, QMatrix, Rng, RopeFreqs, RopeLayout, Tensor};
 
 /// Hyper-parameters of a LLaMA-family model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,10 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     /// RoPE frequency base θ.
     pub rope_theta: f64,
+    /// How the RoPE frequencies are stretched past the pretraining context (global layers;
+    /// local sliding-window layers keep plain RoPE at `extras.rope_local_theta`).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     /// Which channels RoPE rotates together: half-split for Hugging Face weights, interleaved
     /// for GGUF files (llama.cpp's converter permutes the q/k rows to that order).
     #[serde(with = "layout_name")]
@@ -108,11 +113,13 @@ impl LlamaConfig {
         self.extras.sliding_window.is_some() && (p == 0 || l % p != p - 1)
     }
 
-    /// RoPE base of layer `l`.
-    pub fn rope_theta_of(&self, l: usize) -> f64 {
+    /// The RoPE frequencies of layer `l` in a forward pass over a sequence `n` positions long
+    /// (`n` matters only to dynamic scaling): a local layer with its own base runs plain RoPE
+    /// (as transformers does for Gemma 3), every other layer the model's scaling.
+    pub fn rope_freqs(&self, l: usize, n: usize) -> RopeFreqs {
         match self.extras.rope_local_theta {
-            Some(local) if self.is_local(l) => local,
-            _ => self.rope_theta,
+            Some(local) if self.is_local(l) => RopeFreqs::new(self.head_dim, local),
+            _ => self.rope_scaling.freqs(self.head_dim, self.rope_theta, n),
         }
     }
 
@@ -173,7 +180,17 @@ impl LlamaConfig {
                 c.rope_theta, c.rms_norm_eps
             ));
         }
-        Ok(())
+        c.rope_scaling.validate(c.head_dim)
+    }
+
+    /// The longest sequence the model runs: `max_seq_len`, except under dynamic NTK scaling,
+    /// whose config states the original context and whose base grows with the sequence (for
+    /// which it was made to reach about `factor ×` that; transformers sets no limit).
+    pub fn context_len(&self) -> usize {
+        match self.rope_scaling {
+            RopeScaling::Dynamic { factor, .. } if factor > 1.0 => (self.max_seq_len as f64 * factor) as usize,
+            _ => self.max_seq_len,
+        }
     }
 
     /// Parameters in the model.
@@ -379,16 +396,24 @@ impl Llama {
     }
 
     /// `(B, t, C)` → heads `(B, n, t, D)` of projection `p`, each normalised by `norm` (QK-norm)
-    /// and then rotated with RoPE base `rope` when given.
-    fn heads(&self, p: &Linear, x: &Var, n: usize, norm: Option<&RmsNorm>, rope: Option<f64>, tr: &Train) -> Var {
+    /// and then rotated by RoPE with frequencies `rope` when given.
+    fn heads(
+        &self,
+        p: &Linear,
+        x: &Var,
+        n: usize,
+        norm: Option<&RmsNorm>,
+        rope: Option<&RopeFreqs>,
+        tr: &Train,
+    ) -> Var {
         let c = &self.config;
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let mut y = tr.linear(p, x).reshape(&[b, t, n, c.head_dim]); // (B, t, n, D)
         if let Some(g) = norm {
             y = g.forward(&y);
         }
-        if let Some(base) = rope {
-            y = y.rope(RopeOpts { seq_axis: 1, pos0: 0, base, layout: c.rope_layout });
+        if let Some(freqs) = rope {
+            y = y.rope(RopeOpts { seq_axis: 1, pos0: 0, freqs, layout: c.rope_layout });
         }
         y.permute(&[0, 2, 1, 3])
     }
@@ -434,9 +459,9 @@ impl Llama {
         let scale = c.extras.query_pre_attn_scalar.map(|s| 1.0 / s.sqrt());
         for (l, blk) in self.layers.iter().enumerate() {
             let h = blk.input_layernorm.forward(&x);
-            let theta = Some(c.rope_theta_of(l));
-            let q = self.heads(&blk.q_proj, &h, c.n_head, blk.q_norm.as_ref(), theta, tr); // (B, H, T, D)
-            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, blk.k_norm.as_ref(), theta, tr); // (B, Hk, T, D)
+            let freqs = c.rope_freqs(l, t);
+            let q = self.heads(&blk.q_proj, &h, c.n_head, blk.q_norm.as_ref(), Some(&freqs), tr); // (B, H, T, D)
+            let k = self.heads(&blk.k_proj, &h, c.n_kv_head, blk.k_norm.as_ref(), Some(&freqs), tr); // (B, Hk, T, D)
             let v = self.heads(&blk.v_proj, &h, c.n_kv_head, None, None, tr);
             let mask = match c.extras.sliding_window {
                 Some(w) if c.is_local(l) && t > w => Some(Self::window_mask(t, w)),
@@ -667,6 +692,13 @@ impl Llama {
             fit(buf, t * w);
         }
         let embed_scale = (dim as f32).sqrt();
+        // The frequencies, as `LlamaConfig::rope_freqs` has them: local layers with their own
+        // base plain, the others scaled; a dynamic scaling per sequence length (recomputed when
+        // the next token belongs to a sequence of another length).
+        let mut freqs_for = usize::MAX;
+        if let Some(theta) = x.rope_local_theta {
+            RopeScaling::None.freqs_into(hd, theta, 0, &mut sc.rope_local);
+        }
         for (i, &tok) in batch.tokens()[t0..t1].iter().enumerate() {
             let row = &mut sc.x[i * dim..(i + 1) * dim];
             self.embed_tokens.row_into(tok as usize, row);
@@ -674,10 +706,15 @@ impl Llama {
                 simd::scale(row, embed_scale);
             }
             let p = s.plan.pos[t0 + i];
+            let n = if c.rope_scaling.is_dynamic() { s.plan.end[t0 + i] } else { 0 };
+            if n != freqs_for {
+                c.rope_scaling.freqs_into(hd, c.rope_theta, n, &mut sc.rope);
+                freqs_for = n;
+            }
             let r = i * half..(i + 1) * half;
-            rope_angles(p, hd, c.rope_theta, &mut sc.cos[r.clone()], &mut sc.sin[r.clone()]);
-            if let Some(theta) = x.rope_local_theta {
-                rope_angles(p, hd, theta, &mut sc.cos_local[r.clone()], &mut sc.sin_local[r]);
+            rope_angles(p, &sc.rope, &mut sc.cos[r.clone()], &mut sc.sin[r.clone()]);
+            if local_angles {
+                rope_angles(p, &sc.rope_local, &mut sc.cos_local[r.clone()], &mut sc.sin_local[r]);
             }
         }
         // QK-norm (when `g`), then RoPE, over each head of `heads` per token; `tmp` holds a head.
@@ -739,7 +776,7 @@ impl Llama {
             rotate(&mut sc.q, nh, blk.q_norm.as_ref(), angles, &mut sc.h);
             rotate(&mut sc.k, nkv, blk.k_norm.as_ref(), angles, &mut sc.h);
             s.write_kv(l, t0, &sc.k[..t * kvd], &sc.v[..t * kvd]);
-            let spec = AttnSpec { scale, window: if local { x.sliding_window } else { None } };
+            let spec = AttnSpec { scale, window: if local { x.sliding_window } else { None }, alibi: None };
             s.attention(l, nh, (t0, t1), &sc.q, &mut sc.att, spec, pool);
             engine::matmul(&blk.o_proj.weight, &sc.att, t, &mut sc.acts, &mut sc.h, pool);
             adapt(&blk.o_proj, &sc.att, &mut sc.h);
@@ -785,7 +822,7 @@ impl CausalLm for Llama {
     }
 
     fn context_len(&self) -> usize {
-        self.config.max_seq_len
+        self.config.context_len()
     }
 
     fn new_session(&self, opts: SessionOpts) -> Session {
@@ -796,7 +833,7 @@ impl CausalLm for Llama {
     }
 
     fn forward_batch(&self, s: &mut Session, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
-        let sizes = (self.config.vocab_size, self.config.max_seq_len);
+        let sizes = (self.config.vocab_size, self.config.context_len());
         engine::run_step(
             s,
             self.id,
@@ -823,6 +860,7 @@ mod tests {
             n_kv_head: 2,
             head_dim: 4,
             rope_theta: 10_000.0,
+            rope_scaling: Default::default(),
             rope_layout: layout,
             rms_norm_eps: 1e-5,
             max_seq_len: 32,

@@ -14,6 +14,7 @@
 use crate::chat::ChatTemplate;
 use crate::gpt::{Gpt, GptConfig};
 use crate::llama::{Extras, Llama, LlamaConfig};
+use crate::rope_scaling::{yarn_mscale, RopeScaling};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -151,7 +152,8 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     };
     let rope_theta =
         if f.get(&key("rope.freq_base")).is_some() { f.get_f64(&key("rope.freq_base"))? } else { 10_000.0 };
-    refuse_unsupported_gguf_rope(f, arch, head_dim)?;
+    let max_seq_len = f.get_usize(&key("context_length"))?;
+    let rope_scaling = gguf_rope_scaling(f, arch, head_dim, max_seq_len)?;
     let n_layer = f.get_usize(&key("block_count"))?;
     let extras = if arch == "gemma3" { gemma3_extras(f, n_layer, hidden_size, n_head)? } else { Extras::default() };
     let cfg = LlamaConfig {
@@ -163,12 +165,13 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         n_kv_head,
         head_dim,
         rope_theta,
+        rope_scaling,
         // llama.cpp's converter permutes LLaMA's and Mistral's q/k rows so that RoPE rotates
         // adjacent pairs; Qwen2 and Gemma files keep the Hugging Face order, which llama.cpp
         // runs in "NeoX" (half-split) mode.
         rope_layout: if matches!(arch, "qwen2" | "gemma3") { RopeLayout::HalfSplit } else { RopeLayout::Interleaved },
         rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
-        max_seq_len: f.get_usize(&key("context_length"))?,
+        max_seq_len,
         tie_word_embeddings: f.tensor_info("output.weight").is_err(),
         attention_bias: f.tensor_info("blk.0.attn_q.bias").is_ok(),
         extras,
@@ -177,32 +180,129 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     Ok(cfg)
 }
 
-/// RoPE variants a GGUF file can ask for that we do not implement — a scaling type
-/// (`{arch}.rope.scaling.type`: linear, yarn, …), LLaMA 3's frequency factors (the
-/// `rope_freqs.weight` tensor) and RoPE on part of each head (`{arch}.rope.dimension_count`
-/// below the head size) — are refused by name instead of run with plain RoPE.
-fn refuse_unsupported_gguf_rope(f: &GgufFile, arch: &str, head_dim: usize) -> Result<(), LoadError> {
+/// The RoPE scaling of a GGUF file, read as llama.cpp reads it (`llama-model.cpp`): the type
+/// `{arch}.rope.scaling.type` (llama.cpp assumes `linear` when only a factor is given), the
+/// factor `{arch}.rope.scaling.factor` (or the older `rope.scale_linear`); for YaRN the original
+/// context (`…original_context_length`, else the file's context length) and the optional
+/// `yarn_beta_fast`/`yarn_beta_slow`/`yarn_attn_factor`/`yarn_log_multiplier`/`attn_factor`
+/// keys; LLaMA 3's scaling arrives as the `rope_freqs.weight` tensor (one divisor per pair,
+/// what llama.cpp's converter computes from the `rope_scaling` of `config.json`).
+///
+/// YaRN's attention temperature is transformers' rule — an explicit `yarn_attn_factor` (the
+/// converter copies `attention_factor` into it), else `m(s)` — where llama.cpp recomputes
+/// `m(s)` and ignores the key; they differ only for files that set it. Types we do not
+/// implement (longrope, …), an extrapolation factor other than 1, and RoPE on part of each
+/// head are refused by name instead of run with plain RoPE.
+fn gguf_rope_scaling(f: &GgufFile, arch: &str, head_dim: usize, context: usize) -> Result<RopeScaling, LoadError> {
     let refuse = |m: String| Err(LoadError::Config(format!("{}: {m}", f.origin())));
-    let scaling = format!("{arch}.rope.scaling.type");
-    if f.get(&scaling).is_some() {
-        let kind = f.get_str(&scaling)?;
-        if kind != "none" {
-            return refuse(format!("{scaling} = {kind:?}: RoPE scaling is not implemented; refusing rather than running with unscaled positions"));
-        }
-    }
-    if f.tensor_info("rope_freqs.weight").is_ok() {
-        return refuse(
-            "tensor rope_freqs.weight: RoPE frequency factors (LLaMA 3.1's scaling) are not implemented".into(),
-        );
-    }
-    let dims = format!("{arch}.rope.dimension_count");
+    let key = |k: &str| format!("{arch}.{k}");
+    let opt_f64 = |k: &str| -> Result<Option<f64>, LoadError> {
+        Ok(if f.get(&key(k)).is_some() { Some(f.get_f64(&key(k))?) } else { None })
+    };
+    let dims = key("rope.dimension_count");
     if f.get(&dims).is_some() && f.get_usize(&dims)? != head_dim {
         return refuse(format!(
             "{dims} = {}: RoPE on part of each head (of {head_dim}) is not implemented",
             f.get_usize(&dims)?
         ));
     }
-    Ok(())
+    let kind =
+        if f.get(&key("rope.scaling.type")).is_some() { f.get_str(&key("rope.scaling.type"))? } else { "linear" };
+    let factor = opt_f64("rope.scaling.factor")?.or(opt_f64("rope.scale_linear")?).filter(|&x| x != 0.0).unwrap_or(1.0);
+    let scaling = match kind {
+        "none" => RopeScaling::None,
+        "linear" if factor == 1.0 => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor },
+        "yarn" => {
+            if let Some(e) = opt_f64("rope.scaling.yarn_ext_factor")?.filter(|&e| e != 1.0) {
+                return refuse(format!("{} = {e}: YaRN with an extrapolation factor other than 1 is not implemented", key("rope.scaling.yarn_ext_factor")));
+            }
+            let original = match f.get(&key("rope.scaling.original_context_length")) {
+                Some(_) => f.get_usize(&key("rope.scaling.original_context_length"))?,
+                None => context,
+            };
+            let temperature = match (opt_f64("rope.scaling.yarn_attn_factor")?, opt_f64("rope.scaling.yarn_log_multiplier")?) {
+                (Some(a), _) => a,
+                (None, Some(mu)) if mu != 0.0 => yarn_mscale(factor, 1.0) / yarn_mscale(factor, mu),
+                _ => yarn_mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original,
+                beta_fast: opt_f64("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: opt_f64("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                attention_factor: temperature * opt_f64("rope.scaling.attn_factor")?.unwrap_or(1.0),
+                truncate: true,
+            }
+        }
+        other => {
+            return refuse(format!(
+                "{} = {other:?}: this RoPE scaling is not implemented (none, linear, yarn and rope_freqs are); refusing rather than running with unscaled positions",
+                key("rope.scaling.type")
+            ))
+        }
+    };
+    if f.tensor_info("rope_freqs.weight").is_ok() {
+        if scaling != RopeScaling::None {
+            return refuse(format!(
+                "both {} = {kind:?} and a rope_freqs.weight tensor; one scaling at a time is implemented",
+                key("rope.scaling.type")
+            ));
+        }
+        let (_, factors) = f.tensor_f32("rope_freqs.weight")?;
+        return Ok(RopeScaling::FreqFactors { factors: factors.into_iter().map(f64::from).collect() });
+    }
+    Ok(scaling)
+}
+
+/// RoPE metadata keys with their values, and the `rope_freqs.weight` tensor when there is one.
+pub type GgufRopeForm = (Vec<(String, yuanli_gguf::Value)>, Option<Vec<f32>>);
+
+/// The GGUF form of `c`'s RoPE scaling, as llama.cpp's converter writes it (the inverse of
+/// [`gguf_rope_scaling`]): `{arch}.rope.scaling.*` keys for linear and YaRN (YaRN's betas and
+/// temperature only where they differ from the defaults the reader fills in), and for LLaMA 3
+/// no keys but the `rope_freqs.weight` tensor — one divisor `θ_i / θ'_i` per pair, returned
+/// here. Dynamic NTK has no GGUF form (llama.cpp does not implement it, and its converter drops
+/// it without a word), nor has YaRN without truncation: both are refused.
+pub fn gguf_rope_form(c: &LlamaConfig, arch: &str) -> Result<GgufRopeForm, String> {
+    use yuanli_gguf::Value;
+    let key = |k: &str| format!("{arch}.rope.scaling.{k}");
+    let kind = |k: &str| (key("type"), Value::String(k.into()));
+    let f32v = |x: f64| Value::F32(x as f32);
+    Ok(match &c.rope_scaling {
+        RopeScaling::None => (vec![], None),
+        RopeScaling::Linear { factor } => (vec![kind("linear"), (key("factor"), f32v(*factor))], None),
+        RopeScaling::Yarn { factor, original, beta_fast, beta_slow, attention_factor, truncate } => {
+            if !truncate {
+                return Err(
+                    "YaRN with truncate = false has no GGUF form (llama.cpp always rounds the ramp's ends)".into()
+                );
+            }
+            let mut m = vec![
+                kind("yarn"),
+                (key("factor"), f32v(*factor)),
+                (key("original_context_length"), Value::U32(*original as u32)),
+            ];
+            if *attention_factor != yarn_mscale(*factor, 1.0) {
+                m.push((key("yarn_attn_factor"), f32v(*attention_factor)));
+            }
+            if *beta_fast != 32.0 {
+                m.push((key("yarn_beta_fast"), f32v(*beta_fast)));
+            }
+            if *beta_slow != 1.0 {
+                m.push((key("yarn_beta_slow"), f32v(*beta_slow)));
+            }
+            (m, None)
+        }
+        RopeScaling::Llama3 { .. } | RopeScaling::FreqFactors { .. } => {
+            let plain = RopeScaling::None.freqs(c.head_dim, c.rope_theta, 0);
+            let scaled = c.rope_scaling.freqs(c.head_dim, c.rope_theta, 0);
+            (vec![], Some(plain.inv_freq.iter().zip(&scaled.inv_freq).map(|(a, b)| (a / b) as f32).collect()))
+        }
+        RopeScaling::Dynamic { .. } => {
+            return Err("dynamic NTK RoPE scaling has no GGUF form: llama.cpp does not implement it".into())
+        }
+    })
 }
 
 /// The head count of a query or key projection tensor or module of `c` (its name contains
@@ -543,6 +643,7 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
     let n_head = get("num_attention_heads")?;
     let hidden_size = get("hidden_size")?;
     let max_seq_len = get("max_position_embeddings")?;
+    let (rope_theta, rope_scaling) = hf_rope(v, max_seq_len).map_err(bad)?;
     // Mistral's sliding window (every layer local); Qwen2's is off unless use_sliding_window,
     // which is refused above. A window at least as long as the context changes nothing.
     let window = match v.get("sliding_window").and_then(Json::as_u64) {
@@ -557,7 +658,8 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
         n_head,
         n_kv_head: get("num_key_value_heads").unwrap_or(n_head),
         head_dim: get("head_dim").unwrap_or(hidden_size / n_head.max(1)),
-        rope_theta: hf_rope_theta(v).map_err(bad)?,
+        rope_theta,
+        rope_scaling,
         rope_layout: RopeLayout::HalfSplit,
         // transformers' own defaults where a field is absent
         rms_norm_eps: v.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
@@ -570,29 +672,102 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
     Ok(cfg)
 }
 
-/// RoPE's base θ from a `config.json`: transformers 4 writes it at the top level
-/// (`rope_theta`), transformers 5 inside `rope_parameters`; absent from both, transformers'
-/// default 10 000. A RoPE scaling (`rope_scaling` or `rope_parameters` with a `rope_type`
-/// other than `default`) is refused by name: we do not implement it yet, and running the
-/// model with unscaled positions would give wrong text without a word.
-fn hf_rope_theta(v: &Json) -> Result<f64, String> {
+/// RoPE's base θ and scaling from a `config.json`, in either form: transformers 4 writes the
+/// base at the top level (`rope_theta`) and the scaling in `rope_scaling`; transformers 5
+/// writes both into `rope_parameters` (`rope_type`, `rope_theta`, `factor`, …). Absent, the
+/// base is transformers' default 10 000 and there is no scaling. Each scaling's numbers are
+/// resolved as transformers resolves them (`modeling_rope_utils.py`): the original context of
+/// YaRN and LLaMA 3 from the parameters, else a top-level `original_max_position_embeddings`,
+/// else `max_position_embeddings`; dynamic NTK always from `max_position_embeddings`; YaRN's
+/// `beta_fast`/`beta_slow` 32/1, its temperature `attention_factor`, else
+/// `m(s, mscale)/m(s, mscale_all_dim)` when both are given, else `m(s)`. A scaling we do not
+/// implement (longrope, …), per-layer-type parameters, and values given twice that disagree
+/// are refused by name — running with unscaled positions would give wrong text without a word.
+fn hf_rope(v: &Json, max_seq_len: usize) -> Result<(f64, RopeScaling), String> {
     let present = |k: &str| v.get(k).filter(|x| !x.is_null());
-    for field in ["rope_scaling", "rope_parameters"] {
-        if let Some(o) = present(field) {
-            let kind = o.get("rope_type").or_else(|| o.get("type")).and_then(Json::as_str).unwrap_or("default");
-            if kind != "default" {
-                return Err(format!(
-                    "{field}: rope_type {kind:?} (RoPE scaling) is not implemented; refusing rather than running with unscaled positions"
-                ));
-            }
-        }
-    }
     let top = v.get("rope_theta").and_then(Json::as_f64);
     let nested = present("rope_parameters").and_then(|o| o.get("rope_theta")).and_then(Json::as_f64);
-    match (top, nested) {
-        (Some(a), Some(b)) if a != b => Err(format!("rope_theta = {a} and rope_parameters.rope_theta = {b} disagree")),
-        (a, b) => Ok(a.or(b).unwrap_or(10_000.0)),
+    let theta = match (top, nested) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!("rope_theta = {a} and rope_parameters.rope_theta = {b} disagree"))
+        }
+        (a, b) => a.or(b).unwrap_or(10_000.0),
+    };
+    let kind_of =
+        |o: &Json| o.get("rope_type").or_else(|| o.get("type")).and_then(Json::as_str).unwrap_or("default").to_string();
+    let (field, p) = match (present("rope_scaling"), present("rope_parameters")) {
+        (Some(a), Some(b))
+            if kind_of(a) != "default"
+                && kind_of(b) != "default"
+                && (kind_of(a) != kind_of(b) || a.get("factor") != b.get("factor")) =>
+        {
+            return Err(format!("rope_scaling ({}) and rope_parameters ({}) disagree", kind_of(a), kind_of(b)))
+        }
+        (Some(a), Some(b)) => {
+            if kind_of(b) != "default" {
+                ("rope_parameters", b)
+            } else {
+                ("rope_scaling", a)
+            }
+        }
+        (Some(a), None) => ("rope_scaling", a),
+        (None, Some(b)) => ("rope_parameters", b),
+        (None, None) => return Ok((theta, RopeScaling::None)),
+    };
+    for layer_type in ["full_attention", "sliding_attention"] {
+        if p.get(layer_type).is_some() {
+            return Err(format!(
+                "{field}.{layer_type}: RoPE parameters per layer type are not implemented for this family"
+            ));
+        }
     }
+    let number = |k: &str| p.get(k).and_then(Json::as_f64);
+    let need = |k: &str| number(k).ok_or_else(|| format!("{field}: rope_type {:?} needs a number {k:?}", kind_of(p)));
+    let original = || -> Result<usize, String> {
+        let inner = p.get("original_max_position_embeddings").and_then(Json::as_u64);
+        let outer = v.get("original_max_position_embeddings").and_then(Json::as_u64);
+        match (inner, outer) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "{field}.original_max_position_embeddings = {a} and original_max_position_embeddings = {b} disagree"
+            )),
+            (a, b) => Ok(a.or(b).map(|x| x as usize).unwrap_or(max_seq_len)),
+        }
+    };
+    let scaling = match kind_of(p).as_str() {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: need("factor")? },
+        "dynamic" => RopeScaling::Dynamic { factor: need("factor")?, original: max_seq_len },
+        "yarn" => {
+            let original = original()?;
+            let factor = number("factor").unwrap_or(max_seq_len as f64 / original as f64);
+            let nonzero = |k: &str| number(k).filter(|&x| x != 0.0);
+            let attention_factor = match (number("attention_factor"), nonzero("mscale"), nonzero("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                _ => yarn_mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original,
+                beta_fast: nonzero("beta_fast").unwrap_or(32.0),
+                beta_slow: nonzero("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: p.get("truncate").and_then(Json::as_bool).unwrap_or(true),
+            }
+        }
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original: original()?,
+        },
+        other => {
+            return Err(format!(
+                "{field}: rope_type {other:?} is not implemented (default, linear, dynamic, yarn and llama3 are); refusing rather than running with unscaled positions"
+            ))
+        }
+    };
+    Ok((theta, scaling))
 }
 
 /// The `config.json` fields that would change the arithmetic of a LLaMA-family model and that
@@ -742,6 +917,7 @@ pub fn gpt_config_from_gguf(f: &GgufFile) -> Result<GptConfig, LoadError> {
         n_embd,
         dropout: 0.0,
         bias: f.tensor_info("blk.0.attn_qkv.bias").is_ok(),
+        positions: Default::default(),
     };
     if f.get("gpt2.feed_forward_length").is_some() {
         let ff = f.get_usize("gpt2.feed_forward_length")?;
@@ -863,14 +1039,18 @@ mod tests {
         let cases: [(&str, Json, &str); 7] = [
             (
                 "rope_scaling",
-                serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
-                "rope_scaling: rope_type \"llama3\"",
+                serde_json::json!({"rope_type": "longrope", "factor": 8.0}),
+                "rope_scaling: rope_type \"longrope\" is not implemented",
             ),
-            ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}), "rope_type \"linear\""),
+            (
+                "rope_scaling",
+                serde_json::json!({"type": "llama3", "factor": 2.0}),
+                "needs a number \"low_freq_factor\"",
+            ),
             (
                 "rope_parameters",
-                serde_json::json!({"rope_type": "yarn", "rope_theta": 1e4}),
-                "rope_parameters: rope_type \"yarn\"",
+                serde_json::json!({"rope_type": "linear", "rope_theta": 1e4}),
+                "rope_parameters: rope_type \"linear\" needs a number \"factor\"",
             ),
             ("hidden_act", serde_json::json!("gelu"), "hidden_act \"gelu\""),
             ("mlp_bias", serde_json::json!(true), "mlp_bias"),
@@ -897,10 +1077,11 @@ mod tests {
         assert_eq!(long.unwrap().extras.sliding_window, None);
     }
 
-    /// A GGUF file's RoPE scaling, frequency factors or partial rotary dimension are refused
-    /// by name; the plain file reads.
+    /// A GGUF file's RoPE scaling is read as llama.cpp reads it (linear when only a factor is
+    /// given, YaRN's defaults, frequency factors from `rope_freqs.weight`); what we do not
+    /// implement is refused by name; the plain file reads.
     #[test]
-    fn gguf_rope_variants_we_do_not_implement_are_refused_by_name() {
+    fn gguf_rope_variants_are_read_or_refused_by_name() {
         use yuanli_gguf::{GgufWriter, Value};
         use yuanli_tensor::quant::QuantType;
         let file = |edit: &dyn Fn(&mut GgufWriter)| {
@@ -922,11 +1103,45 @@ mod tests {
             llama_config_from_gguf(&f).map_err(|e| e.to_string())
         };
         assert_eq!(file(&|_| {}).unwrap().head_dim, 8);
-        let e = file(&|w| w.set("llama.rope.scaling.type", Value::String("yarn".into()))).unwrap_err();
-        assert!(e.contains("test.gguf") && e.contains("llama.rope.scaling.type = \"yarn\""), "{e}");
-        assert!(file(&|w| w.set("llama.rope.scaling.type", Value::String("none".into()))).is_ok());
-        let e = file(&|w| w.add_tensor("rope_freqs.weight", &[4], QuantType::F32, vec![0; 16])).unwrap_err();
-        assert!(e.contains("rope_freqs.weight"), "{e}");
+        assert_eq!(file(&|_| {}).unwrap().rope_scaling, RopeScaling::None);
+        let scaling = |edit: &dyn Fn(&mut GgufWriter)| file(edit).map(|c| c.rope_scaling);
+        // a factor without a type is linear (llama.cpp's default type)
+        let s = scaling(&|w| w.set("llama.rope.scaling.factor", Value::F32(4.0)));
+        assert_eq!(s.unwrap(), RopeScaling::Linear { factor: 4.0 });
+        // YaRN: the original context defaults to the file's, betas 32/1, temperature m(s)
+        let s = scaling(&|w| {
+            w.set("llama.rope.scaling.type", Value::String("yarn".into()));
+            w.set("llama.rope.scaling.factor", Value::F32(4.0));
+        });
+        let want = RopeScaling::Yarn {
+            factor: 4.0,
+            original: 64,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: yarn_mscale(4.0, 1.0),
+            truncate: true,
+        };
+        assert_eq!(s.unwrap(), want);
+        let e = scaling(&|w| {
+            w.set("llama.rope.scaling.type", Value::String("yarn".into()));
+            w.set("llama.rope.scaling.yarn_ext_factor", Value::F32(0.5));
+        })
+        .unwrap_err();
+        assert!(e.contains("test.gguf") && e.contains("yarn_ext_factor = 0.5"), "{e}");
+        let e = scaling(&|w| w.set("llama.rope.scaling.type", Value::String("longrope".into()))).unwrap_err();
+        assert!(e.contains("test.gguf") && e.contains("llama.rope.scaling.type = \"longrope\""), "{e}");
+        assert_eq!(
+            scaling(&|w| w.set("llama.rope.scaling.type", Value::String("none".into()))).unwrap(),
+            RopeScaling::None
+        );
+        // rope_freqs: one positive divisor per pair, read as such
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let s = scaling(&|w| w.add_tensor("rope_freqs.weight", &[4], QuantType::F32, bytes(&[1.0, 2.0, 4.0, 4.0])));
+        assert_eq!(s.unwrap(), RopeScaling::FreqFactors { factors: vec![1.0, 2.0, 4.0, 4.0] });
+        let e = scaling(&|w| w.add_tensor("rope_freqs.weight", &[4], QuantType::F32, vec![0; 16])).unwrap_err();
+        assert!(e.contains("test.gguf") && e.contains("frequency factor = 0"), "{e}");
+        let e = scaling(&|w| w.add_tensor("rope_freqs.weight", &[3], QuantType::F32, bytes(&[1.0; 3]))).unwrap_err();
+        assert!(e.contains("3 values"), "{e}");
         let e = file(&|w| w.set("llama.rope.dimension_count", Value::U32(4))).unwrap_err();
         assert!(e.contains("llama.rope.dimension_count = 4"), "{e}");
     }

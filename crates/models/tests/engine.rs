@@ -21,6 +21,7 @@ fn config() -> LlamaConfig {
         n_kv_head: 2,
         head_dim: 8,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         rope_layout: RopeLayout::HalfSplit,
         rms_norm_eps: 1e-5,
         max_seq_len: 64,

@@ -36,6 +36,7 @@ fn eight_threads_on_a_small_random_model_decode_as_if_alone() {
         n_kv_head: 2,
         head_dim: 16,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         rope_layout: RopeLayout::Interleaved,
         rms_norm_eps: 1e-5,
         max_seq_len: 128,

@@ -28,7 +28,7 @@ mod storage;
 mod tensor;
 mod threads;
 
-pub use cpu::{GeluKind, RopeLayout};
+pub use cpu::{GeluKind, RopeFreqs, RopeLayout};
 pub use device::{cuda_is_available, Device};
 pub use dtype::{DType, Element, Float};
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 //! (panicking with the op's name and every shape on violation), then calls a kernel in
 //! [`crate::cpu`].
 
-use crate::cpu::{self, AttnDims, GeluKind, HeadsView, MaskView, MatRef, ReduceOp, RopeLayout};
+use crate::cpu::{self, AttnDims, GeluKind, HeadsView, MaskView, MatRef, ReduceOp, RopeFreqs, RopeLayout};
 use crate::dtype::{DType, Element, Float};
 use crate::layout::{broadcast_shapes, resolve_axis, walk_rows};
 use crate::tensor::{float_dispatch, Tensor};
@@ -773,7 +773,14 @@ impl Tensor {
         })
     }
 
-    fn rope_apply(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout, backward: bool) -> Tensor {
+    fn rope_apply(
+        &self,
+        seq_axis: isize,
+        pos0: usize,
+        freqs: &RopeFreqs,
+        layout: RopeLayout,
+        backward: bool,
+    ) -> Tensor {
         assert!(self.rank() >= 2, "rope: needs (…, T, …, D), got {:?}", self.shape());
         let sa = resolve_axis(seq_axis, self.rank(), "rope");
         assert!(
@@ -782,10 +789,11 @@ impl Tensor {
             self.shape()
         );
         let d = self.dim(-1);
+        assert_eq!(freqs.pairs(), d / 2, "rope: {} frequencies for heads of {d} channels", freqs.pairs());
         let t = self.shape()[sa];
         let inner_rows: usize = self.shape()[sa + 1..self.rank() - 1].iter().product();
         float_dispatch!(self.dtype(), "rope", T => {
-            let (cos, sin) = cpu::rope_tables::<T>(pos0, t, d, base);
+            let (cos, sin) = cpu::rope_tables::<T>(pos0, t, freqs);
             let mut out = vec![T::ZERO; self.numel()];
             // Bands of whole rows in parallel; row r of band c is row c·per + r overall.
             let per = (cpu::PAR_MIN_ELEMS / d.max(1)).max(1);
@@ -804,16 +812,17 @@ impl Tensor {
         })
     }
 
-    /// Rotary position embedding; positions run `pos0, pos0+1, …` along `seq_axis`.
+    /// Rotary position embedding; positions run `pos0, pos0+1, …` along `seq_axis`, pair `i`
+    /// turning by `freqs.inv_freq[i]` per position.
     #[track_caller]
-    pub fn rope(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout) -> Tensor {
-        self.rope_apply(seq_axis, pos0, base, layout, false)
+    pub fn rope(&self, seq_axis: isize, pos0: usize, freqs: &RopeFreqs, layout: RopeLayout) -> Tensor {
+        self.rope_apply(seq_axis, pos0, freqs, layout, false)
     }
 
     /// The backward of [`Tensor::rope`] applied to `self = dout` (the inverse rotation).
     #[track_caller]
-    pub fn rope_backward(&self, seq_axis: isize, pos0: usize, base: f64, layout: RopeLayout) -> Tensor {
-        self.rope_apply(seq_axis, pos0, base, layout, true)
+    pub fn rope_backward(&self, seq_axis: isize, pos0: usize, freqs: &RopeFreqs, layout: RopeLayout) -> Tensor {
+        self.rope_apply(seq_axis, pos0, freqs, layout, true)
     }
 
     // ---------------------------------------------------------------- attention

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use yuanli_tensor::cpu::{self, MatRef};
-use yuanli_tensor::{DType, Device, Rng, RopeLayout, Tensor};
+use yuanli_tensor::{DType, Device, Rng, RopeFreqs, RopeLayout, Tensor};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut Rng::new(seed))
@@ -243,8 +243,9 @@ fn shape_contract_violations_name_the_op_and_shapes() {
 fn rope_backward_inverts_forward_and_keeps_norms() {
     for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
         let x = randn(&[2, 3, 5, 8], 3).to_dtype(DType::F64);
-        let y = x.rope(2, 7, 10000.0, layout);
-        let back = y.rope_backward(2, 7, 10000.0, layout);
+        let f = RopeFreqs::new(8, 10000.0);
+        let y = x.rope(2, 7, &f, layout);
+        let back = y.rope_backward(2, 7, &f, layout);
         assert_close("rope⁻¹(rope(x))", &back.to_vec_f64(), &x.to_vec_f64(), 1e-12);
         let n = |t: &Tensor| t.sqr().sum_all().item();
         assert!((n(&x) - n(&y)).abs() < 1e-9, "rotations keep the norm");
@@ -297,18 +298,21 @@ fn cross_entropy_grad_in_place_equals_loss_and_backward() {
 #[test]
 fn rope_in_parallel_bands_equals_the_formula_row_by_row() {
     // (B, T, H, D) with enough rows for several bands: each element against cos/sin of its own
-    // position, computed here in f64.
-    let (b, t, h, d, pos0, base) = (4, 80, 9, 64, 3, 10000.0);
+    // position, computed here in f64 — with frequencies no plain RoPE has (each θ_i divided by
+    // 1 + i/8, as a scaling would) and a factor 1.25 on cos and sin (YaRN's temperature).
+    let (b, t, h, d, pos0, base, m) = (4, 80, 9, 64, 3, 10000.0, 1.25);
+    let theta = |i: usize| f64::powf(base, -2.0 * i as f64 / d as f64) / (1.0 + i as f64 / 8.0);
+    let freqs = RopeFreqs { inv_freq: (0..d / 2).map(theta).collect(), mscale: m };
     let x = randn(&[b, t, h, d], 9).to_dtype(DType::F64);
-    let y = x.rope(1, pos0, base, RopeLayout::HalfSplit).to_vec_f64();
+    let y = x.rope(1, pos0, &freqs, RopeLayout::HalfSplit).to_vec_f64();
     let xs = x.to_vec_f64();
     for (i, (&got, _)) in y.iter().zip(&xs).enumerate() {
         let (c, row) = (i % d, i / d);
         let p = (row / h) % t + pos0;
         let (pair, first) = if c < d / 2 { (c, true) } else { (c - d / 2, false) };
-        let ang = p as f64 * f64::powf(base, -2.0 * pair as f64 / d as f64);
+        let ang = p as f64 * theta(pair);
         let (x1, x2) = (xs[row * d + pair], xs[row * d + pair + d / 2]);
-        let want = if first { x1 * ang.cos() - x2 * ang.sin() } else { x1 * ang.sin() + x2 * ang.cos() };
+        let want = m * if first { x1 * ang.cos() - x2 * ang.sin() } else { x1 * ang.sin() + x2 * ang.cos() };
         assert!((got - want).abs() < 1e-12, "element {i} (position {p}, channel {c}): {got} vs {want}");
     }
 }

@@ -231,6 +231,7 @@ pub fn student_config(s: &StudentShape, vocab_size: usize, t: usize) -> Result<L
         n_kv_head: s.kv_heads,
         head_dim: s.hidden / s.heads,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         rope_layout: RopeLayout::HalfSplit,
         rms_norm_eps: 1e-5,
         max_seq_len: t,
