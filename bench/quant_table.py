@@ -8,10 +8,11 @@ Q4_0, Q4_K_M, Q5_K_M — see `bash bench/run_quant_table.sh`, which makes them),
 - perplexity on data/shakespeare/tempest_gut.txt, ctx 512, `--chunks` chunks (default 16):
   `yuanli perplexity --json` (the fast path: quantized kernels, f16 KV cache) and llama.cpp on
   the same file with tools/reference/llama_reference.py's method (F32 KV cache), and their
-  relative difference;
+  relative difference; and ours again with `--llama-cpp-activations` (activations rounded as
+  llama.cpp rounds them before each product: 8-bit blocks) and its difference;
 - decode tokens/s with `--threads` threads (default 2): `yuanli bench generate --json` and
   llama.cpp's bench/generate.py child (prefill 128 tokens, decode 64), alternated for
-  `--rounds` rounds, medians.
+  `--rounds` rounds, medians (`--rounds 0`: perplexity only).
 
 Every figure names the SIMD level of each side. Run it with nothing else heavy on the machine.
 
@@ -63,8 +64,10 @@ def main():
     rows = []
     for model in a.models:
         bpw, types = bits_per_weight(model)
-        ours = run_json([a.yuanli, "--threads", str(a.threads), "perplexity", "--model", model, "--file", text,
-                         "--chunks", str(a.chunks), "--json"])
+        ppl = [a.yuanli, "--threads", str(a.threads), "perplexity", "--model", model, "--file", text,
+               "--chunks", str(a.chunks), "--json"]
+        ours = run_json(ppl)
+        ours_g = run_json(ppl + ["--llama-cpp-activations"])
         theirs = run_json([sys.executable, __file__, model, "--ppl-child", "--chunks", str(a.chunks)])
         dec_ours, dec_theirs, simd = [], [], "?"
         for _ in range(a.rounds):
@@ -77,18 +80,24 @@ def main():
         row = {"model": os.path.basename(model), "bits_per_weight": bpw, "tensor_types": types,
                "ppl_yuanli": ours["perplexity"], "ppl_llama_cpp": theirs["perplexity"],
                "ppl_diff": ours["perplexity"] / theirs["perplexity"] - 1.0,
-               "decode_yuanli": statistics.median(dec_ours), "decode_llama_cpp": statistics.median(dec_theirs),
+               "ppl_yuanli_llama_cpp_acts": ours_g["perplexity"],
+               "ppl_diff_llama_cpp_acts": ours_g["perplexity"] / theirs["perplexity"] - 1.0,
+               "decode_yuanli": statistics.median(dec_ours) if dec_ours else float("nan"),
+               "decode_llama_cpp": statistics.median(dec_theirs) if dec_theirs else float("nan"),
                "simd": simd, "llama_cpp_simd": theirs["simd"], "threads": a.threads, "chunks": a.chunks}
         rows.append(row)
         print(f"{row['model']}: {bpw:.2f} bits/weight {types}; perplexity {row['ppl_yuanli']:.3f} vs llama.cpp "
-              f"{row['ppl_llama_cpp']:.3f} ({100 * row['ppl_diff']:+.2f}%); decode {row['decode_yuanli']:.1f} vs "
+              f"{row['ppl_llama_cpp']:.3f} ({100 * row['ppl_diff']:+.2f}%; with llama.cpp's activation rounding "
+              f"{row['ppl_yuanli_llama_cpp_acts']:.3f}, {100 * row['ppl_diff_llama_cpp_acts']:+.2f}%); decode {row['decode_yuanli']:.1f} vs "
               f"{row['decode_llama_cpp']:.1f} tok/s (x{row['decode_yuanli'] / row['decode_llama_cpp']:.2f}; "
               f"yuanli {simd}, llama.cpp {theirs['simd']}, {a.threads} threads, {a.rounds} rounds)", flush=True)
-    print("\n| type | bits/weight | perplexity (yuanli / llama.cpp) | decode tok/s (yuanli / llama.cpp) |")
-    print("|---|---:|---:|---:|")
+    print("\n| type | bits/weight | perplexity (yuanli / llama.cpp) | with llama.cpp's activation rounding | "
+          "decode tok/s (yuanli / llama.cpp) |")
+    print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['bits_per_weight']:.2f} | {r['ppl_yuanli']:.3f} / {r['ppl_llama_cpp']:.3f} | "
-              f"{r['decode_yuanli']:.1f} / {r['decode_llama_cpp']:.1f} |")
+        print(f"| {r['model']} | {r['bits_per_weight']:.2f} | {r['ppl_yuanli']:.3f} / {r['ppl_llama_cpp']:.3f} "
+              f"({100 * r['ppl_diff']:+.2f}%) | {r['ppl_yuanli_llama_cpp_acts']:.3f} "
+              f"({100 * r['ppl_diff_llama_cpp_acts']:+.2f}%) | {r['decode_yuanli']:.1f} / {r['decode_llama_cpp']:.1f} |")
     print(json.dumps(rows))
 
 

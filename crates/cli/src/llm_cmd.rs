@@ -266,6 +266,11 @@ pub(crate) struct PerplexityArgs {
     /// adapter_model.safetensors), from PEFT or from yuanli.
     #[arg(long, value_name = "DIR")]
     lora: Option<PathBuf>,
+    /// Round activations as llama.cpp's CPU backend does before each matrix product (8-bit
+    /// blocks for quantized weights, f16 for F16 ones) to reproduce its perplexity; by default
+    /// they stay 16-bit, closer to the exact product (compare with --exact).
+    #[arg(long)]
+    llama_cpp_activations: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -291,12 +296,23 @@ pub(crate) fn perplexity_cmd(args: &PerplexityArgs) -> Result<()> {
             .expect("a valid progress template"),
     );
     let n_chunks = ids.len() / args.ctx;
+    let opts = yuanli_models::SessionOpts {
+        ggml_activations: args.llama_cpp_activations,
+        ..yuanli_models::SessionOpts::tokens(args.ctx)
+    };
     bar.set_length(if args.chunks > 0 { n_chunks.min(args.chunks) } else { n_chunks } as u64);
-    let p =
-        yuanli_models::eval::perplexity(model.lm(), &ids, model.bos_token(), args.ctx, args.chunks, &mut |_, ppl| {
+    let p = yuanli_models::eval::perplexity_with(
+        model.lm(),
+        &ids,
+        model.bos_token(),
+        args.ctx,
+        args.chunks,
+        opts,
+        &mut |_, ppl| {
             bar.inc(1);
             bar.set_message(format!("ppl {ppl:.4}"));
-        })?;
+        },
+    )?;
     bar.finish_and_clear();
     if args.json {
         println!(

@@ -434,3 +434,33 @@ fn rope_scalings_travel_to_gguf_as_llama_cpp_writes_them() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `yuanli perplexity --llama-cpp-activations` runs a quantized model with its activations
+/// rounded as llama.cpp rounds them: a nearby but different figure (F32 weights: the same).
+#[test]
+fn perplexity_with_llama_cpp_activation_rounding() {
+    let dir = scratch("ggml-acts");
+    let src = repo().join("crates/models/testdata/tiny_hf/llama");
+    let text = repo().join("data/shakespeare/tempest_gut.txt");
+    let ppl = |model: &Path, flag: bool| -> f64 {
+        let (m, t) = (model.display().to_string(), text.display().to_string());
+        let mut args = vec!["perplexity", "--model", &m, "--file", &t, "--ctx", "32", "--chunks", "4", "--json"];
+        if flag {
+            args.push("--llama-cpp-activations");
+        }
+        let v: serde_json::Value = serde_json::from_str(yuanli(&args).trim()).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    for (ty, same) in [("f32", true), ("q8_0", false)] {
+        let out = dir.join(format!("tiny.{ty}.gguf"));
+        yuanli(&["quantize", "--in", &src.display().to_string(), "--type", ty, "--out", &out.display().to_string()]);
+        let (a, b) = (ppl(&out, false), ppl(&out, true));
+        assert!(a.is_finite() && b.is_finite());
+        if same {
+            assert_eq!(a, b, "{ty}: F32 matrices meet the activations as they are");
+        } else {
+            assert!(a != b && (a / b - 1.0).abs() < 0.05, "{ty}: {a} vs {b}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

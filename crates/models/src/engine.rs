@@ -248,13 +248,24 @@ pub struct SessionOpts {
     /// AVX-512 BF16 batches decode a little slower (no bf16 tiles) — measured in
     /// `docs/benchmarks.md`.
     pub batch_invariant: bool,
+    /// Round every activation as llama.cpp's CPU backend does before a matrix product (8-bit
+    /// blocks for quantized weights, f16/bf16 for those; [`QuantizedActs::ggml_activations`]):
+    /// reproduces llama.cpp's numbers, perplexity included. Off by default — our 16-bit
+    /// activations are closer to the exact product.
+    pub ggml_activations: bool,
 }
 
 impl SessionOpts {
     /// A pool for `max_tokens` positions in blocks of [`DEFAULT_BLOCK_SIZE`], the KV type the
     /// model prefers.
     pub fn tokens(max_tokens: usize) -> SessionOpts {
-        SessionOpts { max_tokens, block_size: DEFAULT_BLOCK_SIZE, kv_type: KvType::Auto, batch_invariant: false }
+        SessionOpts {
+            max_tokens,
+            block_size: DEFAULT_BLOCK_SIZE,
+            kv_type: KvType::Auto,
+            batch_invariant: false,
+            ggml_activations: false,
+        }
     }
 }
 
@@ -455,7 +466,7 @@ impl Session {
             next_seq: 0,
             plan: StepPlan { tables: Vec::with_capacity(2 * n_blocks), ..StepPlan::default() },
             scratch: Scratch {
-                acts: QuantizedActs { batch_invariant: opts.batch_invariant, ..QuantizedActs::default() },
+                acts: QuantizedActs::with_options(opts.batch_invariant, opts.ggml_activations),
                 ..Scratch::default()
             },
             att_tls: Vec::new(),

@@ -31,6 +31,20 @@ pub fn perplexity(
     max_chunks: usize,
     on_chunk: &mut dyn FnMut(usize, f64),
 ) -> Result<Perplexity, EngineError> {
+    perplexity_with(model, ids, bos, ctx, max_chunks, SessionOpts::tokens(ctx.max(1)), on_chunk)
+}
+
+/// [`perplexity`] in a session made with `opts` (its `max_tokens` raised to `ctx` if lower):
+/// e.g. with [`SessionOpts::ggml_activations`], to reproduce llama.cpp's figure.
+pub fn perplexity_with(
+    model: &dyn CausalLm,
+    ids: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: usize,
+    opts: SessionOpts,
+    on_chunk: &mut dyn FnMut(usize, f64),
+) -> Result<Perplexity, EngineError> {
     let v = model.vocab_size();
     let mut n_chunks = ids.len() / ctx.max(1);
     if max_chunks > 0 {
@@ -38,7 +52,7 @@ pub fn perplexity(
     }
     let mut out = Perplexity::default();
     let mut logits = Vec::new();
-    let mut session = model.new_session(SessionOpts::tokens(ctx.max(1)));
+    let mut session = model.new_session(SessionOpts { max_tokens: opts.max_tokens.max(ctx.max(1)), ..opts });
     let mut batch = Batch::new();
     for c in 0..n_chunks {
         let chunk = &ids[c * ctx..(c + 1) * ctx];

@@ -91,6 +91,55 @@ pub struct QuantizedActs {
     /// kernel for a few tokens. (The bf16 tiles would be invariant too, but they are 0.6× the
     /// integer kernel's speed for one token — a lone request — and 1.1× for 16 at once.)
     pub batch_invariant: bool,
+    /// Round the activations as llama.cpp's CPU backend does before each product
+    /// ([`round_like_ggml`]), to reproduce its numbers (perplexity side by side). Off by
+    /// default: our 16-bit activations are closer to the exact product.
+    pub ggml_activations: bool,
+    /// The rounded copy of the activations when `ggml_activations`.
+    ggml_rounded: Vec<f32>,
+}
+
+/// Rounds `x` (rows of `cols`) in place to what ggml's CPU backend multiplies a `ty` matrix
+/// with — the weight type's `vec_dot_type`, into which llama.cpp converts every activation row
+/// before a product:
+/// - 32-weight formats (Q8_0, Q4_0, Q5_0, IQ4_NL; Q4_1, Q5_1 through Q8_1, the same values):
+///   per 32, `d = max|x|/127` stored as f16, `q = round(x·127/max|x|)` (ties to even, as
+///   `_mm256_round_ps`), value `q·d`;
+/// - K-quants and IQ4_XS through Q8_K: per 256, `s = −127/m` with `m` the value of largest
+///   magnitude, `q = min(127, round(s·x))`, value `q/s` (f32 scale);
+/// - F16 and BF16 matrices: each value rounded to f16 / bf16; F32: unchanged.
+pub fn round_like_ggml(ty: QuantType, x: &mut [f32], cols: usize) {
+    let q8_0 = |blk: &mut [f32]| {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = half::f16::from_f32(amax / 127.0).to_f32();
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        blk.iter_mut().for_each(|v| *v = (*v * id).round_ties_even() * d);
+    };
+    let q8_k = |blk: &mut [f32]| {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in blk.iter() {
+            if v.abs() > amax {
+                (amax, max) = (v.abs(), v);
+            }
+        }
+        if amax == 0.0 {
+            blk.fill(0.0);
+            return;
+        }
+        let iscale = -127.0 / max;
+        let d = 1.0 / iscale;
+        blk.iter_mut().for_each(|v| *v = (iscale * *v).round_ties_even().min(127.0) * d);
+    };
+    let rows = x.chunks_exact_mut(cols.max(1));
+    match ty {
+        QuantType::F32 => {}
+        QuantType::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        QuantType::BF16 => x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 | QuantType::IQ4NL => {
+            rows.for_each(|r| r.chunks_mut(32).for_each(q8_0))
+        }
+        _ => rows.for_each(|r| r.chunks_mut(256).for_each(q8_k)),
+    }
 }
 
 /// Rows per tile of the prefill kernels.
@@ -106,6 +155,12 @@ pub struct ActRow<'a> {
 }
 
 impl QuantizedActs {
+    /// Empty buffers with the two options set ([`QuantizedActs::batch_invariant`],
+    /// [`QuantizedActs::ggml_activations`]).
+    pub fn with_options(batch_invariant: bool, ggml_activations: bool) -> QuantizedActs {
+        QuantizedActs { batch_invariant, ggml_activations, ..QuantizedActs::default() }
+    }
+
     /// Quantizes `x (rows, cols)`: per block `d = max|x|/32767`, `q = round(x/d)`. Reuses the
     /// buffers (no allocation once they are large enough).
     #[track_caller]
@@ -996,6 +1051,15 @@ pub fn qmatmul(
     y: &mut [f32],
     pool: &SpinPool,
 ) {
+    if acts.ggml_activations && ty != QuantType::F32 {
+        let mut r = std::mem::take(&mut acts.ggml_rounded);
+        r.clear();
+        r.extend_from_slice(&x[..t * cols]);
+        round_like_ggml(ty, &mut r, cols);
+        qmatmul_with(best_qkernel(), ty, w, rows, cols, &r, t, acts, y, pool);
+        acts.ggml_rounded = r;
+        return;
+    }
     qmatmul_with(best_qkernel(), ty, w, rows, cols, x, t, acts, y, pool)
 }
 
@@ -1139,6 +1203,13 @@ pub fn qmatmul_many(
     pool: &SpinPool,
 ) {
     let kernel = best_qkernel();
+    if acts.ggml_activations {
+        // each product rounds `x` for its own weight type
+        for o in outs.iter_mut() {
+            qmatmul(o.ty, o.w, o.rows, cols, x, t, acts, o.y, pool);
+        }
+        return;
+    }
     if outs.iter().any(|o| t >= gemm_from(kernel, o.ty, acts.batch_invariant)) {
         for o in outs.iter_mut() {
             qmatmul_with(kernel, o.ty, o.w, o.rows, cols, x, t, acts, o.y, pool);
@@ -1386,6 +1457,38 @@ mod tests {
     use crate::quant::quantize_row;
     use crate::Rng;
     use half::f16;
+
+    #[test]
+    fn activations_round_as_ggml_rounds_them() {
+        let mut rng = Rng::new(11);
+        let x: Vec<f32> = (0..4 * 256).map(|_| rng.normal() as f32 * 3.0).collect();
+        // 32-weight formats: Q8_0's blocks — our Q8_0 encoder (llama.cpp's reference) and
+        // decoder give the same values, but for a rare tie the encoder breaks away from zero
+        let mut r = x.clone();
+        round_like_ggml(QuantType::Q4_0, &mut r, 256);
+        let (mut bytes, mut back) = (Vec::new(), vec![0f32; x.len()]);
+        quantize_row(QuantType::Q8_0, &x, &mut bytes).unwrap();
+        dequantize_row(QuantType::Q8_0, &bytes, &mut back);
+        let differ = r.iter().zip(&back).filter(|(a, b)| a != b).count();
+        assert!(differ <= 2, "{differ} of {} values differ from Q8_0's", x.len());
+        assert_ne!(r, x, "rounding changed something");
+        // Q8_K (K-quants): the value of largest magnitude becomes exactly itself (q = ∓127),
+        // every other one q/s with |q| ≤ 127
+        let mut blk = vec![0.25f32; 256];
+        blk[7] = -2.0;
+        blk[8] = 1.0; // s = −127/−2 = 63.5; 63.5 rounds to 64 (ties to even): 64/63.5
+        round_like_ggml(QuantType::Q4K, &mut blk, 256);
+        assert_eq!(blk[7], -2.0);
+        assert_eq!(blk[8], 64.0 / 63.5);
+        assert_eq!(blk[0], (0.25f32 * 63.5).round_ties_even() / 63.5);
+        // F16 matrices meet f16 activations; F32 ones the values as they are
+        let mut h = vec![1.0f32 + 1e-4];
+        round_like_ggml(QuantType::F16, &mut h, 1);
+        assert_eq!(h[0], f16::from_f32(1.0 + 1e-4).to_f32());
+        let mut same = x.clone();
+        round_like_ggml(QuantType::F32, &mut same, 256);
+        assert_eq!(same, x);
+    }
 
     /// Random weights of `ty`: quantized from normals for the 32-formats; random bytes with
     /// tame f16 scales for the K-quants.
