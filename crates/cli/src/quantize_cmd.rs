@@ -7,7 +7,7 @@
 //!   `general.file_type`, and `general.quantization_version` when quantizing, change) and
 //!   every tensor is rewritten;
 //! - a Hugging Face LLaMA-family directory: written as llama.cpp's converter writes it
-//!   (`llama` or `qwen2`, the q/k rows reordered for llama.cpp's RoPE);
+//!   (`llama`, `qwen2` or `qwen3`, the q/k rows reordered for llama.cpp's RoPE in `llama`);
 //! - a checkpoint directory from `yuanli train` (a GPT): written in llama.cpp's `gpt2` layout
 //!   ([`yuanli_models::load::gpt_gguf_name_map`]) with its vocabulary in `tokenizer.ggml.*`.
 //!
@@ -437,6 +437,7 @@ fn from_hf_dir(dir: &Path, target: Preset, pure: bool, lora: Option<&Path>) -> R
     let c = &p.model.config;
     let arch = match config["model_type"].as_str().unwrap_or_default() {
         "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
         _ => "llama",
     };
     let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());

@@ -281,9 +281,9 @@ fn max_diff(a: &[f32], b: &[f64]) -> f64 {
 fn a_hugging_face_directory_becomes_a_gguf_file_with_the_same_logits() {
     use yuanli_models::load::{load_pretrained_with, LoadOptions};
     let dir = scratch("hf");
-    // LLaMA (q/k rows reordered for llama.cpp's interleaved RoPE, untied head) and Qwen2
-    // (biases, half-split RoPE kept)
-    for name in ["llama", "qwen2"] {
+    // LLaMA (q/k rows reordered for llama.cpp's interleaved RoPE, untied head), Qwen2
+    // (biases, half-split RoPE kept) and Qwen3 (QK-norm)
+    for name in ["llama", "qwen2", "qwen3"] {
         let src = repo().join("crates/models/testdata/tiny_hf").join(name);
         let out = dir.join(format!("{name}.f32.gguf"));
         yuanli(&["quantize", "--in", &src.display().to_string(), "--type", "f32", "--out", &out.display().to_string()]);

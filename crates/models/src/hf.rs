@@ -173,7 +173,8 @@ pub fn load_hf(store: &ParamStore, cfg: &GptConfig, tensors: &TensorMap, origin:
 /// `deltas` (from [`crate::peft::adapter_deltas`], Hugging Face's row order) are added to their
 /// weights: a merged LoRA adapter. A model read from a `llama` GGUF keeps its query/key rows in
 /// llama.cpp's interleaved order; they are put back in Hugging Face's half-split order first.
-/// Gemma 3's and other families' extras have no `LlamaConfig` form and are refused.
+/// Qwen3's QK-norm is written as a `Qwen3ForCausalLM`; Gemma 3's and other families' extras
+/// have no `LlamaConfig` form and are refused.
 /// Returns the files written.
 pub fn export_llama(
     p: &crate::Pretrained,
@@ -183,7 +184,8 @@ pub fn export_llama(
     use crate::LoadError;
     let c = &p.model.config;
     let bad = |m: String| LoadError::File { path: dir.to_path_buf(), message: m };
-    if c.extras != crate::llama::Extras::default() {
+    let qwen3 = c.extras == crate::llama::Extras { qk_norm: true, ..Default::default() };
+    if c.extras != crate::llama::Extras::default() && !qwen3 {
         return Err(LoadError::Config(format!(
             "{}: this model's extras ({:?}) have no Hugging Face LlamaConfig form; only LLaMA, Mistral-without-window and Qwen2 models export",
             p.description, c.extras
@@ -216,11 +218,16 @@ pub fn export_llama(
             return Err(bad(format!("{name} is not an f32 parameter (load the model with the exact path)")));
         }
     }
-    let qwen2 = c.attention_bias;
+    let qwen2 = c.attention_bias && !qwen3;
+    let (arch, model_type) = match (qwen3, qwen2) {
+        (true, _) => ("Qwen3ForCausalLM", "qwen3"),
+        (_, true) => ("Qwen2ForCausalLM", "qwen2"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
     let rope_scaling = c.rope_scaling.to_hf().map_err(|e| LoadError::Config(format!("{}: {e}", p.description)))?;
     let config = json!({
-        "architectures": [if qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-        "model_type": if qwen2 { "qwen2" } else { "llama" },
+        "architectures": [arch],
+        "model_type": model_type,
         "vocab_size": c.vocab_size,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size,
@@ -234,7 +241,7 @@ pub fn export_llama(
         "rms_norm_eps": c.rms_norm_eps,
         "max_position_embeddings": c.max_seq_len,
         "tie_word_embeddings": c.tie_word_embeddings,
-        "attention_bias": false,
+        "attention_bias": c.attention_bias,
         "mlp_bias": false,
         "bos_token_id": p.bos,
         "eos_token_id": p.eos.first(),

@@ -180,7 +180,7 @@ impl LlamaConfig {
                 c.rope_theta, c.rms_norm_eps
             ));
         }
-        c.rope_scaling.validate(c.head_dim)
+        c.rope_scaling.validate(c.head_dim, c.rope_theta)
     }
 
     /// The longest sequence the model runs: `max_seq_len`, except under dynamic NTK scaling,

@@ -128,9 +128,9 @@ pub fn load_pretrained_with(path: &Path, opts: LoadOptions) -> Result<Pretrained
 /// The model configuration a GGUF file describes (`{arch}.*` keys, llama.cpp's names).
 pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let arch = f.get_str("general.architecture")?;
-    if !matches!(arch, "llama" | "qwen2" | "mistral" | "gemma3") {
+    if !matches!(arch, "llama" | "qwen2" | "qwen3" | "mistral" | "gemma3") {
         return Err(LoadError::Config(format!(
-            "{}: architecture {arch:?} is not LLaMA-family (llama, qwen2, mistral, gemma3 are supported)",
+            "{}: architecture {arch:?} is not LLaMA-family (llama, qwen2, qwen3, mistral, gemma3 are supported)",
             f.origin()
         )));
     }
@@ -155,7 +155,11 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
     let max_seq_len = f.get_usize(&key("context_length"))?;
     let rope_scaling = gguf_rope_scaling(f, arch, head_dim, max_seq_len)?;
     let n_layer = f.get_usize(&key("block_count"))?;
-    let extras = if arch == "gemma3" { gemma3_extras(f, n_layer, hidden_size, n_head)? } else { Extras::default() };
+    let extras = match arch {
+        "gemma3" => gemma3_extras(f, n_layer, hidden_size, n_head)?,
+        "qwen3" => Extras { qk_norm: true, ..Extras::default() },
+        _ => Extras::default(),
+    };
     let cfg = LlamaConfig {
         vocab_size,
         hidden_size,
@@ -167,9 +171,13 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         rope_theta,
         rope_scaling,
         // llama.cpp's converter permutes LLaMA's and Mistral's q/k rows so that RoPE rotates
-        // adjacent pairs; Qwen2 and Gemma files keep the Hugging Face order, which llama.cpp
+        // adjacent pairs; Qwen2, Qwen3 and Gemma files keep the Hugging Face order, which llama.cpp
         // runs in "NeoX" (half-split) mode.
-        rope_layout: if matches!(arch, "qwen2" | "gemma3") { RopeLayout::HalfSplit } else { RopeLayout::Interleaved },
+        rope_layout: if matches!(arch, "qwen2" | "qwen3" | "gemma3") {
+            RopeLayout::HalfSplit
+        } else {
+            RopeLayout::Interleaved
+        },
         rms_norm_eps: f.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
         max_seq_len,
         tie_word_embeddings: f.tensor_info("output.weight").is_err(),
@@ -465,7 +473,7 @@ pub fn load_gguf_file(f: Arc<GgufFile>, opts: LoadOptions) -> Result<Pretrained,
     }
     let weight_types: Vec<(String, usize)> = counts.into_iter().collect();
     let parts = GgufChatParts::read(&f)?;
-    let description = gguf_description(&f, &weight_types, cfg.num_params())?;
+    let description = with_rope(gguf_description(&f, &weight_types, cfg.num_params())?, &cfg);
     let GgufChatParts { tokenizer, chat_template, bos, eos, add_bos } = parts;
     Ok(Pretrained { model, store, tokenizer, chat_template, bos, eos, add_bos, description, weight_types })
 }
@@ -509,6 +517,15 @@ impl GgufChatParts {
             None => None,
         };
         Ok(GgufChatParts { tokenizer, chat_template, bos, eos, add_bos })
+    }
+}
+
+/// `description`, then the RoPE scaling when there is one ("…, RoPE yarn ×4 from 32768
+/// positions"): a user sees what stretches the context.
+fn with_rope(description: String, cfg: &LlamaConfig) -> String {
+    match cfg.rope_scaling.summary() {
+        s if s.is_empty() => description,
+        s => format!("{description}, {s}"),
     }
 }
 
@@ -633,8 +650,8 @@ fn read_json(path: &Path) -> Result<Json, LoadError> {
 pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadError> {
     let bad = |m: String| LoadError::File { path: path.to_path_buf(), message: m };
     let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or("");
-    if !matches!(model_type, "llama" | "qwen2" | "mistral") {
-        return Err(bad(format!("model_type {model_type:?} is not LLaMA-family (llama, qwen2, mistral)")));
+    if !matches!(model_type, "llama" | "qwen2" | "qwen3" | "mistral") {
+        return Err(bad(format!("model_type {model_type:?} is not LLaMA-family (llama, qwen2, qwen3, mistral)")));
     }
     let get = |k: &str| {
         v.get(k).and_then(Json::as_u64).map(|x| x as usize).ok_or_else(|| bad(format!("missing or non-integer {k:?}")))
@@ -666,7 +683,8 @@ pub fn llama_config_from_hf(v: &Json, path: &Path) -> Result<LlamaConfig, LoadEr
         max_seq_len,
         tie_word_embeddings: v.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
         attention_bias: model_type == "qwen2" || v.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
-        extras: Extras { sliding_window: window, ..Extras::default() },
+        // Qwen3: an RMSNorm over each query and key head before RoPE
+        extras: Extras { sliding_window: window, qk_norm: model_type == "qwen3", ..Extras::default() },
     };
     cfg.validate().map_err(bad)?;
     Ok(cfg)
@@ -786,6 +804,13 @@ fn refuse_unsupported_hf_fields(v: &Json, model_type: &str) -> Result<(), String
     if v.get("use_sliding_window").and_then(Json::as_bool) == Some(true) {
         return Err("use_sliding_window = true: Qwen2's per-layer sliding window is not implemented".into());
     }
+    if let Some(kinds) = v.get("layer_types").and_then(Json::as_array) {
+        if let Some(k) = kinds.iter().find(|k| k.as_str() != Some("full_attention")) {
+            return Err(format!(
+                "layer_types contains {k}: only full-attention layers are implemented for {model_type}"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -845,8 +870,10 @@ pub fn load_hf_dir(dir: &Path, opts: LoadOptions) -> Result<Pretrained, LoadErro
         .and_then(Json::as_str)
         .map(|t| ChatTemplate::new(t, bos_s.as_deref().unwrap_or_default(), eos_s.as_deref().unwrap_or_default()));
     let model_type = v.get("model_type").and_then(Json::as_str).unwrap_or_default();
-    let description =
-        format!("{} ({model_type}, safetensors), {:.1} M parameters", dir.display(), cfg.num_params() as f64 / 1e6);
+    let description = with_rope(
+        format!("{} ({model_type}, safetensors), {:.1} M parameters", dir.display(), cfg.num_params() as f64 / 1e6),
+        &cfg,
+    );
     Ok(Pretrained {
         model,
         store,

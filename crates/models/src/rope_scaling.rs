@@ -182,6 +182,24 @@ impl RopeScaling {
         }))
     }
 
+    /// A few words for a model's description (`""` for plain RoPE): "RoPE yarn ×4 from 32768
+    /// positions".
+    pub fn summary(&self) -> String {
+        match self {
+            RopeScaling::None => String::new(),
+            RopeScaling::Linear { factor } => format!("RoPE linear ×{factor}"),
+            RopeScaling::Dynamic { factor, original }
+            | RopeScaling::Yarn { factor, original, .. }
+            | RopeScaling::Llama3 { factor, original, .. } => {
+                format!("RoPE {} ×{factor} from {original} positions", self.name())
+            }
+            RopeScaling::FreqFactors { factors } => {
+                let max = factors.iter().cloned().fold(1.0, f64::max);
+                format!("RoPE frequency factors (up to ×{max})")
+            }
+        }
+    }
+
     /// Whether the frequencies depend on the sequence length.
     pub fn is_dynamic(&self) -> bool {
         matches!(self, RopeScaling::Dynamic { .. })
@@ -199,9 +217,10 @@ impl RopeScaling {
         }
     }
 
-    /// Checks the numbers for a head of `d` channels: factors positive and finite, contexts
-    /// non-zero, LLaMA 3's `low < high`, one frequency factor per pair.
-    pub fn validate(&self, d: usize) -> Result<(), String> {
+    /// Checks the numbers for a head of `d` channels and base `base`: factors positive and
+    /// finite, contexts non-zero, LLaMA 3's `low < high`, one frequency factor per pair, and
+    /// for YaRN a base above 1 (its ramp divides by `ln base`).
+    pub fn validate(&self, d: usize, base: f64) -> Result<(), String> {
         let positive = |name: &str, x: f64| {
             if x.is_finite() && x > 0.0 {
                 Ok(())
@@ -227,6 +246,9 @@ impl RopeScaling {
                 context(*original)
             }
             RopeScaling::Yarn { factor, original, beta_fast, beta_slow, attention_factor, .. } => {
+                if base <= 1.0 {
+                    return Err(format!("RoPE scaling yarn needs a RoPE base above 1, got {base}"));
+                }
                 positive("factor", *factor)?;
                 positive("beta_fast", *beta_fast)?;
                 positive("beta_slow", *beta_slow)?;
@@ -303,13 +325,22 @@ mod tests {
 
     #[test]
     fn bad_numbers_are_named() {
-        let e = RopeScaling::Linear { factor: 0.0 }.validate(64).unwrap_err();
+        let e = RopeScaling::Linear { factor: 0.0 }.validate(64, 10_000.0).unwrap_err();
         assert!(e.contains("factor = 0"), "{e}");
         let e = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 4.0, high_freq_factor: 1.0, original: 8 }
-            .validate(64)
+            .validate(64, 10_000.0)
             .unwrap_err();
         assert!(e.contains("low_freq_factor"), "{e}");
-        let e = RopeScaling::FreqFactors { factors: vec![1.0; 3] }.validate(64).unwrap_err();
+        let e = RopeScaling::FreqFactors { factors: vec![1.0; 3] }.validate(64, 10_000.0).unwrap_err();
         assert!(e.contains("3 values"), "{e}");
+        let yarn = RopeScaling::Yarn {
+            factor: 4.0,
+            original: 32,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.0,
+            truncate: true,
+        };
+        assert!(yarn.validate(64, 1.0).unwrap_err().contains("base above 1"));
     }
 }

@@ -1,6 +1,8 @@
 //! Loading LLaMA-family Hugging Face directories (one safetensors file, sharded files, Qwen2
-//! with biases and tied embeddings): logits equal transformers' float64 logits for the same
-//! tiny random models. Regenerate with `bench/.venv/bin/python tools/reference/llama_hf_reference.py`.
+//! with biases and tied embeddings, Qwen3 with QK-norm): logits equal transformers' float64
+//! logits for the same tiny random models. Regenerate with
+//! `bench/.venv/bin/python tools/reference/llama_hf_reference.py` and
+//! `tools/reference/qwen3_reference.py`.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -56,6 +58,13 @@ fn qwen2_with_biases_and_tied_embeddings() {
     check("qwen2");
     let m = load_pretrained(&dir("qwen2")).unwrap();
     assert!(m.model.config.attention_bias && m.model.config.tie_word_embeddings);
+}
+
+#[test]
+fn qwen3_with_qk_norm() {
+    check("qwen3");
+    let m = load_pretrained(&dir("qwen3")).unwrap();
+    assert!(m.model.config.extras.qk_norm && !m.model.config.attention_bias && m.model.config.head_dim == 16);
 }
 
 #[test]

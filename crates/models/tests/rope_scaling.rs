@@ -86,6 +86,7 @@ fn check(variant: &str, form: &str) {
     let m = load_pretrained(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(m.model.config.rope_scaling.name(), variant, "{name}: the scaling read");
+    assert_eq!(m.description.contains(&format!("RoPE {variant}")), variant != "default", "{}", m.description);
     let r = reference(&name);
     assert!(r.ids.len() >= 3 * r.original, "{name}: the reference runs past the original context");
     let v = m.model.config.vocab_size;
